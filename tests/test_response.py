@@ -528,10 +528,11 @@ def test_error_status_with_an_empty_stream_names_the_status() -> None:
     assert (summary.outcome, summary.error) == (Outcome.HTTP_ERROR, "HTTP 500")
 
 
-def test_missing_content_type_is_sniffed() -> None:
-    stream = read_response(200, None, [(0.0, b"".join(full_stream()))])
+@pytest.mark.parametrize("content_type", [None, ""])
+def test_missing_content_type_is_sniffed(content_type: str | None) -> None:
+    stream = read_response(200, content_type, [(0.0, b"".join(full_stream()))])
     assert stream.outcome is Outcome.COMPLETE and stream.content == EXPECTED_CONTENT
-    message = read_response(200, None, [(0.0, json.dumps(JSON_MESSAGE).encode())])
+    message = read_response(200, content_type, [(0.0, json.dumps(JSON_MESSAGE).encode())])
     assert message.outcome is Outcome.COMPLETE and message.model == "claude-sonnet-4-5-20250929"
 
 

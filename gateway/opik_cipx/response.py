@@ -292,13 +292,13 @@ def read_response(
     """Dispatch: text/event-stream -> StreamReader; else JSON. status >= 400 -> Outcome.HTTP_ERROR
     with the error type/message from the body when it has one (SSE or JSON).
 
-    A body with no Content-Type at all is sniffed: SSE framing wins over JSON.
+    A body with no (or an empty) Content-Type is sniffed: SSE framing wins over JSON.
     """
     media = _media_type(content_type)
     chunks = list(body_chunks)
     if media != "text/event-stream":
         body = b"".join(chunk for _, chunk in chunks)
-        if not (content_type is None and _looks_like_sse(body)):
+        if content_type or not _looks_like_sse(body):
             return read_json_response(body, status)
     reader = StreamReader()
     for at, chunk in chunks:
