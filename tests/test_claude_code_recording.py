@@ -18,9 +18,13 @@ from tests.support.claude_code import (
     run_claude,
     run_claude_session,
 )
-from tests.support.fake_anthropic import Rule, Rules, Turn, load_records
+from multidict import CIMultiDict
 
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(claude_bin() is None, reason=claude_missing_reason())]
+from tests.support.cc_project import MARKERS, MODELS, label
+from tests.support.fake_anthropic import RecordedRequest, Rule, Rules, Turn, load_records
+
+needs_cli = [pytest.mark.e2e, pytest.mark.skipif(claude_bin() is None, reason=claude_missing_reason())]
+FIXTURES = REPO_ROOT / "tests" / "fixtures" / "claude_code"
 
 MARKER = "MARKER_E2E_BASH_OUT_5d1c"
 
@@ -35,6 +39,8 @@ def one_tool_call_rules() -> Rules:
     )
 
 
+@needs_cli[0]
+@needs_cli[1]
 def test_scripted_session_with_one_tool_call_reaches_the_fake_upstream(tmp_path: Path) -> None:
     ws = Workspace.create(tmp_path, allow=["Bash"])
     result = run_claude_session(
@@ -68,6 +74,8 @@ def test_scripted_session_with_one_tool_call_reaches_the_fake_upstream(tmp_path:
     assert all(p.status == 200 and p.response_headers["request-id"].startswith("req_") for p in posts)
 
 
+@needs_cli[0]
+@needs_cli[1]
 def test_middle_hook_puts_a_process_between_claude_and_the_upstream(tmp_path: Path) -> None:
     ws = Workspace.create(tmp_path, allow=[])
     middle_records = tmp_path / "middle-records"
@@ -88,3 +96,30 @@ def test_middle_hook_puts_a_process_between_claude_and_the_upstream(tmp_path: Pa
     assert stdout.strip() == "answered by the middle"
     assert [r for r in load_records(middle_records) if r.route == "/v1/messages"]
     assert not [r for r in load_records(ws.root / "session" / "upstream-records") if r.route == "/v1/messages"]
+
+
+def fixture_pairs() -> list[tuple[Path, dict]]:
+    return [(meta.with_name(meta.name.replace(".meta.json", ".json")), json.loads(meta.read_text())) for meta in sorted(FIXTURES.glob("*/*.meta.json"))]
+
+
+def test_recorded_fixtures_cover_every_model_and_their_meta_matches_the_bytes() -> None:
+    pairs = fixture_pairs()
+    assert {meta["scenario"] for _, meta in pairs} == set(MODELS)
+    for body_path, meta in pairs:
+        body = body_path.read_bytes()
+        assert json.loads(body)["model"] == meta["model"]
+        assert set(meta["expected_markers"]) <= set(meta["markers"]), body_path
+        for marker, found in meta["markers"].items():
+            assert found["category"] == MARKERS[marker]
+            assert all(body[offset : offset + len(marker)] == marker.encode() for offset in found["offsets"])
+            assert body.count(marker.encode()) == len(found["offsets"])
+        assert not {k.lower() for k, _ in meta["headers"]} & {"x-api-key", "authorization"}
+    total = sum(path.stat().st_size for path in FIXTURES.rglob("*") if path.is_file())
+    assert total < 15 * 1024 * 1024
+
+
+def test_label_reproduces_the_recorded_labels_and_subagent_requests_carry_agent_id() -> None:
+    for body_path, meta in fixture_pairs():
+        request = RecordedRequest("POST", meta["path"], CIMultiDict(meta["headers"]), body_path.read_bytes())
+        assert label(request) == meta["label"], body_path
+        assert (meta["agent_id"] is not None) == meta["label"].startswith("subagent"), body_path
