@@ -380,7 +380,9 @@ class FakeAnthropic:
                 return await self._messages(request, recorded, request_id)
             return await self._respond_json(request, recorded, 404, error_body(404, request_id), request_id)
         finally:
-            self._write_record(recorded)
+            if self._record_dir is not None:
+                # File writes stay off the event loop (the suite may run blockbuster).
+                await asyncio.to_thread(self._write_record, recorded)
 
     async def _messages(self, request: web.Request, recorded: RecordedRequest, request_id: str) -> web.StreamResponse:
         try:
