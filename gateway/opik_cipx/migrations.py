@@ -1,0 +1,152 @@
+"""Schema migrations for the spool: an append-only list of small functions.
+
+Each migration is a plain function of the connection, registered in order with
+:func:`migration` and recorded by name in the ``_migrations`` table once it has
+run. Never edit or reorder a released migration: append a new one. Names are
+``mNNN_what`` so the table reads as a history.
+
+Every migration runs in its own ``BEGIN IMMEDIATE`` transaction together with
+the row that records it, so a crash mid-way leaves either both or neither, and
+two processes opening the same spool at once cannot apply one twice.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+Migration = Callable[[sqlite3.Connection], None]
+
+MIGRATIONS: list[Migration] = []
+
+
+def migration(fn: Migration) -> Migration:
+    """Append ``fn`` to :data:`MIGRATIONS`; definition order is application order."""
+    if any(m.__name__ == fn.__name__ for m in MIGRATIONS):
+        raise ValueError(f"duplicate migration name {fn.__name__!r}")
+    MIGRATIONS.append(fn)
+    return fn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction, taken up front so a read-then-write never races.
+
+    Works whatever the connection's ``isolation_level``: once ``BEGIN`` has run,
+    the sqlite3 module issues no implicit one of its own.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")
+
+
+def _ensure_table(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
+    )
+
+
+def applied(conn: sqlite3.Connection) -> list[str]:
+    """Names recorded in ``_migrations``, in the order they were applied."""
+    _ensure_table(conn)
+    return [row[0] for row in conn.execute("SELECT name FROM _migrations ORDER BY rowid")]
+
+
+def migrate(conn: sqlite3.Connection) -> list[str]:
+    """Apply every pending migration, each in its own transaction; return the names applied."""
+    done = set(applied(conn))
+    ran: list[str] = []
+    for fn in MIGRATIONS:
+        if fn.__name__ in done:
+            continue
+        with transaction(conn):
+            # Re-check under the write lock: another process may have won the race.
+            if conn.execute("SELECT 1 FROM _migrations WHERE name = ?", (fn.__name__,)).fetchone():
+                continue
+            fn(conn)
+            conn.execute(
+                "INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (fn.__name__, time.time())
+            )
+        ran.append(fn.__name__)
+    return ran
+
+
+# --- the migrations, oldest first -------------------------------------------------------------
+
+
+@migration
+def m001_exchanges(conn: sqlite3.Connection) -> None:
+    # The listing columns come first so a list query never walks past the JSON columns;
+    # bodies live in `blobs`, referenced by hash, so rows stay small at 100,000 calls.
+    conn.execute(
+        """
+        CREATE TABLE exchanges (
+            id TEXT NOT NULL UNIQUE,
+            started_at REAL NOT NULL,
+            kind TEXT NOT NULL,
+            method TEXT NOT NULL,
+            path TEXT NOT NULL,
+            status INTEGER,
+            outcome TEXT NOT NULL,
+            session_id TEXT,
+            agent_id TEXT,
+            model TEXT,
+            stop_reason TEXT,
+            input_tokens INTEGER NOT NULL DEFAULT 0,
+            output_tokens INTEGER NOT NULL DEFAULT 0,
+            cache_creation_input_tokens INTEGER NOT NULL DEFAULT 0,
+            cache_read_input_tokens INTEGER NOT NULL DEFAULT 0,
+            cost_usd REAL,
+            ttfb_ms REAL,
+            ttft_ms REAL,
+            duration_ms REAL,
+            request_bytes INTEGER NOT NULL DEFAULT 0,
+            response_bytes INTEGER NOT NULL DEFAULT 0,
+            streamed INTEGER NOT NULL DEFAULT 0,
+            response_encoding TEXT,
+            error TEXT,
+            request_headers TEXT NOT NULL DEFAULT '{}',
+            response_headers TEXT NOT NULL DEFAULT '{}',
+            usage TEXT,
+            cost TEXT,
+            request_body_size INTEGER NOT NULL DEFAULT 0,
+            request_chunks BLOB NOT NULL DEFAULT x'',
+            response_body_size INTEGER NOT NULL DEFAULT 0,
+            response_hash BLOB
+        )
+        """
+    )
+
+
+@migration
+def m002_blobs(conn: sqlite3.Connection) -> None:
+    # Content-addressed, zlib-compressed body pieces; `refs` counts references from
+    # exchanges (with multiplicity) so shedding can drop what nothing points at.
+    # A rowid table on purpose: WITHOUT ROWID suits small rows, and these run to 64 KB.
+    conn.execute(
+        """
+        CREATE TABLE blobs (
+            hash BLOB PRIMARY KEY,
+            data BLOB NOT NULL,
+            size INTEGER NOT NULL,
+            refs INTEGER NOT NULL DEFAULT 0
+        )
+        """
+    )
+
+
+@migration
+def m003_exchange_indexes(conn: sqlite3.Connection) -> None:
+    # Every filtered listing is ordered newest first by (started_at, id), so each filter
+    # index ends in those columns and keyset paging walks an index with no sort step.
+    conn.execute("CREATE INDEX exchanges_started ON exchanges (started_at, id)")
+    conn.execute("CREATE INDEX exchanges_session ON exchanges (session_id, started_at, id)")
+    conn.execute("CREATE INDEX exchanges_model ON exchanges (model, started_at, id)")
+    conn.execute("CREATE INDEX exchanges_kind ON exchanges (kind, started_at, id)")

@@ -1,0 +1,546 @@
+"""The local spool: every captured Exchange, committed to SQLite in WAL mode.
+
+It is the embedded default that the shipper, the viewer, ``stats``, ``status``
+and ``explain`` read back. :class:`Spool` is synchronous and is handed its
+connection; :class:`AsyncSpool` runs it on one dedicated thread so the event
+loop never waits on SQLite.
+
+Request bodies are not stored whole. Claude Code resends the whole
+conversation every turn, so each body is cut into content-defined chunks at
+boundaries that stay put from one turn to the next (just before each
+``{"role":`` and ``{"type":``), and each chunk is stored once, by its SHA-256,
+zlib-compressed, with a reference count. A turn then costs roughly its new
+messages, not the whole conversation again. Response bodies are one blob each,
+through the same table, so identical responses are also kept once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import sqlite3
+import stat
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from opik_cipx.migrations import migrate, transaction
+from opik_cipx.model import CallKind, Cost, Exchange, Outcome, Usage
+
+T = TypeVar("T")
+
+# Chunking. A boundary is the start of a JSON object whose first key is "role" (a message)
+# or "type" (a content block, a system block, a schema node). These sit at the same bytes in
+# every turn of a conversation, unlike fixed offsets, which shift as soon as one byte is added.
+_BOUNDARY = re.compile(rb'\{"(?:role|type)"\s*:')
+MIN_CHUNK = 2 * 1024  # below this, neighbouring pieces are merged
+MAX_CHUNK = 64 * 1024  # merged chunks stay under this; a bigger single piece stands alone
+SLICE = 1024 * 1024  # a piece bigger than this (one huge tool result, a non-JSON body) is sliced
+# Past MIN_CHUNK a piece ends its chunk when its CRC has this bit clear (1 in 2). Deciding on
+# the piece's own content, not on a running size alone, is what lets two turns that differ in
+# the middle fall back onto the same cuts soon after the difference. Measured on synthetic
+# Claude Code conversations, rarer cuts (1 in 8) make bigger chunks and store about 1.7x more,
+# since each turn rewrites the chunk its change lands in.
+_CUT_MASK = 0x1
+_HASH_SIZE = hashlib.sha256().digest_size
+_ZLIB_LEVEL = 1  # level 6 is half again smaller on JSON but twice as slow; the hot path wins
+_SQL_BATCH = 500  # host parameters per IN (...), far below SQLite's limit
+
+
+def chunk_bounds(body: bytes) -> list[tuple[int, int]]:
+    """Cut ``body`` into ``(start, end)`` ranges that cover it exactly, in order."""
+    size = len(body)
+    if size == 0:
+        return []
+    view = memoryview(body)
+    out: list[tuple[int, int]] = []
+    chunk_start = 0
+    piece_start = 0
+    ends = [m.start() for m in _BOUNDARY.finditer(body)]
+    ends.append(size)
+    for piece_end in ends:
+        piece_len = piece_end - piece_start
+        if piece_len == 0:
+            continue
+        if piece_len >= MAX_CHUNK:
+            if chunk_start < piece_start:
+                out.append((chunk_start, piece_start))
+            for s in range(piece_start, piece_end, SLICE):
+                out.append((s, min(s + SLICE, piece_end)))
+            chunk_start = piece_end
+        else:
+            if piece_start - chunk_start + piece_len > MAX_CHUNK:
+                out.append((chunk_start, piece_start))
+                chunk_start = piece_start
+            if piece_end - chunk_start >= MIN_CHUNK and not (
+                zlib.crc32(view[piece_start:piece_end]) & _CUT_MASK
+            ):
+                out.append((chunk_start, piece_end))
+                chunk_start = piece_end
+        piece_start = piece_end
+    if chunk_start < size:
+        out.append((chunk_start, size))
+    return out
+
+
+class SpoolError(RuntimeError):
+    """The spool's contents contradict themselves (a referenced chunk is missing)."""
+
+
+@dataclass(slots=True)
+class CallRow:
+    """One exchange without its bodies or headers: what listings and stats read."""
+
+    id: str
+    started_at: float
+    kind: str
+    method: str
+    path: str
+    status: int | None
+    outcome: str
+    session_id: str | None
+    agent_id: str | None
+    model: str | None
+    stop_reason: str | None
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int
+    cache_read_input_tokens: int
+    cost_usd: float | None
+    ttfb_ms: float | None
+    ttft_ms: float | None
+    duration_ms: float | None
+    request_bytes: int
+    response_bytes: int
+
+
+# CallRow's field names are the column names, so a row maps onto it positionally.
+_CALL_COLUMNS = tuple(f.name for f in fields(CallRow))
+_DETAIL_COLUMNS = (
+    "streamed",
+    "response_encoding",
+    "error",
+    "request_headers",
+    "response_headers",
+    "usage",
+    "cost",
+    "request_body_size",
+    "request_chunks",
+    "response_body_size",
+    "response_hash",
+)
+_ALL_COLUMNS = _CALL_COLUMNS + _DETAIL_COLUMNS
+_SELECT_CALLS = f"SELECT {', '.join(_CALL_COLUMNS)} FROM exchanges"
+_SELECT_ALL = f"SELECT {', '.join(_ALL_COLUMNS)} FROM exchanges"
+_UPSERT = (
+    f"INSERT INTO exchanges ({', '.join(_ALL_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _ALL_COLUMNS)}) "
+    # An update in place, not INSERT OR REPLACE: REPLACE deletes the old row first, which
+    # would cascade to any later table that points at exchanges(id).
+    f"ON CONFLICT(id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _ALL_COLUMNS[1:])}"
+)
+_NEWEST_FIRST = "ORDER BY started_at DESC, id DESC"
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (creating if need be) the spool database at ``path``.
+
+    Missing parent directories are made private (0700): the spool holds prompts.
+    WAL lets readers (viewer, ``stats``) run beside the writer; ``synchronous=NORMAL``
+    is durable across an application crash, and only an OS crash can lose the last
+    commits. The connection is in autocommit mode; writers open transactions
+    explicitly. ``check_same_thread=False`` so it can be built on one thread and used
+    on the spool's worker.
+    """
+    path = Path(path)
+    missing: list[Path] = []
+    parent = path.parent
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    for directory in reversed(missing):
+        directory.mkdir(mode=0o700, exist_ok=True)
+    if not path.parent.is_dir():
+        # SQLite would only say "unable to open database file".
+        raise NotADirectoryError(f"cannot create the spool: {path.parent} is not a directory")
+    conn = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+    try:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise sqlite3.OperationalError(f"could not put {path} in WAL mode (got {mode!r})")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("PRAGMA foreign_keys=ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _restore(cls: type[T], text: str | None) -> T | None:
+    if text is None:
+        return None
+    data = json.loads(text)
+    # Keys a newer or older version wrote that this dataclass lacks are dropped, not fatal.
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _digests(packed: bytes) -> list[bytes]:
+    return [packed[i : i + _HASH_SIZE] for i in range(0, len(packed), _HASH_SIZE)]
+
+
+def _batches(items: list[bytes]) -> Iterable[list[bytes]]:
+    for i in range(0, len(items), _SQL_BATCH):
+        yield items[i : i + _SQL_BATCH]
+
+
+class Spool:
+    """The synchronous store. Not thread-safe: use it from one thread (see AsyncSpool)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        migrate(conn)
+
+    # --- writing -----------------------------------------------------------------------------
+
+    def add(self, ex: Exchange) -> None:
+        """Store ``ex`` in one transaction. Adding the same id again replaces it.
+
+        New chunk references are counted before the old version's are released, so a
+        chunk both versions share never drops to zero in between.
+        """
+        body = ex.request_body
+        view = memoryview(body)
+        pieces: dict[bytes, memoryview] = {}
+        order: list[bytes] = []
+        for start, end in chunk_bounds(body):
+            piece = view[start:end]
+            digest = hashlib.sha256(piece).digest()
+            pieces.setdefault(digest, piece)
+            order.append(digest)
+        refs = Counter(order)
+        response_hash: bytes | None = None
+        if ex.response_body:
+            response_hash = hashlib.sha256(ex.response_body).digest()
+            pieces.setdefault(response_hash, memoryview(ex.response_body))
+            refs[response_hash] += 1
+
+        usage = ex.usage
+        row = (
+            ex.id,
+            ex.started_at,
+            str(ex.kind),
+            ex.method,
+            ex.path,
+            ex.status,
+            str(ex.outcome),
+            ex.session_id,
+            ex.agent_id,
+            ex.model,
+            ex.stop_reason,
+            usage.input_tokens if usage else 0,
+            usage.output_tokens if usage else 0,
+            usage.cache_creation_input_tokens if usage else 0,
+            usage.cache_read_input_tokens if usage else 0,
+            ex.cost.total_usd if ex.cost else None,
+            ex.ttfb_ms,
+            ex.ttft_ms,
+            ex.duration_ms,
+            ex.request_bytes,
+            ex.response_bytes,
+            int(ex.streamed),
+            ex.response_encoding,
+            ex.error,
+            _json(ex.request_headers),
+            _json(ex.response_headers),
+            _json(asdict(usage)) if usage else None,
+            _json(asdict(ex.cost)) if ex.cost else None,
+            len(body),
+            b"".join(order),
+            len(ex.response_body),
+            response_hash,
+        )
+        with transaction(self.conn):
+            old = self.conn.execute(
+                "SELECT request_chunks, response_hash FROM exchanges WHERE id = ?", (ex.id,)
+            ).fetchone()
+            self._retain(refs, pieces)
+            self.conn.execute(_UPSERT, row)
+            if old is not None:
+                released = Counter(_digests(old[0]))
+                if old[1] is not None:
+                    released[old[1]] += 1
+                self._release(released)
+
+    def _existing(self, digests: list[bytes]) -> set[bytes]:
+        found: set[bytes] = set()
+        for batch in _batches(digests):
+            marks = ", ".join("?" for _ in batch)
+            found.update(
+                r[0] for r in self.conn.execute(f"SELECT hash FROM blobs WHERE hash IN ({marks})", batch)
+            )
+        return found
+
+    def _retain(self, refs: Counter[bytes], pieces: dict[bytes, memoryview]) -> None:
+        if not refs:
+            return
+        existing = self._existing(list(refs))
+        # Only chunks never seen before are compressed: in a long conversation that is the
+        # new turn, which is what keeps add() cheap when the body is a megabyte.
+        self.conn.executemany(
+            "INSERT INTO blobs (hash, data, size, refs) VALUES (?, ?, ?, ?)",
+            (
+                (h, zlib.compress(pieces[h], _ZLIB_LEVEL), len(pieces[h]), n)
+                for h, n in refs.items()
+                if h not in existing
+            ),
+        )
+        self.conn.executemany(
+            "UPDATE blobs SET refs = refs + ? WHERE hash = ?",
+            ((n, h) for h, n in refs.items() if h in existing),
+        )
+
+    def _release(self, refs: Counter[bytes]) -> None:
+        if not refs:
+            return
+        self.conn.executemany(
+            "UPDATE blobs SET refs = refs - ? WHERE hash = ?", ((n, h) for h, n in refs.items())
+        )
+        for batch in _batches(list(refs)):
+            marks = ", ".join("?" for _ in batch)
+            self.conn.execute(f"DELETE FROM blobs WHERE refs <= 0 AND hash IN ({marks})", batch)
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def _load(self, digests: set[bytes]) -> dict[bytes, bytes]:
+        wanted = sorted(digests)
+        out: dict[bytes, bytes] = {}
+        for batch in _batches(wanted):
+            marks = ", ".join("?" for _ in batch)
+            for digest, data in self.conn.execute(
+                f"SELECT hash, data FROM blobs WHERE hash IN ({marks})", batch
+            ):
+                out[digest] = zlib.decompress(data)
+        if len(out) != len(wanted):
+            raise SpoolError(f"{len(wanted) - len(out)} body chunk(s) missing from the spool")
+        return out
+
+    def _exchange(self, row: tuple[Any, ...]) -> Exchange:
+        values = dict(zip(_ALL_COLUMNS, row, strict=True))
+        order = _digests(values["request_chunks"])
+        response_hash: bytes | None = values["response_hash"]
+        wanted = set(order)
+        if response_hash is not None:
+            wanted.add(response_hash)
+        data = self._load(wanted) if wanted else {}
+        request_body = b"".join(data[h] for h in order)
+        response_body = data[response_hash] if response_hash is not None else b""
+        if len(request_body) != values["request_body_size"] or len(response_body) != values[
+            "response_body_size"
+        ]:
+            raise SpoolError(f"exchange {values['id']}: reassembled body has the wrong size")
+        return Exchange(
+            id=values["id"],
+            started_at=values["started_at"],
+            method=values["method"],
+            path=values["path"],
+            kind=CallKind(values["kind"]),
+            request_headers=json.loads(values["request_headers"]),
+            request_body=request_body,
+            status=values["status"],
+            response_headers=json.loads(values["response_headers"]),
+            response_body=response_body,
+            response_encoding=values["response_encoding"],
+            streamed=bool(values["streamed"]),
+            ttfb_ms=values["ttfb_ms"],
+            ttft_ms=values["ttft_ms"],
+            duration_ms=values["duration_ms"],
+            session_id=values["session_id"],
+            agent_id=values["agent_id"],
+            model=values["model"],
+            stop_reason=values["stop_reason"],
+            usage=_restore(Usage, values["usage"]),
+            cost=_restore(Cost, values["cost"]),
+            outcome=Outcome(values["outcome"]),
+            error=values["error"],
+            request_bytes=values["request_bytes"],
+            response_bytes=values["response_bytes"],
+        )
+
+    def get(self, exchange_id: str) -> Exchange | None:
+        """The full Exchange, bodies reassembled byte for byte; None if unknown."""
+        row = self.conn.execute(f"{_SELECT_ALL} WHERE id = ?", (exchange_id,)).fetchone()
+        return None if row is None else self._exchange(row)
+
+    def calls(
+        self,
+        *,
+        limit: int = 50,
+        before: tuple[float, str] | None = None,
+        session_id: str | None = None,
+        model: str | None = None,
+        kind: str | None = None,
+        since: float | None = None,
+    ) -> list[CallRow]:
+        """Listing rows, newest first.
+
+        Page with ``before=(row.started_at, row.id)`` of the last row seen: the next page
+        starts strictly after it in (started_at, id) order, so rows with equal timestamps
+        are neither skipped nor repeated, and each page is an index seek, not an OFFSET scan.
+        """
+        where: list[str] = []
+        params: list[Any] = []
+        if session_id is not None:
+            where.append("session_id = ?")
+            params.append(session_id)
+        if model is not None:
+            where.append("model = ?")
+            params.append(model)
+        if kind is not None:
+            where.append("kind = ?")
+            params.append(str(kind))
+        if since is not None:
+            where.append("started_at >= ?")
+            params.append(since)
+        if before is not None:
+            where.append("(started_at, id) < (?, ?)")
+            params.extend(before)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        params.append(max(0, limit))
+        rows = self.conn.execute(f"{_SELECT_CALLS}{clause} {_NEWEST_FIRST} LIMIT ?", params)
+        return [CallRow(*r) for r in rows]
+
+    def last(self, n: int = 1, *, llm_only: bool = True) -> list[Exchange]:
+        """The ``n`` newest full Exchanges, newest first; only LLM calls unless told otherwise."""
+        clause = " WHERE kind = ?" if llm_only else ""
+        params: list[Any] = [str(CallKind.MESSAGES)] if llm_only else []
+        params.append(max(0, n))
+        rows = self.conn.execute(f"{_SELECT_ALL}{clause} {_NEWEST_FIRST} LIMIT ?", params).fetchall()
+        return [self._exchange(r) for r in rows]
+
+    def counters(self) -> dict[str, int]:
+        """Totals for ``status`` and ``stats``.
+
+        Keys: ``calls``; ``kind.<kind>`` and ``outcome.<outcome>`` for every CallKind and
+        Outcome (zero when none); ``unknown_cost`` (LLM calls with usage but no price);
+        ``request_bytes`` / ``response_bytes`` (wire sizes); ``body_bytes`` (what storing
+        every body whole would take); ``stored_chunks`` / ``stored_bytes`` (the unique,
+        compressed chunks actually kept).
+        """
+        out: dict[str, int] = {"calls": 0}
+        out.update({f"kind.{k}": 0 for k in CallKind})
+        out.update({f"outcome.{o}": 0 for o in Outcome})
+        totals = Counter[str]()
+        for kind, outcome, n, unknown, req, resp, body in self.conn.execute(
+            """
+            SELECT kind, outcome, count(*),
+                   total(kind = 'messages' AND usage IS NOT NULL AND cost_usd IS NULL),
+                   total(request_bytes), total(response_bytes),
+                   total(request_body_size + response_body_size)
+            FROM exchanges GROUP BY kind, outcome
+            """
+        ):
+            out["calls"] += n
+            out[f"kind.{kind}"] = out.get(f"kind.{kind}", 0) + n
+            out[f"outcome.{outcome}"] = out.get(f"outcome.{outcome}", 0) + n
+            totals.update(unknown_cost=int(unknown), request_bytes=int(req), response_bytes=int(resp))
+            totals.update(body_bytes=int(body))
+        for key in ("unknown_cost", "request_bytes", "response_bytes", "body_bytes"):
+            out[key] = totals[key]
+        chunks, stored = self.conn.execute("SELECT count(*), total(length(data)) FROM blobs").fetchone()
+        out["stored_chunks"] = chunks
+        out["stored_bytes"] = int(stored)
+        return out
+
+    def size_bytes(self) -> int:
+        """Bytes on disk: the database file plus its WAL (0 for an in-memory database)."""
+        total = 0
+        for _, name, filename in self.conn.execute("PRAGMA database_list"):
+            if name != "main" or not filename:
+                continue
+            for candidate in (filename, f"{filename}-wal"):
+                try:
+                    st = os.stat(candidate)
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    total += st.st_size
+        return total
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class AsyncSpool:
+    """Runs every Spool method on one dedicated thread so the event loop never blocks on SQLite.
+
+    One worker, so calls run one at a time in the order they were made, and a close
+    runs after every call queued before it. A caller that is cancelled while waiting
+    does not cancel its call: an ``add`` that has been handed over still commits.
+    """
+
+    def __init__(self, spool: Spool, *, executor: ThreadPoolExecutor | None = None) -> None:
+        self._spool = spool
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="cipx-spool")
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: Path) -> AsyncSpool:
+        """Connect, migrate and build the Spool on the worker thread itself."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cipx-spool")
+        loop = asyncio.get_running_loop()
+        try:
+            spool = await loop.run_in_executor(executor, lambda: Spool(connect(path)))
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(spool, executor=executor)
+
+    async def run(self, fn: Callable[[Spool], T]) -> T:
+        """Run ``fn(spool)`` on the spool's thread: the way for other stores to share it."""
+        if self._closed:
+            raise RuntimeError("the spool is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, self._spool)
+
+    async def add(self, ex: Exchange) -> None:
+        await self.run(lambda s: s.add(ex))
+
+    async def get(self, exchange_id: str) -> Exchange | None:
+        return await self.run(lambda s: s.get(exchange_id))
+
+    async def calls(self, **filters: Any) -> list[CallRow]:
+        return await self.run(lambda s: s.calls(**filters))
+
+    async def last(self, n: int = 1, *, llm_only: bool = True) -> list[Exchange]:
+        return await self.run(lambda s: s.last(n, llm_only=llm_only))
+
+    async def counters(self) -> dict[str, int]:
+        return await self.run(Spool.counters)
+
+    async def size_bytes(self) -> int:
+        return await self.run(Spool.size_bytes)
+
+    async def close(self) -> None:
+        """Close the connection after queued calls finish; a second close does nothing."""
+        if self._closed:
+            return
+        # Marked first so a call made while the close is queued is refused, not run on a
+        # closed connection.
+        self._closed = True
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, Spool.close, self._spool)
+        finally:
+            # The worker is idle now; not joining it keeps the loop from waiting on a thread.
+            self._executor.shutdown(wait=False)
