@@ -1,0 +1,145 @@
+"""Locating JSON structure in raw request bytes at C speed.
+
+The attributor must report byte ranges of the body exactly as it was sent, so it
+never re-serializes. The body is decoded as latin-1: one char per byte, so every
+index in the decoded ``str`` is a byte offset of the raw body, and JSON's
+structural characters (all ASCII) sit where they sit in the bytes. Strings are
+found with a compiled regex; containers we treat as opaque are skipped with the
+stdlib's C scanner. Both run in C, which is what keeps a 1 MB body within a few
+milliseconds. The latin-1 view garbles non-ASCII text, so whenever real text is
+needed it is decoded from the raw bytes with :func:`decode_string`, and
+positions found in that text go back to byte offsets through
+:func:`char_to_byte_offsets`.
+"""
+
+from __future__ import annotations
+
+import json
+import json.decoder
+import json.scanner
+import re
+from collections.abc import Sequence
+from typing import Any
+
+WS = re.compile(r"[ \t\n\r]*")
+# The unrolled form keeps the inner loop a single-character repeat, which sre runs
+# far faster than an alternation on long strings.
+STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+
+_scan_once = json.scanner.make_scanner(json.JSONDecoder(strict=False))
+
+
+class Malformed(Exception):
+    """The body stops being JSON at :attr:`pos`."""
+
+    def __init__(self, pos: int) -> None:
+        super().__init__(pos)
+        self.pos = pos
+
+
+def skip_ws(s: str, pos: int) -> int:
+    return WS.match(s, pos).end()  # type: ignore[union-attr]  # matches the empty string
+
+
+def string_end(s: str, pos: int) -> int:
+    """End of the JSON string token starting at ``pos`` (which holds ``"``).
+
+    ``str.find`` for the next quote, then a look back for escaping backslashes:
+    a regex with a repeated group costs a step per escape, and tool results are
+    full of ``\\n``.
+    """
+    if s[pos] != '"':
+        raise Malformed(pos)
+    find = s.find
+    q = pos + 1
+    while True:
+        q = find('"', q)
+        if q == -1:
+            raise Malformed(pos)
+        k = q - 1
+        while s[k] == "\\":
+            k -= 1
+        if (q - 1 - k) % 2 == 0:
+            return q + 1
+        q += 1
+
+
+def value(s: str, pos: int) -> tuple[Any, int]:
+    """Parse the value at ``pos`` with the C scanner: (python value, end).
+
+    Strings come back garbled outside ASCII (latin-1 view); callers use them only
+    for ASCII facts such as tool names and dict keys.
+    """
+    try:
+        return _scan_once(s, pos)
+    except (StopIteration, ValueError, RecursionError) as exc:
+        raise Malformed(pos) from exc
+
+
+def skip_value(s: str, pos: int) -> int:
+    if pos < len(s) and s[pos] == '"':
+        return string_end(s, pos)
+    return value(s, pos)[1]
+
+
+def decode_string(raw: bytes) -> str | None:
+    """Text of a JSON string given its raw bytes *without* the quotes.
+
+    Invalid UTF-8 bytes become lone surrogates (one char per byte), the same rule
+    :func:`char_to_byte_offsets` counts with. None when an escape is invalid.
+    """
+    text = raw.decode("utf-8", "surrogateescape")
+    if "\\" not in text:
+        return text
+    try:
+        return json.decoder.scanstring(text + '"', 0, False)[0]
+    except (ValueError, IndexError):
+        return None
+
+
+# One char of decoded text per match, except plain runs, which are many chars.
+# A surrogate pair escape decodes to one char (json joins the pair).
+_PIECE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+    rb"|\\u[0-9a-fA-F]{4}"
+    rb"|\\."
+    rb"|[^\\]+",
+    re.S,
+)
+
+
+def char_to_byte_offsets(raw: bytes, char_offsets: Sequence[int]) -> list[int]:
+    """Map offsets in the decoded text of a JSON string to offsets in its raw bytes.
+
+    ``raw`` is the string's bytes without the quotes; ``char_offsets`` must be
+    sorted ascending. An offset at or past the end maps to ``len(raw)``. Offsets
+    always land on a piece boundary, never inside an escape sequence or inside a
+    UTF-8 multi-byte sequence.
+    """
+    out: list[int] = []
+    if not char_offsets:
+        return out
+    want = iter(char_offsets)
+    target = next(want, None)
+    chars = 0
+    for m in _PIECE.finditer(raw):
+        piece = m.group()
+        if piece[:1] == b"\\":
+            width = 1
+        else:
+            text = piece.decode("utf-8", "surrogateescape")
+            width = len(text)
+        while target is not None and target < chars + width:
+            if target <= chars:
+                out.append(m.start())
+            else:
+                # Inside a plain run: count the UTF-8 bytes of the chars before it.
+                out.append(m.start() + len(text[: target - chars].encode("utf-8", "surrogateescape")))
+            target = next(want, None)
+        if target is None:
+            return out
+        chars += width
+    while target is not None:
+        out.append(len(raw))
+        target = next(want, None)
+    return out

@@ -1,0 +1,583 @@
+"""Attribution of synthetic Claude Code request bodies built from the wire facts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from opik_cipx.attribute import (
+    Attribution,
+    allocate,
+    attribute_request,
+    char_to_byte_offsets,
+    classify_call,
+    decode_string,
+    largest_remainder,
+    split_mcp_name,
+)
+from opik_cipx.model import Usage
+
+EPHEMERAL = {"type": "ephemeral"}
+USER_MD = "# Personal rules\nAlways answer in English. MARK_USER_MD \"quoted\" café 🎉\n"
+PROJECT_MD = "# Project\nRun `make test`. MARK_PROJECT_MD\n\n## Style\ntabs\n"
+
+
+def _tool(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "description": description,
+        "input_schema": {"type": "object", "properties": {"q": {"type": "string", "description": "query"}}, "required": ["q"]},
+    }
+
+
+def _context_reminder() -> str:
+    return (
+        "<system-reminder>\nAs you answer the user's questions, you can use the following context:\n"
+        "# claudeMd\nCodebase and user instructions are shown below. Be sure to adhere to these instructions.\n\n"
+        "Contents of /home/u/.claude/CLAUDE.md (user's private global instructions for all projects):\n\n"
+        f"{USER_MD}\n"
+        "Contents of /work/proj/CLAUDE.md (project instructions, checked into the codebase):\n\n"
+        f"{PROJECT_MD}\n"
+        "# currentDate\nToday's date is 2026-11-22.\n\n"
+        "      IMPORTANT: this context may or may not be relevant to your tasks. You should not respond to this "
+        "context unless it is highly relevant to your task.\n</system-reminder>\n"
+    )
+
+
+SYSTEM_SECTIONS = [
+    "SessionStart:startup hook success: MARK_SESSION_HOOK printed by a hook",
+    "Available agent types for the Agent tool:\n- general-purpose: General agent (Tools: *)\n"
+    "- reviewer: MARK_AGENT_LISTING reviews diffs (Tools: Read, Grep)",
+    "# MCP Server Instructions\n\nThe following MCP servers have provided instructions for how to use their tools "
+    "and resources:\n\n## acme_tools\nMARK_MCP_INSTRUCTIONS use search first.\n\n## plugin_demo_my_srv\nLook things up.",
+    "The following skills are available for use with the Skill tool:\n\n- deploy: MARK_SKILL_LISTING ships it\n"
+    "- review: custom command",
+    "UserPromptSubmit hook success: MARK_PROMPT_HOOK",
+]
+
+
+def cc_body(
+    *,
+    placement: str = "system_message",
+    subagent_billing: bool = False,
+    compaction: bool = False,
+    order: str = "role-first",
+    system_prompt: str = "You are an interactive CLI tool.\nMARK_MAIN_PROMPT\n" + "Follow the rules. " * 40,
+) -> bytes:
+    """A request shaped like Claude Code 2.1.197's, with a marker planted in every source."""
+    first: list[dict[str, Any]] = [{"type": "text", "text": _context_reminder()}]
+    if placement == "reminders":
+        first += [{"type": "text", "text": f"<system-reminder>\n{s}\n</system-reminder>"} for s in SYSTEM_SECTIONS]
+    first.append({"type": "text", "text": "Fix the flaky test MARK_PROMPT_ONE please"})
+    messages: list[dict[str, Any]] = [{"role": "user", "content": first}]
+    if placement == "system_message":
+        messages.append({"role": "system", "content": "\n\n".join(SYSTEM_SECTIONS)})
+    messages += [
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "thinking", "thinking": "MARK_THINKING let me look", "signature": "c2lnbmF0dXJl"},
+                {"type": "text", "text": "I'll run it. MARK_ASSISTANT_TEXT"},
+                {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "echo MARK_BASH_IN"}},
+            ],
+        },
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "MARK_BASH_OUT\nok", "is_error": False}]},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "toolu_2", "name": "mcp__acme_tools__search", "input": {"q": "MARK_MCPCALL_IN"}}],
+        },
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "toolu_2",
+                    "content": [
+                        {"type": "text", "text": "MARK_MCP_OUT result"},
+                        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgoMARKIMAGE"}},
+                    ],
+                }
+            ],
+        },
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_3", "name": "Skill", "input": {"skill": "deploy"}}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_3", "content": "Launching skill: deploy"},
+                {"type": "text", "text": "Base directory for this skill: /work/proj/.claude/skills/deploy\n\nMARK_SKILL_BODY steps"},
+            ],
+        },
+        {"role": "assistant", "content": [{"type": "text", "text": "Deployed."}]},
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "text",
+                    "text": "<command-message>review is running…</command-message>\n<command-name>/review</command-name>\n"
+                    "<command-args>MARK_COMMAND_ARGS</command-args>",
+                },
+                {"type": "text", "text": "Review the diff carefully. MARK_COMMAND_BODY"},
+            ],
+        },
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_4", "name": "Agent", "input": {"subagent_type": "reviewer", "prompt": "MARK_AGENT_IN"}}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_4", "content": [{"type": "text", "text": "MARK_AGENT_OUT looks fine"}, {"type": "text", "text": "agentId: a1b2c3 (usage: 1234 tokens)"}]},
+                {"type": "text", "text": "<local-command-stdout>MARK_LOCAL_STDOUT</local-command-stdout>"},
+                {"type": "text", "text": "Now ship it MARK_PROMPT_TWO", "cache_control": EPHEMERAL},
+            ],
+        },
+    ]
+    if compaction:
+        messages[-1]["content"].append({"type": "text", "text": "CRITICAL: Respond with TEXT ONLY. Do NOT call any tools. MARK_COMPACT_INSTRUCTION"})
+    if order == "content-first":
+        messages = [{"content": m["content"], "role": m["role"]} for m in messages]
+    billing = "x-anthropic-billing-header: cc_version=2.1.197.abc; cc_entrypoint=cli;"
+    if subagent_billing:
+        billing += " cc_is_subagent=true;"
+    body = {
+        "model": "claude-opus-4-6",
+        "messages": messages,
+        "system": [
+            {"type": "text", "text": billing},
+            {"type": "text", "text": "You are Claude Code, Anthropic's official CLI for Claude.", "cache_control": EPHEMERAL},
+            {"type": "text", "text": system_prompt, "cache_control": EPHEMERAL},
+        ],
+        "tools": [
+            _tool("Agent", "Launch a new agent MARK_TOOL_AGENT"),
+            _tool("Bash", "Run a command MARK_TOOL_BASH"),
+            _tool("Skill", "Run a skill"),
+            _tool("mcp__acme_tools__fetch", "Fetch a thing"),
+            _tool("mcp__acme_tools__search", "Search MARK_MCP_TOOL"),
+            _tool("mcp__plugin_demo_my_srv__lookup", "Look up MARK_PLUGIN_TOOL"),
+        ],
+        "metadata": {"user_id": json.dumps({"device_id": "d" * 64, "account_uuid": "", "session_id": "s-1"})},
+        "max_tokens": 32000,
+        "thinking": {"type": "enabled", "budget_tokens": 31999},
+        "context_management": {"edits": []},
+        "output_config": {"effort": "high"},
+        "stream": True,
+    }
+    return json.dumps(body, ensure_ascii=False).encode("utf-8")
+
+
+MARKERS: dict[str, tuple[str, str]] = {
+    "MARK_USER_MD": ("memory", "/home/u/.claude/CLAUDE.md"),
+    "MARK_PROJECT_MD": ("memory", "/work/proj/CLAUDE.md"),
+    "2026-11-22": ("reminders", "currentDate"),
+    "MARK_PROMPT_ONE": ("user_prompt", "#1"),
+    "MARK_SESSION_HOOK": ("hooks", "SessionStart"),
+    "MARK_AGENT_LISTING": ("agents", "listing"),
+    "MARK_MCP_INSTRUCTIONS": ("mcp", "acme_tools/instructions"),
+    "Look things up": ("mcp", "plugin_demo_my_srv/instructions"),
+    "MARK_SKILL_LISTING": ("skills", "listing"),
+    "MARK_PROMPT_HOOK": ("hooks", "UserPromptSubmit"),
+    "MARK_THINKING": ("assistant", "thinking"),
+    "c2lnbmF0dXJl": ("assistant", "thinking"),
+    "MARK_ASSISTANT_TEXT": ("assistant", "text"),
+    "MARK_BASH_IN": ("tool_io", "Bash"),
+    "MARK_BASH_OUT": ("tool_io", "Bash"),
+    "MARK_MCPCALL_IN": ("mcp", "acme_tools/io:search"),
+    "MARK_MCP_OUT": ("mcp", "acme_tools/io:search"),
+    "MARKIMAGE": ("media", "image:image/png"),
+    "Launching skill": ("tool_io", "Skill"),
+    "MARK_SKILL_BODY": ("skills", "deploy"),
+    "MARK_COMMAND_ARGS": ("slash_commands", "review"),
+    "MARK_COMMAND_BODY": ("slash_commands", "review"),
+    # A subagent's brief and answer are the custom agent's cost (agents), not a tool's.
+    "MARK_AGENT_IN": ("agents", "reviewer/io"),
+    "MARK_AGENT_OUT": ("agents", "reviewer/io"),
+    "agentId: a1b2c3": ("agents", "reviewer/io"),
+    "MARK_LOCAL_STDOUT": ("slash_commands", "review"),
+    "MARK_PROMPT_TWO": ("user_prompt", "#2"),
+    "MARK_MAIN_PROMPT": ("system", "main prompt"),
+    "Anthropic's official CLI": ("system", "identity"),
+    "cc_entrypoint": ("system", "billing"),
+    "MARK_TOOL_AGENT": ("builtin_tools", "Agent"),
+    "MARK_TOOL_BASH": ("builtin_tools", "Bash"),
+    "MARK_MCP_TOOL": ("mcp", "acme_tools/tool:search"),
+    "MARK_PLUGIN_TOOL": ("mcp", "plugin_demo_my_srv/tool:lookup"),
+    '"claude-opus-4-6"': ("framing", "model"),
+    "device_id": ("framing", "metadata"),
+    "budget_tokens": ("framing", "thinking"),
+}
+
+
+def where(attr: Attribution, body: bytes, marker: str) -> tuple[str, str]:
+    """Category and item of the region holding every byte of the (first) marker occurrence."""
+    needle = marker.encode("utf-8")
+    start = body.find(needle)
+    assert start != -1, f"{marker} not in body"
+    end = start + len(needle)
+    hits = {(r.category, r.item) for r in attr.segments() if r.start < end and r.end > start}
+    assert len(hits) == 1, f"{marker} split over {hits}"
+    return hits.pop()
+
+
+def assert_partition(attr: Attribution, body: bytes) -> None:
+    """Regions sorted, disjoint, inside the body; with the gaps they cover every byte once."""
+    assert attr.body_bytes == len(body)
+    cursor = 0
+    covered = 0
+    for region in attr.regions:
+        assert 0 <= region.start < region.end <= len(body), region
+        assert region.start >= cursor, f"overlap at {region}"
+        cursor = region.end
+        covered += region.end - region.start
+    assert covered + attr.unattributed_bytes == len(body)
+    segments = list(attr.segments())
+    assert sum(s.size for s in segments) == len(body)
+    assert all(a.end == b.start for a, b in zip(segments, segments[1:]))
+    assert sum(t.bytes for t in attr.items) == len(body)
+    assert sum(c.bytes for c in attr.categories.values()) == len(body)
+
+
+@pytest.mark.parametrize("placement", ["system_message", "reminders"])
+@pytest.mark.parametrize("order", ["role-first", "content-first"])
+def test_every_planted_marker_lands_in_its_category_and_item(placement: str, order: str) -> None:
+    body = cc_body(placement=placement, order=order)
+    attr = attribute_request(body)
+    wrong = {m: (where(attr, body, m), want) for m, want in MARKERS.items() if where(attr, body, m) != want}
+    assert not wrong
+    assert attr.parse_error is None
+
+
+@pytest.mark.parametrize("placement", ["system_message", "reminders"])
+def test_a_well_formed_claude_code_body_has_no_unattributed_byte(placement: str) -> None:
+    body = cc_body(placement=placement)
+    attr = attribute_request(body)
+    assert_partition(attr, body)
+    assert attr.unattributed_bytes == 0
+    assert attr.call_kind == "main"
+
+
+def test_memory_items_carry_path_and_hash_of_the_file_content() -> None:
+    attr = attribute_request(cc_body())
+    user = attr.item("memory", "/home/u/.claude/CLAUDE.md")
+    project = attr.item("memory", "/work/proj/CLAUDE.md")
+    assert user and project
+    assert user.detail["sha256_12"] == hashlib.sha256(USER_MD.strip("\n").encode()).hexdigest()[:12]
+    assert project.detail["sha256_12"] == hashlib.sha256(PROJECT_MD.strip("\n").encode()).hexdigest()[:12]
+    assert user.detail["path"] == "/home/u/.claude/CLAUDE.md"
+    # A markdown heading inside a CLAUDE.md does not end the memory section.
+    assert project.detail["chars"] == len(PROJECT_MD.strip("\n"))
+
+
+def test_user_prompt_items_keep_text_and_char_count() -> None:
+    attr = attribute_request(cc_body())
+    first = attr.item("user_prompt", "#1")
+    second = attr.item("user_prompt", "#2")
+    assert first and first.detail == {"text": "Fix the flaky test MARK_PROMPT_ONE please", "chars": 41}
+    assert second and second.detail["text"] == "Now ship it MARK_PROMPT_TWO"
+
+
+def test_tool_io_items_count_calls_sizes_and_keep_short_samples() -> None:
+    body = cc_body()
+    attr = attribute_request(body)
+    bash = attr.item("tool_io", "Bash")
+    assert bash is not None
+    assert bash.detail["inputs"] == 1 and bash.detail["results"] == 1
+    assert bash.detail["result_sample"] == "MARK_BASH_OUT\nok"
+    assert bash.detail["input_bytes"] == len(b'{"command": "echo MARK_BASH_IN"}')
+    assert bash.detail["input_bytes"] + bash.detail["result_bytes"] == bash.bytes
+    mcp = attr.item("mcp", "acme_tools/io:search")
+    assert mcp and mcp.detail["server"] == "acme_tools" and mcp.detail["tool"] == "search"
+
+
+def test_long_tool_result_sample_is_capped_at_200_chars_and_decoded() -> None:
+    body = cc_body().replace(b"MARK_BASH_OUT\\nok", b"\\u00e9" * 5000)
+    bash = attribute_request(body).item("tool_io", "Bash")
+    assert bash and bash.detail["result_sample"] == "é" * 200
+
+
+def test_slash_command_detail_keeps_the_arguments() -> None:
+    attr = attribute_request(cc_body())
+    command = attr.item("slash_commands", "review")
+    assert command and command.detail["args"] == "MARK_COMMAND_ARGS"
+
+
+def test_subagent_is_recognised_by_header_and_its_prompt_goes_to_agents() -> None:
+    body = cc_body(system_prompt="You are a reviewer. MARK_AGENT_PROMPT\nEnv: linux")
+    attr = attribute_request(body, headers={"X-Claude-Code-Agent-Id": "a1b2c3"})
+    assert attr.call_kind == "subagent"
+    assert attr.agent_id == "a1b2c3"
+    assert where(attr, body, "MARK_AGENT_PROMPT") == ("agents", "agent prompt")
+    assert classify_call(body, {"x-claude-code-agent-id": "a1b2c3"}) == "subagent"
+
+
+def test_subagent_is_recognised_by_the_billing_line_of_older_versions() -> None:
+    assert classify_call(cc_body(subagent_billing=True), {}) == "subagent"
+
+
+def test_compaction_call_is_recognised_and_its_instruction_attributed() -> None:
+    body = cc_body(compaction=True)
+    attr = attribute_request(body)
+    assert attr.call_kind == "compaction"
+    assert where(attr, body, "MARK_COMPACT_INSTRUCTION") == ("compaction", "instruction")
+
+
+def test_continued_session_summary_is_compaction() -> None:
+    body = json.dumps(
+        {
+            "model": "m",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "This session is being continued from a previous conversation that ran out of context. Summary: MARK_SUMMARY"},
+                        {"type": "text", "text": "<command-name>/compact</command-name>\n<command-message>compact</command-message>"},
+                        {"type": "text", "text": "<local-command-stdout>Compacted MARK_COMPACTED</local-command-stdout>"},
+                    ],
+                }
+            ],
+            "tools": [_tool("Bash", "x")],
+        }
+    ).encode()
+    attr = attribute_request(body)
+    assert where(attr, body, "MARK_SUMMARY") == ("compaction", "summary")
+    assert where(attr, body, "MARK_COMPACTED") == ("slash_commands", "compact")
+    assert attr.call_kind == "main"
+
+
+def test_title_side_and_count_tokens_calls() -> None:
+    title = json.dumps(
+        {
+            "model": "claude-haiku-4-5",
+            "system": [{"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.197;"}, {"type": "text", "text": "Generate a concise, sentence-case title for this conversation."}],
+            "messages": [{"role": "user", "content": "fix tests"}],
+            "tools": [],
+            "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}},
+        }
+    ).encode()
+    attr = attribute_request(title)
+    assert attr.call_kind == "title"
+    assert where(attr, title, "sentence-case") == ("system", "title prompt")
+    side = json.dumps({"model": "m", "messages": [{"role": "user", "content": "quota"}], "max_tokens": 1}).encode()
+    assert classify_call(side, {}) == "side"
+    assert classify_call(cc_body(), {}, path="/v1/messages/count_tokens?beta=true") == "count_tokens"
+
+
+@pytest.mark.parametrize(
+    ("name", "known", "want"),
+    [
+        ("mcp__acme_tools__search", set(), ("acme_tools", "search")),
+        ("mcp__plugin_demo_my_srv__lookup", set(), ("plugin_demo_my_srv", "lookup")),
+        ("mcp__srv_x___private", set(), ("srv_x_", "private")),
+        # Ambiguous: "_private" or "private"? The other tools of the request decide.
+        ("mcp__srv___private", {"mcp__srv__a", "mcp__srv__b", "mcp__srv___private"}, ("srv", "_private")),
+        ("mcp__srv___private", {"mcp__srv___a", "mcp__srv___private"}, ("srv_", "private")),
+        ("Bash", set(), None),
+        ("mcp__nosplit", set(), None),
+    ],
+)
+def test_mcp_names_split_into_server_and_tool(name: str, known: set[str], want: tuple[str, str] | None) -> None:
+    assert split_mcp_name(name, known) == want
+
+
+def test_unknown_top_level_key_and_block_type_are_unattributed_not_errors() -> None:
+    body = json.dumps(
+        {"model": "m", "future_key": {"x": [1, 2]}, "messages": [{"role": "user", "content": [{"type": "hologram", "data": "zzz"}]}]}
+    ).encode()
+    attr = attribute_request(body)
+    assert_partition(attr, body)
+    assert where(attr, body, "future_key") == ("unattributed", "")
+    assert where(attr, body, "zzz") == ("unattributed", "")
+    assert attr.parse_error is None
+
+
+def test_regions_are_offsets_into_the_raw_escaped_bytes() -> None:
+    prompt = 'say "hi"\nthen café 🎉 — done MARK_ESC'
+    for ascii_only in (True, False):
+        body = json.dumps({"messages": [{"role": "user", "content": [{"type": "text", "text": prompt}]}]}, ensure_ascii=ascii_only).encode()
+        attr = attribute_request(body)
+        region = next(r for r in attr.regions if r.category == "user_prompt")
+        assert json.loads(b'"' + body[region.start : region.end] + b'"') == prompt
+        assert attr.item("user_prompt", "#1").detail["chars"] == len(prompt)  # type: ignore[union-attr]
+
+
+# -- char -> byte mapping -------------------------------------------------------------
+
+
+def _raw(text: str, ascii_only: bool) -> bytes:
+    return json.dumps(text, ensure_ascii=ascii_only).encode("utf-8")[1:-1]
+
+
+@pytest.mark.parametrize("ascii_only", [True, False])
+def test_char_offsets_map_to_byte_offsets_across_every_escape_kind(ascii_only: bool) -> None:
+    text = 'a\nb"c\\d\u00e9e\U0001f389f\tg/\x01h'
+    raw = _raw(text, ascii_only)
+    offsets = list(range(len(text) + 1))
+    mapped = char_to_byte_offsets(raw, offsets)
+    assert mapped[0] == 0 and mapped[-1] == len(raw)
+    for a, b in zip(offsets, offsets[1:]):
+        assert decode_string(raw[mapped[a] : mapped[b]]) == text[a:b]
+
+
+def test_char_offsets_handle_non_canonical_escapes() -> None:
+    raw = rb"x\/y\u0041\uD83C\uDF89z"  # "\/" and upper-case surrogate pair are legal JSON
+    text = decode_string(raw)
+    assert text == "x/yA\U0001f389z"
+    assert char_to_byte_offsets(raw, [0, 1, 2, 3, 4, 5, 6]) == [0, 1, 3, 4, 10, 22, 23]
+
+
+def test_char_offsets_past_the_end_map_to_the_end() -> None:
+    assert char_to_byte_offsets(b"ab", [1, 2, 5]) == [1, 2, 2]
+    assert char_to_byte_offsets(b"", [0]) == [0]
+
+
+# -- tokens and cost --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FakeRates:
+    input: float = 5e-6
+    cache_write_5m: float = 6.25e-6
+    cache_write_1h: float = 10e-6
+    cache_read: float = 0.5e-6
+    output: float = 25e-6
+    web_search_per_request: float = 0.01
+    key: str = "fake"
+    effective_date: str = "2026-01-01"
+    multiplier: float = 1.0
+    long_context: bool = False
+
+
+def test_largest_remainder_sums_exactly_and_favours_the_largest_fractions() -> None:
+    assert largest_remainder(10, [1, 1, 1]) == [4, 3, 3]
+    assert largest_remainder(7, [0, 0]) == [4, 3]
+    assert largest_remainder(0, [5, 5]) == [0, 0]
+    assert largest_remainder(5, [1, 98, 1]) == [0, 5, 0]
+    assert sum(largest_remainder(1_000_003, [3, 7, 11, 13, 0])) == 1_000_003
+
+
+def test_category_tokens_sum_exactly_to_billed_prompt_tokens() -> None:
+    attr = attribute_request(cc_body())
+    usage = Usage(input_tokens=137, cache_creation_input_tokens=2901, cache_read_input_tokens=15011, output_tokens=333)
+    out = allocate(attr, usage, FakeRates(), [{"type": "text", "text": "hi"}])
+    assert sum(c.tokens for c in out.categories.values()) == usage.prompt_tokens
+    assert sum(i.tokens for i in out.items) == usage.prompt_tokens
+    for total in out.items:
+        split = total.detail["tokens_split"]
+        assert split["cache_read"] + split["cache_write"] + split["input"] == total.tokens
+    for part, want in (("cache_read", 15011), ("cache_write", 2901), ("input", 137)):
+        assert sum(i.detail["tokens_split"][part] for i in out.items) == want
+
+
+def test_cache_split_puts_cached_prefix_at_read_price_and_the_tail_at_input_price() -> None:
+    body = cc_body()
+    attr = attribute_request(body)
+    # Breakpoints: identity and main prompt (system), the last block of the last message.
+    assert [bp.group for bp in attr.breakpoints] == [2, 1, 1]
+    tools_end = attr.spans["tools"][1]
+    system_end = attr.spans["system"][1]
+    # A read share near tools+system: the read boundary is the main-prompt breakpoint.
+    prefix = (tools_end - attr.spans["tools"][0]) + (system_end - attr.spans["system"][0])
+    usage = Usage(input_tokens=10, cache_creation_input_tokens=len(body) // 4 - prefix // 4 - 10, cache_read_input_tokens=prefix // 4)
+    rates = FakeRates()
+    out = allocate(attr, usage, rates, None)
+    assert out.cache_split["read_boundary"] == {"group": "system", "pos": attr.breakpoints[2].pos}
+    assert out.cache_split["write_boundary"] == {"group": "messages", "pos": attr.breakpoints[0].pos}
+    main = out.item("system", "main prompt")
+    bash_tool = out.item("builtin_tools", "Bash")
+    prompt_two = out.item("user_prompt", "#2")
+    assert main and bash_tool and prompt_two
+    assert main.detail["tokens_split"]["cache_write"] == main.detail["tokens_split"]["input"] == 0
+    assert bash_tool.detail["tokens_split"]["cache_read"] == bash_tool.tokens > 0
+    assert prompt_two.detail["tokens_split"]["cache_write"] == prompt_two.tokens > 0
+    # Framing after the last breakpoint (model, stream…) is billed as fresh input.
+    model = out.item("framing", "model")
+    assert model and model.detail["tokens_split"]["input"] == model.tokens
+    assert main.cost_usd == pytest.approx(main.tokens * rates.cache_read)
+    total_cost = sum(c.cost_usd for c in out.categories.values() if c.cost_usd)
+    want = usage.cache_read_input_tokens * rates.cache_read + usage.cache_creation_input_tokens * rates.cache_write_5m + usage.input_tokens * rates.input
+    assert total_cost == pytest.approx(want)
+
+
+def test_no_cache_usage_means_every_byte_is_fresh_input() -> None:
+    attr = attribute_request(cc_body())
+    out = allocate(attr, Usage(input_tokens=5000), FakeRates(), None)
+    assert out.cache_split["bytes"]["input"] == attr.body_bytes
+    assert all(i.detail["tokens_split"]["input"] == i.tokens for i in out.items)
+
+
+def test_one_hour_write_rate_is_blended_from_the_usage_ttl_split() -> None:
+    attr = attribute_request(cc_body())
+    usage = Usage(cache_creation_input_tokens=1000, cache_creation_5m=250, cache_creation_1h=750)
+    rates = FakeRates()
+    out = allocate(attr, usage, rates, None)
+    total = sum(c.cost_usd or 0.0 for c in out.categories.values())
+    assert total == pytest.approx(250 * rates.cache_write_5m + 750 * rates.cache_write_1h)
+
+
+def test_output_tokens_are_shared_over_response_content_by_size() -> None:
+    attr = attribute_request(cc_body())
+    content = [
+        {"type": "thinking", "thinking": "x" * 300},
+        {"type": "text", "text": "y" * 100},
+        {"type": "tool_use", "name": "Bash", "input": {"command": "ls"}},
+        {"type": "tool_use", "name": "Bash", "input": {"command": "pwd"}},
+    ]
+    out = allocate(attr, Usage(output_tokens=101), FakeRates(), content)
+    by_item = {i.item: i for i in out.output_items}
+    assert set(by_item) == {"thinking", "text", "tool_use:Bash"}
+    assert sum(i.tokens for i in out.output_items) == 101
+    assert by_item["thinking"].tokens > by_item["text"].tokens > by_item["tool_use:Bash"].tokens
+    assert by_item["text"].cost_usd == pytest.approx(by_item["text"].tokens * 25e-6)
+
+
+def test_allocation_without_rates_leaves_cost_unknown_and_without_usage_zero() -> None:
+    attr = attribute_request(cc_body())
+    out = allocate(attr, Usage(input_tokens=100), None, None)
+    assert all(i.cost_usd is None for i in out.items)
+    empty = allocate(attr, None, FakeRates(), None)
+    assert sum(i.tokens for i in empty.items) == 0 and empty.output_items == []
+
+
+def test_tokens_for_an_empty_body_land_in_unattributed() -> None:
+    attr = attribute_request(b"")
+    out = allocate(attr, Usage(input_tokens=7, output_tokens=3), FakeRates(), None)
+    assert out.categories["unattributed"].tokens == 7
+    assert [(i.item, i.tokens) for i in out.output_items] == [("(no content)", 3)]
+
+
+# -- bad input --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"not json at all",
+        b"\xff\xfe\x00garbage",
+        b'{"messages": [{"role": "user", "content": "caf\xc3"}]}',  # truncated UTF-8 sequence
+        b"[" * 10_000 + b"]" * 10_000,
+        b'{"tools": ' + b"[" * 10_000 + b"]" * 10_000 + b"}",
+        b'{"messages": [{"role": "user", "content": [{"type": "tool_result", "content": ' + b"[" * 10_000,
+        b'{"system": "\\',
+        b'{"model": "x", "messages": [{"role": "user", "content": [{"type": "text", "text": "\\u12"}]}]}',
+    ],
+)
+def test_bad_bodies_never_raise_and_still_cover_every_byte(body: bytes) -> None:
+    attr = attribute_request(body)
+    assert_partition(attr, body)
+
+
+def test_truncated_body_keeps_regions_before_the_cut() -> None:
+    body = cc_body()
+    cut = body.find(b"MARK_SKILL_BODY") + 5
+    attr = attribute_request(body[:cut])
+    assert_partition(attr, body[:cut])
+    assert attr.parse_error is not None
+    assert where(attr, body[:cut], "MARK_BASH_OUT") == ("tool_io", "Bash")
+    assert attr.unattributed_bytes < 200
+
+
+def test_every_prefix_of_a_body_is_covered_exactly_once() -> None:
+    body = cc_body()
+    for cut in range(0, len(body), 37):
+        assert_partition(attribute_request(body[:cut]), body[:cut])
