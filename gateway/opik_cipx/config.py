@@ -10,7 +10,7 @@ import ipaddress
 import os
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_PORT = 9909
@@ -40,9 +40,9 @@ class Settings(BaseSettings):
     upstream_proxy: str | None = Field(default=None, validation_alias="CIPX_UPSTREAM_PROXY")
     pricing_path: Path | None = Field(default=None, validation_alias="CIPX_PRICING_PATH")
     # Seconds to wait for the upstream's response head before answering 504.
-    upstream_timeout: float = Field(
-        default=600.0, gt=0, validation_alias=AliasChoices("CIPX_UPSTREAM_TIMEOUT")
-    )
+    upstream_timeout: float = Field(default=600.0, gt=0, validation_alias="CIPX_UPSTREAM_TIMEOUT")
+    # Seconds in-flight streams get to finish on SIGTERM before they are cut.
+    shutdown_grace: float = Field(default=10.0, ge=0, validation_alias="CIPX_SHUTDOWN_GRACE")
 
     @field_validator("host")
     @classmethod

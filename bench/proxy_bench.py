@@ -1,0 +1,201 @@
+"""Proxy overhead benchmark: the same fake upstream, directly and through the gateway, interleaved.
+
+Starts the fake Anthropic upstream and the real gateway (``opik-cipx proxy``) as
+separate processes on loopback, then for each request size and concurrency sends
+the same requests alternately direct and proxied, and prints:
+
+* added time-to-first-byte (response head) p50/p99,
+* added time-to-first-SSE-delta (first ``content_block_delta``) p50/p99,
+* stream throughput ratio proxied/direct at the highest concurrency,
+* the gateway's RSS idle and after the run.
+
+Usage: python bench/proxy_bench.py [--requests N] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+KB = 1024
+DELTA = b"event: content_block_delta"
+
+
+def claude_like_body(size: int) -> bytes:
+    """A streaming request about ``size`` bytes long, shaped like Claude Code's."""
+    filler = "lorem ipsum dolor sit amet " * 40
+    messages = []
+    while sum(len(m["content"]) for m in messages) < size:
+        role = "user" if len(messages) % 2 == 0 else "assistant"
+        messages.append({"role": role, "content": filler})
+    messages[-1]["role"] = "user"
+    body = {"model": "claude-sonnet-4-5-20250929", "max_tokens": 1024, "stream": True,
+            "system": [{"type": "text", "text": "You are Claude Code."}], "messages": messages,
+            "metadata": {"user_id": json.dumps({"session_id": "bench"})}}
+    return json.dumps(body).encode()[: size * 2]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+@dataclass
+class Sample:
+    ttfb: float
+    ttfd: float  # first content_block_delta
+
+
+async def one_call(session: aiohttp.ClientSession, url: str, body: bytes) -> Sample:
+    t0 = time.perf_counter()
+    async with session.post(url + "/v1/messages", data=body,
+                            headers={"content-type": "application/json", "x-api-key": "sk-ant-bench"}) as r:
+        ttfb = time.perf_counter() - t0
+        ttfd = None
+        buf = b""
+        async for chunk in r.content.iter_any():
+            if ttfd is None:
+                buf += chunk
+                if DELTA in buf:
+                    ttfd = time.perf_counter() - t0
+                    buf = b""
+        if r.status != 200:
+            raise RuntimeError(f"status {r.status}")
+    return Sample(ttfb * 1000, (ttfd or ttfb) * 1000)
+
+
+async def latency(direct: str, proxied: str, size: int, conc: int, n: int) -> dict[str, list[float]]:
+    body = claude_like_body(size)
+    out: dict[str, list[Sample]] = {"direct": [], "proxied": []}
+    connector = lambda: aiohttp.TCPConnector(limit=conc)  # noqa: E731
+    async with aiohttp.ClientSession(connector=connector()) as sd, aiohttp.ClientSession(connector=connector()) as sp:
+        # Warm both paths (connection pools, the gateway's upstream pool).
+        await asyncio.gather(*(one_call(sd, direct, body) for _ in range(conc)))
+        await asyncio.gather(*(one_call(sp, proxied, body) for _ in range(conc)))
+        for i in range(n // conc):
+            # Alternate which path goes first in each round so neither always gets the idle CPU.
+            order = [("direct", sd, direct), ("proxied", sp, proxied)]
+            if i % 2:
+                order.reverse()
+            for name, session, url in order:
+                out[name].extend(await asyncio.gather(*(one_call(session, url, body) for _ in range(conc))))
+    return out  # type: ignore[return-value]
+
+
+async def throughput(direct: str, proxied: str, conc: int, rounds: int) -> dict[str, float]:
+    body = claude_like_body(2 * KB)
+    rates: dict[str, list[float]] = {"direct": [], "proxied": []}
+
+    async def drain(session: aiohttp.ClientSession, url: str) -> int:
+        async with session.post(url + "/v1/messages", data=body, headers={"x-api-key": "b", "x-bench-long": "1"}) as r:
+            total = 0
+            async for chunk in r.content.iter_any():
+                total += len(chunk)
+            return total
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conc)) as s:
+        for i in range(rounds):
+            order = [("direct", direct), ("proxied", proxied)]
+            if i % 2:
+                order.reverse()
+            for name, url in order:
+                t0 = time.perf_counter()
+                sizes = await asyncio.gather(*(drain(s, url) for _ in range(conc)))
+                rates[name].append(sum(sizes) / (time.perf_counter() - t0))
+    return {k: statistics.median(v) for k, v in rates.items()}
+
+
+def start(cmd: list[str], env: dict[str, str], port_file: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while not (port_file.exists() and port_file.read_text().strip()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"failed to start {cmd}: {proc.stderr.read().decode() if proc.stderr else ''}")
+        time.sleep(0.05)
+    return proc
+
+
+def long_stream_script(path: Path) -> None:
+    # Requests with the x-bench-long header get a ~1 MB streamed answer; others a short one.
+    long_text = "token " * 170_000
+    path.write_text(json.dumps({
+        "rules": [{"when": {"has_header": "x-bench-long"}, "turn": {"text": long_text}}],
+        "default": {"text": "ok " * 20},
+    }))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=256, help="requests per path per cell")
+    parser.add_argument("--quick", action="store_true", help="fewer requests, for a smoke run")
+    parser.add_argument("--sizes", default="50,200,1024", help="request body sizes in KB")
+    parser.add_argument("--conc", default="1,8,32", help="concurrency levels")
+    args = parser.parse_args()
+    n = 64 if args.quick else args.requests
+
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        env = {**os.environ, "HOME": str(tmp), "CIPX_HOME": str(tmp / "cipx"), "CIPX_PORT": "0",
+               "PYTHONPATH": f"{ROOT / 'gateway'}{os.pathsep}{ROOT}"}
+        script = tmp / "script.json"
+        long_stream_script(script)
+        up_port = tmp / "upstream.port"
+        upstream = start([sys.executable, "-m", "tests.support.fake_anthropic", "--port", "0",
+                          "--port-file", str(up_port), "--script", str(script)], env, up_port)
+        direct = f"http://127.0.0.1:{up_port.read_text().strip()}"
+        env["CIPX_UPSTREAM_URL"] = direct
+        gw_port = tmp / "cipx" / "port"
+        gateway = start([sys.executable, "-m", "opik_cipx.cli", "proxy"], env, gw_port)
+        proxied = f"http://127.0.0.1:{gw_port.read_text().strip()}"
+        gw_proc = psutil.Process(gateway.pid)
+        try:
+            time.sleep(0.5)
+            rss_idle = gw_proc.memory_info().rss / 2**20
+            rows = []
+            for size in (int(k) * KB for k in args.sizes.split(",")):
+                for conc in (int(c) for c in args.conc.split(",")):
+                    res = asyncio.run(latency(direct, proxied, size, conc, max(n, conc * 4)))
+                    d, p = res["direct"], res["proxied"]
+                    row = [f"{size // KB} KB", str(conc)]
+                    for attr in ("ttfb", "ttfd"):
+                        dv = [getattr(s, attr) for s in d]
+                        pv = [getattr(s, attr) for s in p]
+                        for q in (50, 99):
+                            row.append(f"{percentile(pv, q) - percentile(dv, q):+.2f}")
+                    row.append(f"{percentile([s.ttfb for s in d], 50):.2f}")
+                    rows.append(row)
+            tp = asyncio.run(throughput(direct, proxied, 32, 3 if args.quick else 6))
+            rss_after = gw_proc.memory_info().rss / 2**20
+        finally:
+            for proc in (gateway, upstream):
+                proc.terminate()
+                proc.wait(timeout=20)
+
+    header = ["body", "conc", "+TTFB p50 ms", "+TTFB p99 ms", "+TTFD p50 ms", "+TTFD p99 ms", "direct TTFB p50 ms"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    print()
+    ratio = tp["proxied"] / tp["direct"]
+    print(f"stream throughput at c=32: direct {tp['direct'] / 2**20:.1f} MiB/s, "
+          f"proxied {tp['proxied'] / 2**20:.1f} MiB/s, ratio {ratio:.3f}")
+    print(f"gateway RSS: idle {rss_idle:.1f} MiB, after run {rss_after:.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()

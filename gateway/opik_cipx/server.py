@@ -1,0 +1,181 @@
+"""Gateway lifecycle: startup -> serve -> bounded graceful shutdown.
+
+Reads top to bottom like uvicorn's: :meth:`Gateway.start` builds every part
+and binds, :meth:`Gateway.serve_forever` waits for a stop flag (signal
+handlers only set it), :meth:`Gateway.stop` stops accepting, lets in-flight
+streams finish within a bound, drains the capture queue and closes the spool.
+Tests run the real gateway in-process as an async context manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from .capture import CaptureSink, Recorder, build_exchange
+from .config import Settings, ensure_home
+from .model import Exchange
+from .pricing import PriceTable, PricingFileError
+from .proxy import Forwarder
+from .spool import AsyncSpool
+
+log = logging.getLogger(__name__)
+
+GATEWAY_KEY: web.AppKey["Gateway"] = web.AppKey("gateway")
+
+
+class Gateway:
+    def __init__(self, settings: Settings, *, extra_stages: list[Any] | None = None) -> None:
+        self.settings = settings
+        self.port: int | None = None
+        self.spool: AsyncSpool | None = None
+        self.prices = PriceTable.builtin()
+        self.pricing_error: str | None = None
+        self._extra_stages = list(extra_stages or [])
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._capture_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cipx-capture")
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+        self.capture: CaptureSink | None = None
+
+    # -- startup -----------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        ensure_home(s)
+        self._load_prices()
+        self.spool = await AsyncSpool.open(s.spool_path)
+        self.capture = CaptureSink(self._build, [self._store, *self._extra_stages])
+        self._tasks.append(asyncio.create_task(self.capture.run(), name="cipx-capture"))
+
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=300, enable_cleanup_closed=True),
+            auto_decompress=False,  # relay the upstream's encoding untouched
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=False,  # CIPX_UPSTREAM_PROXY is the only proxy setting we honour
+        )
+        forwarder = Forwarder(
+            self._session,
+            s.upstream_url,
+            self.capture.submit,
+            head_timeout=s.upstream_timeout,
+            upstream_proxy=s.upstream_proxy,
+        )
+        app = web.Application(client_max_size=1024**3)
+        app[GATEWAY_KEY] = self
+        app.router.add_route("*", "/{tail:.*}", forwarder.handle)
+        # Cancel the handler when the client goes away: that closes the upstream request too.
+        self._runner = web.AppRunner(
+            app, handler_cancellation=True, access_log=None, shutdown_timeout=s.shutdown_grace
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, s.host, s.port, reuse_address=True)
+        await site.start()
+        self.port = _bound_port(site)
+        _write_private(s.port_file, f"{self.port}\n")
+        log.info("opik-cipx listening on http://%s:%d -> %s", s.host, self.port, s.upstream_url)
+
+    def _load_prices(self) -> None:
+        try:
+            self.prices = PriceTable.load(self.settings.pricing_file)
+        except PricingFileError as exc:
+            self.pricing_error = str(exc)
+            log.error("ignoring pricing overrides: %s", exc)
+
+    async def _build(self, rec: Recorder) -> Exchange:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._capture_pool, build_exchange, rec, self.prices)
+
+    async def _store(self, ex: Exchange) -> None:
+        assert self.spool is not None
+        await self.spool.add(ex)
+
+    # -- main loop -----------------------------------------------------------------
+    async def serve_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        await self._stop.wait()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # -- shutdown ------------------------------------------------------------------
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight calls finish within the grace period, flush captures."""
+        grace = self.settings.shutdown_grace
+        if self._runner is not None:
+            # cleanup() closes the listening sockets, then waits up to shutdown_timeout for handlers.
+            await self._runner.cleanup()
+            self._runner = None
+        if self.capture is not None:
+            if not await self.capture.drain(timeout=grace):
+                log.warning("shutdown: %d captures not yet stored", self.capture.pending)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self.spool is not None:
+            await self.spool.close()
+            self.spool = None
+        self._capture_pool.shutdown(wait=True)
+        try:
+            self.settings.port_file.unlink()
+        except FileNotFoundError:
+            pass
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.host}:{self.port}"
+
+
+def _bound_port(site: web.TCPSite) -> int:
+    server = site._server  # noqa: SLF001 - aiohttp exposes no public accessor
+    assert server is not None and server.sockets
+    sock: socket.socket = server.sockets[0]
+    return int(sock.getsockname()[1])
+
+
+def _write_private(path: os.PathLike[str] | str, text: str) -> None:
+    tmp = f"{os.fspath(path)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+async def run(settings: Settings) -> None:
+    gateway = Gateway(settings)
+    await gateway.start()
+    try:
+        await gateway.serve_forever()
+    finally:
+        await gateway.stop()
+
+
+def install_uvloop() -> None:
+    """uvloop cuts the per-request event-loop overhead; fall back quietly without it."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

@@ -1,0 +1,56 @@
+"""Shared fixtures: every test gets its own HOME and CIPX_HOME under tmp_path."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "gateway"))
+
+from opik_cipx.config import Settings  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No test may read or write the real home directory."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("CIPX_HOME", str(home / ".opik-cipx"))
+    for var in ("CIPX_PORT", "CIPX_UPSTREAM_URL", "CIPX_UPSTREAM_PROXY", "CIPX_PRICING_PATH",
+                "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY", "HTTP_PROXY", "HTTPS_PROXY",
+                "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+@pytest.fixture
+def make_settings(isolated_home: Path) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {"home": isolated_home / ".opik-cipx", "port": 0}
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[Any]:
+    from tests.support.fake_anthropic import FakeAnthropic
+
+    async with FakeAnthropic() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def gateway(upstream: Any, make_settings: Callable[..., Settings]) -> AsyncIterator[Any]:
+    from opik_cipx.server import Gateway
+
+    gw = Gateway(make_settings(upstream_url=upstream.url, shutdown_grace=2.0))
+    async with gw:
+        yield gw

@@ -1,0 +1,397 @@
+"""The proxy with real clients: bytes in equal bytes out, both ways, and faults contained."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import socket
+from typing import Any
+
+import aiohttp
+import anthropic
+import pytest
+
+from opik_cipx.model import CallKind, Exchange, Outcome
+from opik_cipx.proxy import end_to_end, HOP_BY_HOP
+from opik_cipx.server import Gateway
+from tests.support.fake_anthropic import FakeAnthropic, Turn
+
+API_KEY = "sk-ant-test-SECRET-4b1d"
+SESSION = "6f1c2a8e-3f0e-4d7a-9a51-0c2f7d1e9b42"
+
+
+def request_body(**extra: Any) -> bytes:
+    body = {
+        "model": "claude-sonnet-4-5-20250929",
+        "max_tokens": 64,
+        "stream": True,
+        "messages": [{"role": "user", "content": "hello"}],
+        "metadata": {"user_id": json.dumps({"device_id": "d" * 64, "account_uuid": "", "session_id": SESSION})},
+    }
+    body.update(extra)
+    return json.dumps(body).encode()
+
+
+async def captured(gw: Gateway, n: int = 1, timeout: float = 10.0) -> list[Exchange]:
+    """The newest ``n`` stored exchanges, waiting for calls still finishing (e.g. a cancelled handler)."""
+    assert gw.capture is not None and gw.spool is not None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        assert await gw.capture.drain(timeout)
+        rows = await gw.spool.run(lambda s: s.last(n, llm_only=False))
+        if len(rows) >= n or loop.time() > deadline:
+            return rows
+        await asyncio.sleep(0.02)
+
+
+async def post_raw(url: str, body: bytes, headers: dict[str, str] | None = None, path: str = "/v1/messages?beta=true"):
+    async with aiohttp.ClientSession(auto_decompress=False) as s:
+        async with s.post(url + path, data=body, headers={"x-api-key": API_KEY, "content-type": "application/json", **(headers or {})}) as r:
+            return r.status, r.headers.copy(), await r.read()
+
+
+# -- byte transparency ---------------------------------------------------------
+
+
+async def test_sse_stream_bytes_pass_unchanged_both_ways(gateway: Gateway, upstream: FakeAnthropic) -> None:
+    upstream.script = [Turn(text="streamed answer", thinking="let me think")]
+    body = request_body()
+    status, headers, received = await post_raw(gateway.url, body)
+    assert status == 200
+    assert upstream.requests[-1].body == body
+    assert received == upstream.sent[-1]
+    assert headers["content-type"].startswith("text/event-stream")
+    (ex,) = await captured(gateway)
+    assert ex.kind is CallKind.MESSAGES and ex.outcome is Outcome.COMPLETE
+    assert ex.request_body == body and ex.response_body == received
+    assert ex.streamed and ex.session_id == SESSION
+    assert ex.usage is not None and ex.usage.output_tokens > 0
+    assert ex.ttfb_ms is not None and ex.ttft_ms is not None and ex.duration_ms is not None
+    assert 0 <= ex.ttfb_ms <= ex.ttft_ms <= ex.duration_ms
+    assert ex.cost is not None and ex.cost.total_usd is not None and ex.cost.total_usd > 0
+
+
+async def test_json_response_bytes_pass_unchanged(gateway: Gateway, upstream: FakeAnthropic) -> None:
+    body = request_body(stream=False)
+    status, _, received = await post_raw(gateway.url, body)
+    assert status == 200 and received == upstream.sent[-1]
+    assert upstream.requests[-1].body == body
+    (ex,) = await captured(gateway)
+    assert not ex.streamed and ex.usage is not None and ex.usage.input_tokens + ex.usage.cache_read_input_tokens > 0
+
+
+async def test_gzip_response_relayed_encoded_and_captured_decoded(gateway: Gateway, upstream: FakeAnthropic) -> None:
+    upstream.script = [Turn(text="zipped", gzip=True)]
+    status, headers, received = await post_raw(gateway.url, request_body(), {"accept-encoding": "gzip"})
+    assert status == 200 and headers["content-encoding"] == "gzip"
+    assert received == upstream.sent[-1]
+    (ex,) = await captured(gateway)
+    assert ex.response_encoding == "gzip"
+    assert ex.response_body == gzip.decompress(received)
+    assert ex.outcome is Outcome.COMPLETE and ex.usage is not None
+
+
+@pytest.mark.parametrize("status", [400, 401, 413, 429, 500, 529])
+async def test_upstream_errors_reach_client_unchanged(gateway: Gateway, upstream: FakeAnthropic, status: int) -> None:
+    upstream.script = [Turn(status=status)]
+    got, headers, received = await post_raw(gateway.url, request_body())
+    assert got == status and received == upstream.sent[-1]
+    assert headers.get("request-id")
+    if status == 429:
+        assert headers.get("retry-after")
+    (ex,) = await captured(gateway)
+    assert ex.status == status and ex.outcome is Outcome.HTTP_ERROR and ex.error
+
+
+# -- headers -------------------------------------------------------------------------
+
+
+async def test_end_to_end_headers_pass_and_hop_by_hop_do_not(gateway: Gateway, upstream: FakeAnthropic) -> None:
+    sent = {
+        "anthropic-version": "2023-06-01",
+        "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14",
+        "x-claude-code-session-id": SESSION,
+        "x-claude-code-agent-id": "a1b2c3",
+        "x-stainless-lang": "js",
+        "connection": "keep-alive, x-drop-me",
+        "x-drop-me": "1",
+        "keep-alive": "timeout=5",
+        "authorization": "Bearer sk-ant-oat-SECRET",
+    }
+    status, headers, _ = await post_raw(gateway.url, request_body(), sent)
+    assert status == 200
+    got = upstream.requests[-1].headers
+    for name in ("anthropic-version", "anthropic-beta", "x-claude-code-session-id", "x-claude-code-agent-id",
+                 "x-stainless-lang", "authorization", "x-api-key"):
+        assert got[name] == ({**sent, "x-api-key": API_KEY})[name]
+    assert "x-drop-me" not in got and "keep-alive" not in got
+    assert got["host"] == upstream.url.removeprefix("http://")
+    # Response side: the upstream's end-to-end headers come back.
+    assert headers["request-id"] and any(k.lower().startswith("anthropic-ratelimit-") for k in headers)
+    (ex,) = await captured(gateway)
+    assert ex.agent_id == "a1b2c3"
+    assert "authorization" not in ex.request_headers and "x-api-key" not in ex.request_headers
+
+
+async def test_no_client_header_is_invented(gateway: Gateway, upstream: FakeAnthropic) -> None:
+    # A bare request: the upstream must not see aiohttp's default Accept-Encoding or User-Agent.
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    body = request_body(stream=False)
+    writer.write(b"POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 200")
+    got = upstream.requests[-1].headers
+    assert "accept-encoding" not in got and "user-agent" not in got and "content-type" not in got
+
+
+def test_end_to_end_drops_fields_named_by_connection() -> None:
+    out = end_to_end([("Connection", "close, X-Private"), ("X-Private", "1"), ("TE", "trailers"), ("A", "b")], HOP_BY_HOP)
+    assert list(out.items()) == [("A", "b")]
+
+
+# -- the official SDK as a client -------------------------------------------------------
+
+
+async def test_anthropic_sdk_async_stream_and_create(gateway: Gateway, upstream: FakeAnthropic) -> None:
+    upstream.script = [Turn(text="Hello from the fake"), Turn(text="Plain JSON")]
+    client = anthropic.AsyncAnthropic(api_key=API_KEY, base_url=gateway.url, max_retries=0)
+    async with client.messages.stream(model="claude-opus-4-6", max_tokens=32,
+                                      messages=[{"role": "user", "content": "hi"}]) as stream:
+        text = "".join([t async for t in stream.text_stream])
+        final = await stream.get_final_message()
+    assert text == "Hello from the fake" and final.usage.output_tokens > 0
+    msg = await client.messages.create(model="claude-opus-4-6", max_tokens=32,
+                                       messages=[{"role": "user", "content": "hi"}])
+    assert msg.content[0].text == "Plain JSON"
+    exs = await captured(gateway, 2)
+    assert {e.model for e in exs} == {"claude-opus-4-6"} and all(e.outcome is Outcome.COMPLETE for e in exs)
+    await client.close()
+
+
+async def test_anthropic_sdk_sync_client(gateway: Gateway, upstream: FakeAnthropic) -> None:
+    upstream.script = [Turn(text="sync stream"), Turn(text="sync json")]
+
+    def call() -> tuple[str, str]:
+        client = anthropic.Anthropic(api_key=API_KEY, base_url=gateway.url, max_retries=0)
+        with client.messages.stream(model="claude-haiku-4-5-20251001", max_tokens=16,
+                                    messages=[{"role": "user", "content": "hi"}]) as stream:
+            streamed = "".join(stream.text_stream)
+        created = client.messages.create(model="claude-haiku-4-5-20251001", max_tokens=16,
+                                         messages=[{"role": "user", "content": "hi"}])
+        return streamed, created.content[0].text
+
+    assert await asyncio.to_thread(call) == ("sync stream", "sync json")
+
+
+async def test_sdk_sees_upstream_overload_as_overloaded_error(gateway: Gateway, upstream: FakeAnthropic) -> None:
+    upstream.script = [Turn(status=529)]
+    client = anthropic.AsyncAnthropic(api_key=API_KEY, base_url=gateway.url, max_retries=0)
+    with pytest.raises(anthropic.APIStatusError) as info:
+        await client.messages.create(model="claude-opus-4-6", max_tokens=8, messages=[{"role": "user", "content": "x"}])
+    assert info.value.status_code == 529
+    await client.close()
+
+
+# -- streaming is not buffered ----------------------------------------------------------------
+
+
+async def test_each_sse_event_reaches_client_before_the_next_is_sent(gateway: Gateway, upstream: FakeAnthropic) -> None:
+    upstream.script = [Turn(text="a b c d", event_delay=0.15)]
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession() as s:
+        async with s.post(gateway.url + "/v1/messages", data=request_body(), headers={"x-api-key": API_KEY}) as r:
+            t0 = loop.time()
+            first = await r.content.readuntil(b"\n\n")
+            t_first = loop.time() - t0
+            rest = await r.read()
+    assert first.startswith(b"event: message_start")
+    # With 0.15 s between events, a buffering proxy would hold the first event for the whole stream.
+    assert t_first < 0.14
+    assert b"message_stop" in rest
+
+
+# -- faults ------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_unreachable_upstream_gets_anthropic_shaped_502(make_settings: Any) -> None:
+    async with Gateway(make_settings(upstream_url=f"http://127.0.0.1:{free_port()}")) as gw:
+        status, _, body = await post_raw(gw.url, request_body())
+        assert status == 502
+        err = json.loads(body)
+        assert err["type"] == "error" and err["error"]["type"] == "api_error"
+        assert "cannot reach upstream" in err["error"]["message"]
+        (ex,) = await captured(gw)
+        assert ex.outcome is Outcome.UNREACHABLE and ex.status is None and ex.request_body == request_body()
+
+
+async def test_slow_first_byte_past_the_bound_gets_504(upstream: FakeAnthropic, make_settings: Any) -> None:
+    upstream.script = [Turn(first_byte_delay=2.0)]
+    async with Gateway(make_settings(upstream_url=upstream.url, upstream_timeout=0.5)) as gw:
+        status, _, body = await post_raw(gw.url, request_body())
+        assert status == 504 and b"no response within" in body
+
+
+async def test_slow_first_byte_within_bound_is_waited_for(gateway: Gateway, upstream: FakeAnthropic) -> None:
+    upstream.script = [Turn(text="late", first_byte_delay=0.6)]
+    status, _, received = await post_raw(gateway.url, request_body())
+    assert status == 200 and received == upstream.sent[-1]
+    (ex,) = await captured(gateway)
+    assert ex.ttfb_ms is not None and ex.ttfb_ms >= 500
+
+
+async def test_upstream_reset_mid_stream_breaks_client_stream(gateway: Gateway, upstream: FakeAnthropic) -> None:
+    upstream.script = [Turn(text="one two three four five six", reset_after_events=4)]
+    async with aiohttp.ClientSession() as s:
+        async with s.post(gateway.url + "/v1/messages", data=request_body(), headers={"x-api-key": API_KEY}) as r:
+            assert r.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await r.read()
+    (ex,) = await captured(gateway)
+    assert ex.outcome is Outcome.TRUNCATED and "mid-response" in (ex.error or "")
+    assert ex.usage is not None  # message_start arrived before the reset
+
+
+async def test_sdk_stream_raises_when_upstream_resets(gateway: Gateway, upstream: FakeAnthropic) -> None:
+    upstream.script = [Turn(text="x y z w v u", reset_after_events=3)]
+    client = anthropic.AsyncAnthropic(api_key=API_KEY, base_url=gateway.url, max_retries=0)
+    with pytest.raises(Exception):
+        async with client.messages.stream(model="claude-opus-4-6", max_tokens=8,
+                                          messages=[{"role": "user", "content": "x"}]) as stream:
+            async for _ in stream:
+                pass
+    await client.close()
+
+
+async def test_client_disconnect_mid_stream_cancels_upstream(gateway: Gateway, upstream: FakeAnthropic) -> None:
+    upstream.script = [Turn(text=" ".join(["word"] * 200), event_delay=0.05)]
+    async with aiohttp.ClientSession() as s:
+        r = await s.post(gateway.url + "/v1/messages", data=request_body(), headers={"x-api-key": API_KEY})
+        await r.content.readuntil(b"\n\n")
+        r.close()  # drop the connection mid-stream
+    (ex,) = await captured(gateway)
+    assert ex.outcome is Outcome.CLIENT_GONE
+    # The upstream saw its client (the gateway) go away long before the 10 s stream would have ended.
+    for _ in range(50):
+        if upstream.disconnects:
+            break
+        await asyncio.sleep(0.05)
+    assert upstream.disconnects >= 1
+    # No connection or task left behind.
+    await asyncio.sleep(0.1)
+    pending = [t for t in asyncio.all_tasks() if "handle" in repr(t.get_coro())]
+    assert not pending
+
+
+async def test_a_capture_stage_that_raises_does_not_touch_the_call(upstream: FakeAnthropic, make_settings: Any) -> None:
+    async def explode(ex: Exchange) -> None:
+        raise RuntimeError("bug in a capture stage")
+
+    async with Gateway(make_settings(upstream_url=upstream.url), extra_stages=[explode]) as gw:
+        status, _, received = await post_raw(gw.url, request_body())
+        assert status == 200 and received == upstream.sent[-1]
+        assert gw.capture is not None and await gw.capture.drain(5)
+        assert gw.capture.stats.errors == 1 and "bug in a capture stage" in (gw.capture.stats.last_error or "")
+        # The store stage ran before the failing one: nothing lost.
+        assert len(await captured(gw)) == 1
+
+
+async def test_a_build_that_raises_does_not_touch_the_call(gateway: Gateway, upstream: FakeAnthropic, monkeypatch: Any) -> None:
+    import opik_cipx.capture as capture
+
+    def broken(*a: Any, **k: Any) -> Any:
+        raise ValueError("parser bug")
+
+    monkeypatch.setattr(capture, "read_response", broken)
+    status, _, received = await post_raw(gateway.url, request_body())
+    assert status == 200 and received == upstream.sent[-1]
+    assert gateway.capture is not None and await gateway.capture.drain(5)
+    assert gateway.capture.stats.errors == 1
+
+
+# -- bad input is forwarded untouched ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"this is not json",
+        b'{"model": "claude-opus-4-6", "messages": [\xff\xfe\xfa]}',
+        b"[" * 20000 + b"]" * 20000,
+        b"",
+    ],
+    ids=["not-json", "invalid-utf8", "deeply-nested", "empty"],
+)
+async def test_bad_request_bodies_are_forwarded_untouched(gateway: Gateway, upstream: FakeAnthropic, body: bytes) -> None:
+    status, _, received = await post_raw(gateway.url, body)
+    # Whatever the upstream made of it (the fake answers 400 to non-JSON) reaches the client as is.
+    assert status == upstream.requests[-1].status and received == upstream.sent[-1]
+    assert upstream.requests[-1].body == body
+    (ex,) = await captured(gateway)
+    assert ex.request_body == body
+
+
+async def test_thirty_megabyte_body_is_forwarded_byte_for_byte(gateway: Gateway, upstream: FakeAnthropic) -> None:
+    blob = ("x" * 1023 + "\n") * (30 * 1024)
+    body = request_body(messages=[{"role": "user", "content": blob}], stream=False)
+    assert len(body) > 30 * 1024 * 1024
+    status, _, _ = await post_raw(gateway.url, body)
+    assert status == 200 and upstream.requests[-1].body == body
+    (ex,) = await captured(gateway)
+    assert ex.request_bytes == len(body)
+
+
+async def test_unknown_sse_event_types_pass_through(gateway: Gateway, upstream: FakeAnthropic) -> None:
+    upstream.script = [Turn(text="hi", extra_events=[("future_event", {"type": "future_event", "x": 1})])]
+    status, _, received = await post_raw(gateway.url, request_body())
+    assert status == 200 and received == upstream.sent[-1] and b"future_event" in received
+    (ex,) = await captured(gateway)
+    assert ex.outcome is Outcome.COMPLETE
+
+
+# -- non-LLM calls ------------------------------------------------------------------------------------
+
+
+async def test_count_tokens_and_head_are_forwarded_and_counted(gateway: Gateway, upstream: FakeAnthropic) -> None:
+    status, _, body = await post_raw(gateway.url, request_body(), path="/v1/messages/count_tokens?beta=true")
+    assert status == 200 and "input_tokens" in json.loads(body)
+    async with aiohttp.ClientSession() as s:
+        async with s.head(gateway.url + "/") as r:
+            assert r.status == 200
+    exs = await captured(gateway, 2)
+    assert sorted(e.kind.value for e in exs) == ["count_tokens", "other"]
+    assert not any(e.is_llm_call for e in exs)
+    assert all(e.cost is None for e in exs)
+
+
+# -- state dir and binding -----------------------------------------------------------------------------
+
+
+async def test_port_file_holds_the_bound_port(gateway: Gateway) -> None:
+    port_file = gateway.settings.port_file
+    assert port_file.read_text().strip() == str(gateway.port)
+    assert (port_file.stat().st_mode & 0o777) == 0o600
+    assert (gateway.settings.home.stat().st_mode & 0o777) == 0o700
+
+
+def test_refuses_to_bind_anything_but_loopback(make_settings: Any) -> None:
+    with pytest.raises(ValueError, match="loopback"):
+        make_settings(host="0.0.0.0")
+    assert make_settings(host="::1").host == "::1"
+
+
+async def test_api_keys_never_reach_the_spool_file(gateway: Gateway, upstream: FakeAnthropic) -> None:
+    await post_raw(gateway.url, request_body(), {"authorization": "Bearer sk-ant-oat-OTHERSECRET", "cookie": "sess=COOKIESECRET"})
+    await captured(gateway)
+    raw = b"".join(p.read_bytes() for p in gateway.settings.spool_dir.iterdir() if p.is_file())
+    for secret in (API_KEY.encode(), b"OTHERSECRET", b"COOKIESECRET"):
+        assert secret not in raw
