@@ -69,6 +69,8 @@ class Turn:
     model: str | None = None
     retry_after: float | None = None  # 429/529 only; None means "1" for 429 and no header for 529
     error_type: str | None = None  # override of the error type for status != 200 or error events
+    # Events the API may add one day, sent right after message_start: [(event name, data)].
+    extra_events: Sequence[tuple[str, dict[str, Any]]] = ()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Turn":
@@ -78,13 +80,15 @@ class Turn:
         if unknown:
             raise ValueError(f"unknown Turn fields: {sorted(unknown)}")
         values = dict(data)
-        if "tool_uses" in values:
-            values["tool_uses"] = [(str(name), dict(inp)) for name, inp in values["tool_uses"]]
+        for key in ("tool_uses", "extra_events"):
+            if key in values:
+                values[key] = [(str(name), dict(inp)) for name, inp in values[key]]
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["tool_uses"] = [[name, inp] for name, inp in self.tool_uses]
+        data["extra_events"] = [[name, inp] for name, inp in self.extra_events]
         return data
 
 
@@ -224,6 +228,7 @@ def stream_events(turn: Turn, body: bytes, request_json: Any, *, message_id: str
         "usage": start_usage,
     }
     events = [sse_event("message_start", {"type": "message_start", "message": message})]
+    events += [sse_event(name, data) for name, data in turn.extra_events]
     for index, block in enumerate(_blocks(turn, request_index)):
         if block.kind == "thinking":
             start: dict[str, Any] = {"type": "thinking", "thinking": "", "signature": ""}
@@ -309,6 +314,17 @@ class FakeAnthropic:
         self.url = ""
         self.port = 0
         self.requests: list[RecordedRequest] = []
+        self.disconnects = 0  # streams whose client went away before the end
+
+    @property
+    def script(self) -> Script:
+        return self._script
+
+    @script.setter
+    def script(self, script: Script) -> None:
+        """Replace the script between requests (tests set it after the fixture started us)."""
+        self._script = script
+        self._queue = list(script) if isinstance(script, Sequence) else []
 
     @property
     def sent(self) -> list[bytes]:
@@ -387,7 +403,7 @@ class FakeAnthropic:
     async def _messages(self, request: web.Request, recorded: RecordedRequest, request_id: str) -> web.StreamResponse:
         try:
             request_json: Any = json.loads(recorded.body)
-        except ValueError:
+        except (ValueError, RecursionError):
             request_json = None
         if not isinstance(request_json, dict):
             return await self._respond_json(request, recorded, 400, error_body(400, request_id), request_id)
@@ -483,7 +499,10 @@ class FakeAnthropic:
             await response.write_eof()
         except (ConnectionResetError, ConnectionError):
             # The client went away mid-stream; what was written is already recorded.
-            pass
+            self.disconnects += 1
+        except asyncio.CancelledError:
+            self.disconnects += 1
+            raise
         return response
 
     async def _reset(self, request: web.Request) -> None:
@@ -632,7 +651,7 @@ class Rules:
     def __call__(self, request: RecordedRequest) -> Turn:
         try:
             request_json = json.loads(request.body)
-        except ValueError:
+        except (ValueError, RecursionError):
             request_json = {}
         if not isinstance(request_json, dict):
             request_json = {}
