@@ -48,6 +48,35 @@ def cmd_proxy(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from .explain import ExplainError, explain, open_spool, render_text, to_json
+    from .pricing import PriceTable, PricingFileError
+
+    try:
+        prices = PriceTable.load(settings.pricing_file)
+    except PricingFileError as exc:
+        print(f"opik-cipx: ignoring pricing overrides: {exc}", file=sys.stderr)
+        prices = PriceTable.builtin()
+    try:
+        spool = open_spool(settings.spool_path)
+        try:
+            last = args.last if args.last is not None else (None if args.ids else 1)
+            results = explain(spool, prices, args.ids, last)
+        finally:
+            spool.close()
+    except ExplainError as exc:
+        print(f"opik-cipx: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        out = [to_json(ex, attr) for ex, attr in results]
+        print(json.dumps(out if len(out) != 1 else out[0], indent=2))
+    else:
+        print("\n\n".join(render_text(ex, attr) for ex, attr in results))
+    return 0
+
+
 def cmd_version(args: argparse.Namespace, settings: Settings | None) -> int:
     print(f"opik-cipx {__version__}")
     return 0
@@ -60,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("proxy", help="run the gateway in the foreground")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=cmd_proxy)
+
+    p = sub.add_parser("explain", help="where a stored call's bytes, tokens and cost went")
+    p.add_argument("ids", nargs="*", metavar="CALL_ID", help="call ids (a unique prefix is enough)")
+    p.add_argument("--last", type=int, metavar="N", help="the newest N LLM calls (default 1 without ids)")
+    p.add_argument("--json", action="store_true", help="JSON with the regions over the stored raw body")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version, no_settings=True)

@@ -150,3 +150,38 @@ def m003_exchange_indexes(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX exchanges_session ON exchanges (session_id, started_at, id)")
     conn.execute("CREATE INDEX exchanges_model ON exchanges (model, started_at, id)")
     conn.execute("CREATE INDEX exchanges_kind ON exchanges (kind, started_at, id)")
+
+
+@migration
+def m006_attribution(conn: sqlite3.Connection) -> None:
+    # One row per attributed call (the call kind and the sizes the session view needs) and
+    # one per (side, category, item) so stats group by category or MCP server with SQL alone.
+    # Regions are not stored: they are recomputed from the stored body when a viewer asks.
+    conn.execute(
+        """
+        CREATE TABLE attribution (
+            exchange_id TEXT PRIMARY KEY,
+            call_kind TEXT NOT NULL,
+            agent_id TEXT,
+            body_bytes INTEGER NOT NULL,
+            unattributed_bytes INTEGER NOT NULL,
+            messages_bytes INTEGER NOT NULL,
+            summary TEXT NOT NULL
+        )
+        """
+    )
+    conn.execute(
+        """
+        CREATE TABLE attribution_items (
+            exchange_id TEXT NOT NULL,
+            side TEXT NOT NULL,
+            category TEXT NOT NULL,
+            item TEXT NOT NULL,
+            bytes INTEGER NOT NULL,
+            tokens INTEGER NOT NULL,
+            cost_usd REAL,
+            PRIMARY KEY (exchange_id, side, category, item)
+        ) WITHOUT ROWID
+        """
+    )
+    conn.execute("CREATE INDEX attribution_items_category ON attribution_items (category, item)")

@@ -20,6 +20,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from . import attribution_store
+from .analysis import analyze
 from .capture import CaptureSink, Recorder, build_exchange
 from .config import Settings, ensure_home
 from .model import Exchange
@@ -53,7 +55,7 @@ class Gateway:
         ensure_home(s)
         self._load_prices()
         self.spool = await AsyncSpool.open(s.spool_path)
-        self.capture = CaptureSink(self._build, [self._store, *self._extra_stages])
+        self.capture = CaptureSink(self._build, [self._store, self._attribute, *self._extra_stages])
         self._tasks.append(asyncio.create_task(self.capture.run(), name="cipx-capture"))
 
         self._session = aiohttp.ClientSession(
@@ -98,6 +100,14 @@ class Gateway:
     async def _store(self, ex: Exchange) -> None:
         assert self.spool is not None
         await self.spool.add(ex)
+
+    async def _attribute(self, ex: Exchange) -> None:
+        # Runs on the spool's thread: attribution is CPU work and must stay off the event loop.
+        if not ex.is_llm_call or not ex.request_body:
+            return
+        assert self.spool is not None
+        prices = self.prices
+        await self.spool.run(lambda sp: attribution_store.save(sp.conn, ex.id, analyze(ex, prices)))
 
     # -- main loop -----------------------------------------------------------------
     async def serve_forever(self) -> None:

@@ -1,0 +1,95 @@
+"""Attribution of a stored call, priced: the one place that joins an Exchange to ``attribute/``.
+
+The capture stage, ``explain``, the viewer and the span builder all call
+:func:`analyze`, so a byte lands in the same bucket whichever of them looks.
+Pure: an Exchange and a price table in, an Attribution out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .attribute import Attribution, allocate, attribute_request
+from .model import Exchange
+from .pricing import PriceTable
+from .response import read_response
+
+
+def response_content(ex: Exchange) -> list[dict[str, Any]]:
+    """The response's content blocks, rebuilt from the stored (decoded) body."""
+    if ex.status is None or not ex.response_body:
+        return []
+    content_type = ex.response_headers.get("content-type", "")
+    return read_response(ex.status, content_type, [(0.0, ex.response_body)]).content
+
+
+def analyze(ex: Exchange, prices: PriceTable | None) -> Attribution:
+    """Regions of the request body, with the call's billed tokens and cost shared over them."""
+    attr = attribute_request(ex.request_body, headers=ex.request_headers)
+    usage = ex.usage
+    rates = None
+    if prices is not None and usage is not None:
+        rates = prices.rates(
+            ex.model,
+            at=ex.started_at,
+            prompt_tokens=usage.prompt_tokens,
+            speed=usage.speed,
+            inference_geo=usage.inference_geo,
+        )
+    return allocate(attr, usage, rates, response_content(ex))
+
+
+@dataclass(frozen=True, slots=True)
+class CompactionDelta:
+    """How much a compaction shrank the conversation: this call versus the next one."""
+
+    exchange_id: str
+    next_exchange_id: str | None
+    messages_bytes_before: int
+    messages_bytes_after: int | None
+    prompt_tokens_before: int
+    prompt_tokens_after: int | None
+
+    @property
+    def bytes_saved(self) -> int | None:
+        if self.messages_bytes_after is None:
+            return None
+        return self.messages_bytes_before - self.messages_bytes_after
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCall:
+    """What the session view needs of one call, in order."""
+
+    exchange_id: str
+    started_at: float
+    call_kind: str
+    agent_id: str | None
+    messages_bytes: int
+    prompt_tokens: int
+
+
+def compaction_deltas(calls: list[SessionCall]) -> dict[str, CompactionDelta]:
+    """Pair every compaction call with the next main-agent call of the same session.
+
+    The compaction request carries the whole old conversation; the first main
+    call after it carries the summary instead, so the pair gives the size before
+    and after. Subagent and side calls in between are skipped: they have their
+    own conversations.
+    """
+    ordered = sorted(calls, key=lambda c: (c.started_at, c.exchange_id))
+    out: dict[str, CompactionDelta] = {}
+    for i, call in enumerate(ordered):
+        if call.call_kind != "compaction":
+            continue
+        after = next((c for c in ordered[i + 1 :] if c.call_kind == "main"), None)
+        out[call.exchange_id] = CompactionDelta(
+            exchange_id=call.exchange_id,
+            next_exchange_id=after.exchange_id if after else None,
+            messages_bytes_before=call.messages_bytes,
+            messages_bytes_after=after.messages_bytes if after else None,
+            prompt_tokens_before=call.prompt_tokens,
+            prompt_tokens_after=after.prompt_tokens if after else None,
+        )
+    return out

@@ -1,0 +1,153 @@
+"""``opik-cipx explain``: a stored call's attribution as text or JSON.
+
+What a user pastes into a bug report when a byte lands in the wrong bucket,
+so the JSON form carries the regions over the stored raw body.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timezone
+from typing import Any
+
+from .analysis import analyze
+from .attribute import Attribution, ItemTotal
+from .attribution_store import messages_bytes
+from .model import Exchange
+from .pricing import PriceTable
+from .spool import Spool
+
+
+class ExplainError(Exception):
+    """A request the user can fix: unknown or ambiguous id, empty spool."""
+
+
+def resolve_ids(spool: Spool, ids: list[str], last: int | None) -> list[str]:
+    """Full exchange ids for the given id prefixes, or the newest ``last`` LLM calls."""
+    conn = spool.conn
+    out: list[str] = []
+    for prefix in ids:
+        rows = conn.execute(
+            "SELECT id FROM exchanges WHERE id >= ? AND id < ? ORDER BY id LIMIT 3",
+            (prefix, prefix + "\uffff"),
+        ).fetchall()
+        if not rows:
+            raise ExplainError(f"no stored call with id {prefix!r} (see `opik-cipx explain --last 5`)")
+        if len(rows) > 1:
+            raise ExplainError(f"id prefix {prefix!r} is ambiguous: {', '.join(r[0] for r in rows)}…")
+        out.append(rows[0][0])
+    if last:
+        out += [ex.id for ex in spool.last(last, llm_only=True)]
+    if not out:
+        raise ExplainError("nothing to explain: no LLM calls captured yet")
+    return out
+
+
+def _fmt_cost(value: float | None) -> str:
+    return "unknown" if value is None else f"${value:,.4f}"
+
+
+def _row(name: str, t: ItemTotal, body: int, indent: str = "") -> str:
+    share = 100.0 * t.bytes / body if body else 0.0
+    return f"{indent}{name[:44 - len(indent)]:<{44 - len(indent)}} {t.bytes:>10,} {share:6.1f}% {t.tokens:>9,} {_fmt_cost(t.cost_usd):>11}"
+
+
+def render_text(ex: Exchange, attr: Attribution) -> str:
+    when = datetime.fromtimestamp(ex.started_at, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    u = ex.usage
+    lines = [
+        f"call {ex.id}  {attr.call_kind}{'  agent ' + attr.agent_id if attr.agent_id else ''}",
+        f"  {when}  model {ex.model or '?'}  session {ex.session_id or '-'}  outcome {ex.outcome.value}",
+    ]
+    if u is not None:
+        lines.append(
+            f"  prompt {u.prompt_tokens:,} tokens (input {u.input_tokens:,}, cache write "
+            f"{u.cache_creation_input_tokens:,}, cache read {u.cache_read_input_tokens:,})  "
+            f"output {u.output_tokens:,}  cost {_fmt_cost(ex.cost.total_usd if ex.cost else None)}"
+        )
+    split = attr.cache_split.get("bytes")
+    if split:
+        lines.append(
+            f"  cache split (bytes): read {split['cache_read']:,}, write {split['cache_write']:,}, "
+            f"uncached {split['input']:,}"
+        )
+    lines.append("")
+    lines.append(f"{'request category / item':<44} {'bytes':>10} {'share':>7} {'tokens':>9} {'cost':>11}")
+    by_category: dict[str, list[ItemTotal]] = {}
+    for item in attr.items:
+        by_category.setdefault(item.category, []).append(item)
+    ordered = sorted(attr.categories.items(), key=lambda kv: -kv[1].bytes)
+    for name, total in ordered:
+        if total.bytes == 0 and total.tokens == 0:
+            continue
+        lines.append(_row(name, total, attr.body_bytes))
+        items = sorted(by_category.get(name, []), key=lambda t: -t.bytes)
+        for item in items[:12]:
+            if item.item:
+                lines.append(_row(item.item, item, attr.body_bytes, "  "))
+        if len(items) > 12:
+            lines.append(f"  … {len(items) - 12} more items")
+    if attr.output_items:
+        lines.append("")
+        lines.append(f"{'response item':<44} {'bytes':>10} {'':>7} {'tokens':>9} {'cost':>11}")
+        for item in attr.output_items:
+            lines.append(f"{item.item[:44]:<44} {item.bytes:>10,} {'':>7} {item.tokens:>9,} {_fmt_cost(item.cost_usd):>11}")
+    share = 100.0 * attr.unattributed_bytes / attr.body_bytes if attr.body_bytes else 0.0
+    lines.append("")
+    lines.append(f"unattributed: {attr.unattributed_bytes:,} of {attr.body_bytes:,} bytes ({share:.2f}%)")
+    if attr.parse_error:
+        lines.append(f"body not fully readable: {attr.parse_error}")
+    return "\n".join(lines)
+
+
+def _total(t: ItemTotal) -> dict[str, Any]:
+    return {"category": t.category, "item": t.item, "bytes": t.bytes, "tokens": t.tokens,
+            "cost_usd": t.cost_usd, "detail": t.detail}
+
+
+def to_json(ex: Exchange, attr: Attribution) -> dict[str, Any]:
+    u = ex.usage
+    return {
+        "id": ex.id,
+        "started_at": ex.started_at,
+        "session_id": ex.session_id,
+        "agent_id": attr.agent_id,
+        "call_kind": attr.call_kind,
+        "model": ex.model,
+        "outcome": ex.outcome.value,
+        "usage": None if u is None else {
+            "input_tokens": u.input_tokens, "cache_creation_input_tokens": u.cache_creation_input_tokens,
+            "cache_read_input_tokens": u.cache_read_input_tokens, "output_tokens": u.output_tokens,
+        },
+        "cost_usd": ex.cost.total_usd if ex.cost else None,
+        "body_bytes": attr.body_bytes,
+        "unattributed_bytes": attr.unattributed_bytes,
+        "messages_bytes": messages_bytes(attr),
+        "categories": {name: _total(t) for name, t in attr.categories.items()},
+        "items": [_total(t) for t in attr.items],
+        "output_items": [_total(t) for t in attr.output_items],
+        "cache_split": attr.cache_split,
+        "parse_error": attr.parse_error,
+        "regions": [{"start": r.start, "end": r.end, "category": r.category, "item": r.item} for r in attr.regions],
+    }
+
+
+def explain(spool: Spool, prices: PriceTable, ids: list[str], last: int | None) -> list[tuple[Exchange, Attribution]]:
+    out = []
+    for exchange_id in resolve_ids(spool, ids, last):
+        ex = spool.get(exchange_id)
+        if ex is None:  # deleted between resolve and get
+            raise ExplainError(f"call {exchange_id} disappeared from the spool")
+        out.append((ex, analyze(ex, prices)))
+    return out
+
+
+def open_spool(path: Any) -> Spool:
+    from .spool import connect
+
+    if not path.exists():
+        raise ExplainError(f"no spool at {path}: the gateway has not captured anything yet")
+    try:
+        return Spool(connect(path))
+    except sqlite3.Error as exc:
+        raise ExplainError(f"cannot open the spool at {path}: {exc}") from exc

@@ -1,0 +1,149 @@
+"""Attribution wired into the gateway: stored per call, explained from the spool by the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from opik_cipx import attribution_store
+from opik_cipx.analysis import SessionCall, analyze, compaction_deltas
+from opik_cipx.cli import main
+from opik_cipx.pricing import PriceTable
+from opik_cipx.server import Gateway
+from tests.support.fake_anthropic import FakeAnthropic
+
+FIXTURES = Path(__file__).parent / "fixtures" / "claude_code"
+
+
+def recorded(scenario: str) -> list[tuple[str, bytes, dict[str, str]]]:
+    out = []
+    for body_path in sorted((FIXTURES / scenario).glob("[0-9][0-9]-*.json")):
+        if body_path.name.endswith(".meta.json"):
+            continue
+        meta = json.loads(body_path.with_name(body_path.name[:-5] + ".meta.json").read_text())
+        headers = {k: v for k, v in meta["headers"] if k.lower() not in ("content-length", "host")}
+        out.append((meta["label"], body_path.read_bytes(), headers))
+    return out
+
+
+async def replay(gw: Gateway, scenario: str) -> list[str]:
+    """Send a recorded Claude Code session through the gateway; return the labels in order."""
+    labels = []
+    async with aiohttp.ClientSession() as s:
+        for label, body, headers in recorded(scenario):
+            async with s.post(gw.url + "/v1/messages?beta=true", data=body,
+                              headers={**headers, "x-api-key": "sk-ant-test"}) as r:
+                assert r.status == 200
+                await r.read()
+            labels.append(label)
+    assert gw.capture is not None and await gw.capture.drain(30)
+    return labels
+
+
+@pytest.mark.parametrize("scenario", ["opus48", "haiku"])
+async def test_every_replayed_call_is_attributed_and_stored(gateway: Gateway, upstream: FakeAnthropic, scenario: str) -> None:
+    labels = await replay(gateway, scenario)
+    assert gateway.spool is not None
+
+    def read(sp: Any) -> tuple[list[Any], list[dict[str, Any]]]:
+        rows = sp.calls(limit=100)
+        return rows, [attribution_store.load(sp.conn, r.id) for r in rows]
+
+    rows, summaries = await gateway.spool.run(read)
+    assert len(rows) == len(labels) and all(s is not None for s in summaries)
+    for row, summary in zip(rows, summaries):
+        assert summary["unattributed_bytes"] <= 0.005 * summary["body_bytes"]
+        prompt = row.input_tokens + row.cache_creation_input_tokens + row.cache_read_input_tokens
+        assert sum(c["tokens"] for c in summary["categories"].values()) == prompt
+    kinds = {s["call_kind"] for s in summaries}
+    assert {"main", "subagent", "compaction"} <= kinds
+
+
+async def test_compaction_delta_pairs_compact_call_with_the_next_main_call(gateway: Gateway, upstream: FakeAnthropic) -> None:
+    await replay(gateway, "opus48")
+    assert gateway.spool is not None
+    session = recorded("opus48")[0][2]["X-Claude-Code-Session-Id"]
+    calls = await gateway.spool.run(lambda sp: attribution_store.session_calls(sp.conn, session))
+    deltas = compaction_deltas(calls)
+    assert len(deltas) == 1
+    (delta,) = deltas.values()
+    assert delta.next_exchange_id is not None
+    # After /compact the conversation is a summary: much smaller than what was compacted.
+    assert delta.messages_bytes_after is not None and delta.messages_bytes_after < delta.messages_bytes_before
+    assert delta.bytes_saved is not None and delta.bytes_saved > 0
+
+
+def test_compaction_delta_skips_subagent_calls_and_handles_no_next_call() -> None:
+    calls = [
+        SessionCall("a", 1.0, "main", None, 100, 50),
+        SessionCall("b", 2.0, "compaction", None, 5000, 1200),
+        SessionCall("c", 3.0, "subagent", "x1", 300, 90),
+        SessionCall("d", 4.0, "main", None, 800, 300),
+        SessionCall("e", 5.0, "compaction", None, 900, 310),
+    ]
+    deltas = compaction_deltas(calls)
+    assert deltas["b"].next_exchange_id == "d" and deltas["b"].bytes_saved == 4200
+    assert deltas["b"].prompt_tokens_after == 300
+    assert deltas["e"].next_exchange_id is None and deltas["e"].bytes_saved is None
+
+
+async def test_explain_json_regions_cover_the_stored_body(gateway: Gateway, upstream: FakeAnthropic,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    await replay(gateway, "sonnet")
+    assert main(["explain", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert gateway.spool is not None
+    ex = await gateway.spool.get(out["id"])
+    assert ex is not None
+    covered = sum(r["end"] - r["start"] for r in out["regions"])
+    assert covered + out["unattributed_bytes"] == len(ex.request_body) == out["body_bytes"]
+    starts = [r["start"] for r in out["regions"]]
+    assert starts == sorted(starts)
+    assert all(a["end"] <= b["start"] for a, b in zip(out["regions"], out["regions"][1:]))
+    assert out["call_kind"] == "main"
+    # The same numbers the capture stage stored.
+    stored = await gateway.spool.run(lambda sp: attribution_store.load(sp.conn, out["id"]))
+    assert {k: v["tokens"] for k, v in stored["categories"].items()} == {k: v["tokens"] for k, v in out["categories"].items()}
+
+
+async def test_explain_text_by_id_prefix_and_last(gateway: Gateway, upstream: FakeAnthropic,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    await replay(gateway, "haiku")
+    assert main(["explain", "--last", "2"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("\ncall ") + text.startswith("call ") == 2
+    assert "unattributed:" in text and "system" in text and "builtin_tools" in text
+    first_id = text.split()[1]
+    assert main(["explain", first_id[:10]]) == 0
+    assert capsys.readouterr().out.startswith(f"call {first_id}")
+
+
+def test_explain_says_what_is_wrong(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain"]) == 1
+    assert "has not captured anything yet" in capsys.readouterr().err
+
+
+async def test_explain_unknown_id(gateway: Gateway, upstream: FakeAnthropic, capsys: pytest.CaptureFixture[str]) -> None:
+    await replay(gateway, "haiku")
+    assert main(["explain", "zzzz"]) == 1
+    assert "no stored call with id 'zzzz'" in capsys.readouterr().err
+
+
+def test_analyze_prices_the_shares_with_the_call_rates() -> None:
+    from opik_cipx.model import CallKind, Exchange, Usage
+
+    label, body, headers = recorded("opus")[2]
+    usage = Usage(input_tokens=120, cache_creation_input_tokens=900, cache_read_input_tokens=8000, output_tokens=40)
+    ex = Exchange(id="x", started_at=1_790_000_000.0, method="POST", path="/v1/messages", kind=CallKind.MESSAGES,
+                  request_headers={k.lower(): v for k, v in headers.items()}, request_body=body, usage=usage,
+                  model="claude-opus-4-6")
+    prices = PriceTable.builtin()
+    attr = analyze(ex, prices)
+    cost = prices.price("claude-opus-4-6", usage, at=ex.started_at)
+    total = sum(c.cost_usd or 0 for c in attr.categories.values()) + sum(o.cost_usd or 0 for o in attr.output_items)
+    assert cost.total_usd is not None
+    assert total == pytest.approx(cost.total_usd, rel=1e-6)
