@@ -581,3 +581,18 @@ def test_every_prefix_of_a_body_is_covered_exactly_once() -> None:
     body = cc_body()
     for cut in range(0, len(body), 37):
         assert_partition(attribute_request(body[:cut]), body[:cut])
+
+
+def test_extra_members_after_the_compact_fast_path_are_unattributed_and_counted_once() -> None:
+    body = (
+        b'{"messages":[{"role":"assistant","content":[{"type":"tool_use","id":"t1","name":"Bash","input":{"command":"ls"}}]},'
+        b'{"role":"user","content":[{"tool_use_id":"t1","type":"tool_result","content":[{"type":"text","text":"out"}],"later":1}],'
+        b'"id":"msg_1"}]}'
+    )
+    attr = attribute_request(body)
+    assert_partition(attr, body)
+    bash = attr.item("tool_io", "Bash")
+    assert bash and bash.detail["inputs"] == 1 and bash.detail["results"] == 1
+    assert where(attr, body, '"later":1') == ("unattributed", "")
+    assert where(attr, body, '"id":"msg_1"') == ("unattributed", "")
+    assert where(attr, body, "out") == ("tool_io", "Bash")

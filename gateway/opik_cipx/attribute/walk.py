@@ -182,19 +182,22 @@ class _Walker:
             if detail:
                 slot.update(detail)
 
-    def obj(self, pos: int, member: Callable[[str, int, int], int]) -> int:
-        """Walk the object at ``pos``; ``member(key, key_start, value_start)`` returns the value's end."""
+    def obj(self, pos: int, member: Callable[[str, int, int], int], resume: int | None = None) -> int:
+        """Walk the object at ``pos``; ``member(key, key_start, value_start)`` returns the value's end.
+
+        ``resume``: the members before this offset were already consumed by a fast path.
+        """
         s = self.s
         if s[pos] != "{":
             raise Malformed(pos)
-        p = pos + 1
+        p = pos + 1 if resume is None else resume
         match_member = _MEMBER.match
         match_sep = _OBJ_SEP.match
         while True:
             m = match_member(s, p)
             if m is None:
                 close = _OBJ_CLOSE.match(s, p)
-                if close is not None and p == pos + 1:
+                if close is not None and p == pos + 1 and resume is None:
                     return close.end()
                 raise Malformed(p)
             key = m.group(1)
@@ -348,10 +351,12 @@ class _Walker:
             return
         if TITLE_PROMPT in head:
             self.title = True
-        elif index <= 1 and end - start < 400 and "\\n" not in head:
-            self.add(start + 1, end - 1, SYSTEM, "identity", {"text": rawjson.decode_string(self.b[start + 1 : end - 1])})
-            return
-        self.add(start + 1, end - 1, SYSTEM, _PROMPT, {"chars": end - start - 2})
+        elif index <= 1 and end - start < 12 * 300:  # 12 bytes: the widest escaped char
+            text = rawjson.decode_string(self.b[start + 1 : end - 1])
+            if text is not None and len(text) < 300 and "\n" not in text:  # a one-line identity sentence
+                self.add(start + 1, end - 1, SYSTEM, "identity", {"text": text})
+                return
+        self.add(start + 1, end - 1, SYSTEM, _PROMPT)
 
     # -- tools ----------------------------------------------------------------------
 
@@ -388,7 +393,16 @@ class _Walker:
             end = self.content(head.group(1), head.end(), index)
             if self.s.startswith("}", end):
                 return end + 1
-            self.regions = [r for r in self.regions if r[0] < pos]  # odd shape: walk it again slowly
+            sep = _OBJ_SEP.match(self.s, end)
+            if sep is None or sep.group(1) != ",":
+                raise Malformed(end)
+
+            def extra(key: str, kstart: int, vstart: int) -> int:
+                vend = skip_value(self.s, vstart)
+                self.unknown(kstart, vend)
+                return vend
+
+            return self.obj(pos, extra, resume=sep.end())
         if self.s[pos] != "{":
             end = skip_value(self.s, pos)
             self.unknown(pos, end)
@@ -527,7 +541,6 @@ class _Walker:
 
     def fast_block(self, role: str, pos: int, index: int, tool: ToolRef | None) -> int | None:
         s = self.s
-        mark = len(self.regions)
         if s.startswith(_TEXT_HEAD, pos):
             a = pos + len(_TEXT_HEAD) - 1
             b = string_end(s, a)
@@ -546,11 +559,10 @@ class _Walker:
                     return None
                 self.tool_result_text(ref, a, b)
             elif c == "[":
-                b = self.arr(a, lambda i, p: self.block(role, p, index, ref))
-                tail = _BLOCK_TAIL.match(s, b)
+                tail = _BLOCK_TAIL.match(s, skip_value(s, a))  # look before walking: no half-done work
                 if tail is None:
-                    del self.regions[mark:]
                     return None
+                self.arr(a, lambda i, p: self.block(role, p, index, ref))
             else:
                 return None
             self.after_result(ref, tool, tail.group(1) == "true")
