@@ -7,6 +7,7 @@ never copied by hand, so a re-recording keeps these tests meaningful.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -156,9 +157,15 @@ def test_recorded_memory_and_prompt_details(path: Path) -> None:
     _, _, attr = _load(path)
     memory = [i for i in attr.items if i.category == "memory" and i.item.endswith("CLAUDE.md")]
     assert len(memory) == 2
+    # The files tests/support/cc_project.py writes; Claude Code injects them trimmed.
+    planted = {
+        "/home/.claude/CLAUDE.md": "# User preferences\nPrefer short answers. MARKER_USER_CLAUDEMD_7f3a\n",
+        "/project/CLAUDE.md": "# Acme warehouse project\nStock lives in the acme_tools MCP server. MARKER_PROJECT_CLAUDEMD_7f3a\n",
+    }
     for item in memory:
         assert item.detail["path"] == item.item
-        assert len(item.detail["sha256_12"]) == 12
+        text = next(v for k, v in planted.items() if item.item.endswith(k))
+        assert item.detail["sha256_12"] == hashlib.sha256(text.strip().encode()).hexdigest()[:12]
     prompt = [i for i in attr.items if i.category == "user_prompt"]
     assert len(prompt) == 1
     assert prompt[0].detail["text"].startswith("MARKER_USER_PROMPT_7f3a")

@@ -1,15 +1,14 @@
 """Locating JSON structure in raw request bytes at C speed.
 
 The attributor must report byte ranges of the body exactly as it was sent, so it
-never re-serializes. The body is decoded as latin-1: one char per byte, so every
-index in the decoded ``str`` is a byte offset of the raw body, and JSON's
-structural characters (all ASCII) sit where they sit in the bytes. Strings are
-found with a compiled regex; containers we treat as opaque are skipped with the
-stdlib's C scanner. Both run in C, which is what keeps a 1 MB body within a few
-milliseconds. The latin-1 view garbles non-ASCII text, so whenever real text is
-needed it is decoded from the raw bytes with :func:`decode_string`, and
-positions found in that text go back to byte offsets through
-:func:`char_to_byte_offsets`.
+never re-serializes. The body is decoded as latin-1:
+one char per byte, so every index in the decoded ``str`` is a byte offset of the
+raw body, and JSON's structural characters (all ASCII) sit where they sit in the
+bytes. String ends are found with ``str.find``; containers we treat as opaque are
+skipped with the stdlib's C scanner. The latin-1 view garbles non-ASCII text, so
+whenever real text is needed it is decoded from the raw bytes with
+:func:`decode_string`, and positions found in that text go back to byte offsets
+through :func:`char_to_byte_offsets`.
 """
 
 from __future__ import annotations
@@ -22,9 +21,6 @@ from collections.abc import Sequence
 from typing import Any
 
 WS = re.compile(r"[ \t\n\r]*")
-# The unrolled form keeps the inner loop a single-character repeat, which sre runs
-# far faster than an alternation on long strings.
-STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 
 _scan_once = json.scanner.make_scanner(json.JSONDecoder(strict=False))
 

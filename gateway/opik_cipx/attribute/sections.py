@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .types import AGENTS, COMPACTION, HOOKS, MCP, MEMORY, REMINDERS, SKILLS, SLASH_COMMANDS, USER_PROMPT
