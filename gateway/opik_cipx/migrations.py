@@ -185,3 +185,62 @@ def m006_attribution(conn: sqlite3.Connection) -> None:
         """
     )
     conn.execute("CREATE INDEX attribution_items_category ON attribution_items (category, item)")
+
+
+@migration
+def m005_outbox(conn: sqlite3.Connection) -> None:
+    # Opik records waiting to ship, keyed by their Opik id so a newer version of the same
+    # trace or span replaces the older one in place. `seq` is bumped on every write: the
+    # shipper deletes a row after a send only if its seq is still the one it sent, so a
+    # version written while a batch was in flight is never lost.
+    conn.execute(
+        """
+        CREATE TABLE outbox (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('trace', 'span')),
+            seq INTEGER NOT NULL,
+            session_id TEXT,
+            exchange_id TEXT,
+            payload BLOB NOT NULL,
+            size INTEGER NOT NULL,
+            shed INTEGER NOT NULL DEFAULT 0,
+            cost_usd REAL,
+            tokens INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL
+        )
+        """
+    )
+    conn.execute("CREATE UNIQUE INDEX outbox_seq ON outbox (seq)")
+    # Permanent 4xx answers: kept with the reason, never retried, never silently dropped.
+    conn.execute(
+        """
+        CREATE TABLE outbox_rejected (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            status INTEGER,
+            reason TEXT NOT NULL,
+            rejected_at REAL NOT NULL
+        )
+        """
+    )
+    conn.execute("CREATE TABLE ship_counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+    # Per session: the trace id and what its trace has accumulated (span.TraceState as JSON).
+    conn.execute("CREATE TABLE ship_sessions (session_key TEXT PRIMARY KEY, state TEXT NOT NULL)")
+    # Tool sub-spans waiting for their result from the session's next call.
+    conn.execute(
+        """
+        CREATE TABLE ship_tools (
+            tool_use_id TEXT PRIMARY KEY,
+            session_key TEXT NOT NULL,
+            span TEXT NOT NULL,
+            created_at REAL NOT NULL
+        )
+        """
+    )
+    conn.execute("CREATE INDEX ship_tools_created ON ship_tools (created_at)")
+    # Which exchanges have been turned into records (or deliberately not): the recovery
+    # scan after a crash derives exactly the stored exchanges that lack a mark.
+    conn.execute(
+        "CREATE TABLE ship_marks (exchange_id TEXT PRIMARY KEY, state TEXT NOT NULL, at REAL NOT NULL)"
+    )

@@ -27,6 +27,7 @@ from .config import Settings, ensure_home
 from .model import Exchange
 from .pricing import PriceTable, PricingFileError
 from .proxy import Forwarder
+from .shipper import Shipper
 from .spool import AsyncSpool
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self.capture: CaptureSink | None = None
+        self.shipper: Shipper | None = None  # Opik spans: outbox + background shipper
 
     # -- startup -----------------------------------------------------------------
     async def start(self) -> None:
@@ -55,8 +57,14 @@ class Gateway:
         ensure_home(s)
         self._load_prices()
         self.spool = await AsyncSpool.open(s.spool_path)
-        self.capture = CaptureSink(self._build, [self._store, self._attribute, *self._extra_stages])
+        self.shipper = Shipper(
+            s, self.spool, prices=lambda: self.prices, sessions=lambda: getattr(self, "sessions", None)
+        )
+        self.capture = CaptureSink(
+            self._build, [self._store, self._attribute, *self._extra_stages, self.shipper.stage]
+        )
         self._tasks.append(asyncio.create_task(self.capture.run(), name="cipx-capture"))
+        await self.shipper.start()
 
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=300, enable_cleanup_closed=True),
@@ -130,6 +138,9 @@ class Gateway:
         if self.capture is not None:
             if not await self.capture.drain(timeout=grace):
                 log.warning("shutdown: %d captures not yet stored", self.capture.pending)
+        if self.shipper is not None:
+            # Bounded: whatever Opik has not acknowledged stays in the outbox for the next start.
+            await self.shipper.stop(timeout=min(grace, 5.0))
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
