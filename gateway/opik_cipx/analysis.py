@@ -26,7 +26,7 @@ def response_content(ex: Exchange) -> list[dict[str, Any]]:
 
 def analyze(ex: Exchange, prices: PriceTable | None) -> Attribution:
     """Regions of the request body, with the call's billed tokens and cost shared over them."""
-    attr = attribute_request(ex.request_body, headers=ex.request_headers)
+    attr = attribute_request(ex.request_body, headers=ex.request_headers, path=ex.path)
     usage = ex.usage
     rates = None
     if prices is not None and usage is not None:
