@@ -575,3 +575,50 @@ def test_network_failure_resolving_latest_fails_clearly(installer: Installer) ->
 
     assert result.returncode == 3
     assert "network failure" in result.stderr and "latest release" in result.stderr
+
+
+# --- wget, where curl is missing -----------------------------------------------------------------
+
+
+def path_without_curl(tmp_path: Path) -> str:
+    """A PATH with every tool of the real one except curl."""
+    bindir = tmp_path / "no-curl"
+    bindir.mkdir()
+    for entry in os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep):
+        directory = Path(entry)
+        if not directory.is_dir():
+            continue
+        for tool in directory.iterdir():
+            link = bindir / tool.name
+            if tool.name != "curl" and not link.exists() and tool.is_file() and os.access(tool, os.X_OK):
+                link.symlink_to(tool)
+    return str(bindir)
+
+
+@pytest.mark.skipif(shutil.which("wget") is None, reason="needs wget")
+def test_without_curl_wget_downloads_resolves_latest_and_sends_the_token(
+    mirror: ReleaseMirror, installer: Installer, tmp_path: Path
+) -> None:
+    mirror.publish("0.2.0")
+    mirror.latest = "v0.2.0"
+
+    result = installer.run(PATH=path_without_curl(tmp_path), GH_TOKEN=TOKEN)
+
+    assert result.returncode == 0, result.stderr
+    assert installer.installed_version() == "opik-cipx 0.2.0"
+    assert len(mirror.seen) == 3
+    assert all(s.headers.get("authorization") == f"Bearer {TOKEN}" for s in mirror.seen)
+    assert all("wget" in s.headers.get("user-agent", "").lower() for s in mirror.seen)
+
+
+@pytest.mark.skipif(shutil.which("wget") is None, reason="needs wget")
+def test_without_curl_a_missing_version_and_a_dead_mirror_still_fail_clearly(
+    mirror: ReleaseMirror, installer: Installer, tmp_path: Path
+) -> None:
+    path = path_without_curl(tmp_path)
+
+    missing = installer.run("9.9.9", PATH=path)
+    dead = installer.run("0.1.0", PATH=path, CIPX_RELEASE_BASE_URL=f"http://127.0.0.1:{closed_port()}/dl")
+
+    assert missing.returncode == 4 and "v9.9.9" in missing.stderr
+    assert dead.returncode == 3 and "network failure" in dead.stderr
