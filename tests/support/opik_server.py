@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -136,7 +137,9 @@ class OpikContractServer:
 
     def _batch(self, key: str) -> Any:
         async def handle(request: web.Request) -> web.StreamResponse:
-            record: dict[str, Any] = {"path": request.path, "headers": dict(request.headers), "items": 0}
+            record: dict[str, Any] = {
+                "path": request.path, "headers": dict(request.headers), "items": 0, "t": time.monotonic()
+            }
             self.requests.append(record)
             if self.stall:
                 await asyncio.sleep(self.stall)
