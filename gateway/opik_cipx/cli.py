@@ -33,18 +33,32 @@ def _settings() -> Settings:
 
 
 def cmd_proxy(args: argparse.Namespace, settings: Settings) -> int:
+    from .config import ensure_home
+    from .daemon import GatewayLock, probe
     from .server import install_uvloop, run
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    ensure_home(settings)
+    # One gateway per state dir: the lock is held until this process exits.
+    lock = GatewayLock(settings)
+    if not lock.acquire(timeout=3.0 if args.daemon else 0.5):
+        holder = probe(settings).pid
+        if args.daemon:
+            logging.getLogger("opik_cipx").info("another gateway (pid %s) holds the lock; not starting", holder)
+            return 0
+        print(f"opik-cipx: a gateway is already running (pid {holder or '?'}); `opik-cipx stop` first", file=sys.stderr)
+        return 1
     install_uvloop()
     try:
         asyncio.run(run(settings))
     except OSError as exc:
         print(f"opik-cipx: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", file=sys.stderr)
         return 3
+    finally:
+        lock.release()
     return 0
 
 
@@ -77,6 +91,245 @@ def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# --- lifecycle, hooks and provisioning (daemon.py, claude_code.py, provision.py, admin.py) ---
+
+
+def cmd_ensure_running(args: argparse.Namespace, settings: Settings) -> int:
+    from .daemon import DaemonError, ensure_running
+
+    try:
+        live = ensure_running(settings, timeout=args.timeout)
+    except DaemonError as exc:
+        print(f"opik-cipx: {exc}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print(f"opik-cipx: running (pid {live.pid}, http://127.0.0.1:{live.port})")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
+    from .daemon import DaemonError, stop
+
+    try:
+        result = stop(settings, timeout=args.timeout)
+    except DaemonError as exc:
+        print(f"opik-cipx: {exc}", file=sys.stderr)
+        return 2
+    print(f"opik-cipx: {result.message}")
+    return 0
+
+
+def cmd_hook(args: argparse.Namespace, settings: None) -> int:
+    """Always 0, nothing on stdout, bounded in time; settings are built inside the guard."""
+    import os
+    import signal
+
+    from .claude_code import bound_for, run_hook
+
+    # Hard bound: whatever is stuck (stdin never closed, a lock, a dead port), leave in time.
+    signal.signal(signal.SIGALRM, lambda *_: os._exit(0))
+    signal.setitimer(signal.ITIMER_REAL, bound_for(args.event))
+    real_stdout, sys.stdout = sys.stdout, open(os.devnull, "w")  # noqa: SIM115 - for the process's life
+    try:
+        settings = Settings()
+        _log_to_file(settings)
+        raw = sys.stdin.buffer.read(1024 * 1024) if sys.stdin is not None else b""
+        return run_hook(args.event, raw, settings, os.environ) if args.agent == "claude_code" else 0
+    except BaseException as exc:  # noqa: BLE001 - a hook must not fail the session
+        print(f"opik-cipx hook: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 0
+    finally:
+        sys.stdout = real_stdout
+
+
+def _log_to_file(settings: Settings) -> None:
+    from .config import ensure_home
+    from .daemon import LOG_NAME
+
+    ensure_home(settings)
+    handler = logging.FileHandler(settings.logs_dir / LOG_NAME)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from .admin import collect_status, render_status
+
+    code, doc = collect_status(settings, timeout=args.timeout)
+    print(json.dumps({"exit_code": code, **doc}, indent=2) if args.json else render_status(code, doc))
+    return code
+
+
+def cmd_setup(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+    from pathlib import Path
+
+    from .provision import ProvisionError, Targets, settings_snippet, setup_plan
+
+    try:
+        plan = setup_plan(settings, apply_settings=args.apply, binary=Path(args.binary) if args.binary else None)
+    except ProvisionError as exc:
+        print(f"opik-cipx: {exc}", file=sys.stderr)
+        return 1
+    print(plan.describe())
+    if args.dry_run:
+        return 0
+    plan.apply()
+    if not args.apply:
+        targets = Targets.of(settings)
+        print(f"\nAdd this to {targets.settings_path} (or run `opik-cipx setup --apply`):")
+        print(json.dumps(settings_snippet(settings, targets), indent=2))
+    return 0
+
+
+def cmd_uninstall(args: argparse.Namespace, settings: Settings) -> int:
+    from .daemon import DaemonError, stop
+    from .provision import ProvisionError, uninstall_plan
+
+    def stop_gateway() -> str:
+        try:
+            return f"stop the gateway: {stop(settings).message}"
+        except DaemonError as exc:
+            return f"stop the gateway: {exc}"
+
+    try:
+        plan = uninstall_plan(settings, stop=stop_gateway)
+    except ProvisionError as exc:
+        print(f"opik-cipx: {exc}", file=sys.stderr)
+        return 1
+    if args.dry_run:
+        print(plan.describe())
+        return 0
+    for line in plan.apply():
+        print(line)
+    for note in plan.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
+    from .daemon import DaemonError, stop
+
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("opik-cipx: purge deletes every captured call; pass --yes to confirm", file=sys.stderr)
+            return 1
+        answer = input(f"Stop the gateway and delete the local spool in {settings.spool_dir}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("opik-cipx: nothing deleted")
+            return 1
+    try:
+        print(f"opik-cipx: {stop(settings).message}")
+    except DaemonError as exc:
+        print(f"opik-cipx: {exc}; not deleting a spool a gateway may be writing", file=sys.stderr)
+        return 2
+    removed = 0
+    for path in sorted(settings.spool_dir.glob("*")) if settings.spool_dir.is_dir() else []:
+        if path.is_file():
+            path.unlink()
+            removed += 1
+    print(f"opik-cipx: removed {removed} spool file(s) from {settings.spool_dir}")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+    from collections import deque
+
+    from .daemon import LOG_NAME
+
+    path = settings.logs_dir / LOG_NAME
+    if not path.exists():
+        print(f"opik-cipx: no log yet at {path}", file=sys.stderr)
+        if not args.follow:
+            return 1
+    try:
+        with open(path, "a+", errors="replace") as fh:
+            fh.seek(0)
+            for line in deque(fh, maxlen=max(0, args.lines)):
+                sys.stdout.write(line)
+            sys.stdout.flush()
+            while args.follow:
+                line = fh.readline()
+                if line:
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+                else:
+                    time.sleep(0.25)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from .provision import doctor
+
+    checks = doctor(settings)
+    failed = any(c.status == "fail" for c in checks)
+    if args.json:
+        print(json.dumps({"ok": not failed, "checks": [c.to_json() for c in checks]}, indent=2))
+    else:
+        for c in checks:
+            print(f"[{c.status:>4}] {c.name}: {c.detail}")
+            if c.fix and c.status != "ok":
+                print(f"       fix: {c.fix}")
+    return 1 if failed else 0
+
+
+def _add_lifecycle_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("ensure-running", help="start the gateway in the background unless it is alive")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for it to answer (default 10)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_ensure_running)
+
+    p = sub.add_parser("stop", help="stop the gateway gracefully (in-flight calls finish)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds before it is killed (default: grace + 5)")
+    p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("hook", help="Claude Code hook entry point (reads the hook JSON on stdin)")
+    p.add_argument("agent", choices=["claude_code"])
+    p.add_argument("event", help="session-start | pre-tool-use | user-prompt-submit")
+    p.set_defaults(func=cmd_hook, no_settings=True)
+
+    p = sub.add_parser(
+        "status",
+        help="is the gateway running, and what has it done",
+        description="Exit codes: 0 running and healthy; 1 not running; 2 running but degraded or wedged.",
+    )
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds the gateway gets to answer")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("setup", help="write Claude Code hook scripts; --apply also edits ~/.claude/settings.json")
+    p.add_argument("--apply", action="store_true", help="merge hooks and ANTHROPIC_BASE_URL into settings.json (backed up)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.add_argument("--binary", help="the opik-cipx binary the hook scripts should run")
+    p.set_defaults(func=cmd_setup)
+
+    p = sub.add_parser("uninstall", help="stop, remove what setup added and the state directory")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.set_defaults(func=cmd_uninstall)
+
+    p = sub.add_parser("purge", help="stop the gateway and delete the local spool")
+    p.add_argument("--yes", action="store_true", help="do not ask")
+    p.set_defaults(func=cmd_purge)
+
+    p = sub.add_parser("logs", help="print the gateway log")
+    p.add_argument("-n", "--lines", type=int, default=50, help="lines from the end (default 50)")
+    p.add_argument("-f", "--follow", action="store_true")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("doctor", help="check the installation and say how to fix what is wrong")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_doctor)
+
+
 def cmd_version(args: argparse.Namespace, settings: Settings | None) -> int:
     print(f"opik-cipx {__version__}")
     return 0
@@ -88,7 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("proxy", help="run the gateway in the foreground")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--daemon", action="store_true", help=argparse.SUPPRESS)  # how ensure-running starts it
     p.set_defaults(func=cmd_proxy)
+    _add_lifecycle_commands(sub)
 
     p = sub.add_parser("explain", help="where a stored call's bytes, tokens and cost went")
     p.add_argument("ids", nargs="*", metavar="CALL_ID", help="call ids (a unique prefix is enough)")

@@ -188,6 +188,28 @@ def m006_attribution(conn: sqlite3.Connection) -> None:
 
 
 @migration
+def m004_sessions(conn: sqlite3.Connection) -> None:
+    # What the SessionStart hook registered per Claude Code session (cwd, env, git); kept here
+    # so a gateway restarted mid-session still resolves markers and identity for it.
+    conn.execute(
+        """
+        CREATE TABLE sessions (
+            session_id TEXT PRIMARY KEY,
+            cwd TEXT,
+            transcript_path TEXT,
+            source TEXT,
+            env TEXT NOT NULL DEFAULT '{}',
+            git_repo TEXT,
+            git_branch TEXT,
+            registered_at REAL NOT NULL,
+            last_seen REAL NOT NULL
+        )
+        """
+    )
+    conn.execute("CREATE INDEX sessions_last_seen ON sessions (last_seen)")
+
+
+@migration
 def m005_outbox(conn: sqlite3.Connection) -> None:
     # Opik records waiting to ship, keyed by their Opik id so a newer version of the same
     # trace or span replaces the older one in place. `seq` is bumped on every write: the

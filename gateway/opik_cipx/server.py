@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -22,12 +23,14 @@ from aiohttp import web
 
 from . import attribution_store
 from .analysis import analyze
+from .admin import setup_admin
 from .capture import CaptureSink, Recorder, build_exchange
 from .config import Settings, ensure_home
 from .model import Exchange
 from .pricing import PriceTable, PricingFileError
 from .proxy import Forwarder
 from .shipper import Shipper
+from .sessions import SessionStore
 from .spool import AsyncSpool
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,9 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self.capture: CaptureSink | None = None
+        # What SessionStart hooks registered (cwd, env, git) by session id; see sessions.py.
+        self.sessions = SessionStore()
+        self.started_at: float | None = None
         self.shipper: Shipper | None = None  # Opik spans: outbox + background shipper
 
     # -- startup -----------------------------------------------------------------
@@ -57,6 +63,8 @@ class Gateway:
         ensure_home(s)
         self._load_prices()
         self.spool = await AsyncSpool.open(s.spool_path)
+        self.sessions = SessionStore(self.spool)
+        await self.sessions.load()
         self.shipper = Shipper(
             s, self.spool, prices=lambda: self.prices, sessions=lambda: getattr(self, "sessions", None)
         )
@@ -82,6 +90,7 @@ class Gateway:
         )
         app = web.Application(client_max_size=1024**3)
         app[GATEWAY_KEY] = self
+        setup_admin(app, self)  # before the catch-all: /_cipx/* is never forwarded
         app.router.add_route("*", "/{tail:.*}", forwarder.handle)
         # Cancel the handler when the client goes away: that closes the upstream request too.
         self._runner = web.AppRunner(
@@ -91,6 +100,7 @@ class Gateway:
         site = web.TCPSite(self._runner, s.host, s.port, reuse_address=True)
         await site.start()
         self.port = _bound_port(site)
+        self.started_at = time.time()
         _write_private(s.port_file, f"{self.port}\n")
         log.info("opik-cipx listening on http://%s:%d -> %s", s.host, self.port, s.upstream_url)
 

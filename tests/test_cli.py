@@ -1,0 +1,120 @@
+"""The lifecycle commands end to end, as scripts and install.sh use them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from opik_cipx import daemon
+from opik_cipx.config import Settings
+from opik_cipx.provision import doctor, setup_plan
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def env(isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    monkeypatch.setenv("CIPX_PORT", "0")
+    monkeypatch.setenv("CIPX_UPSTREAM_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "gateway"), str(ROOT)]))
+    yield dict(os.environ)
+    try:
+        daemon.stop(Settings(), timeout=10)
+    except daemon.DaemonError:
+        pass
+
+
+def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "opik_cipx.cli", *args], env=env, capture_output=True, text=True, timeout=60, input=stdin)
+
+
+def test_status_exit_codes_follow_the_gateway_through_start_and_stop(env: dict[str, str]) -> None:
+    down = cli(env, "status")
+    assert down.returncode == 1 and down.stdout.startswith("opik-cipx: not running")
+    assert json.loads(cli(env, "status", "--json").stdout)["exit_code"] == 1
+
+    up = cli(env, "ensure-running")
+    assert up.returncode == 0, up.stderr
+    pid = daemon.probe(Settings()).pid
+    status = cli(env, "status")
+    assert status.returncode == 0 and f"pid {pid}" in status.stdout and "counters" in status.stdout
+    doc = json.loads(cli(env, "status", "--json").stdout)
+    assert doc["exit_code"] == 0 and doc["pid"] == pid and doc["state"] == "running"
+
+    stopped = cli(env, "stop")
+    assert stopped.returncode == 0 and f"stopped pid {pid}" in stopped.stdout
+    assert cli(env, "status").returncode == 1
+    assert "not running" in cli(env, "stop").stdout
+
+
+def test_status_tells_the_truth_about_a_wedged_gateway(env: dict[str, str]) -> None:
+    assert cli(env, "ensure-running").returncode == 0
+    live = daemon.probe(Settings())
+    assert live.pid is not None
+    os.kill(live.pid, signal.SIGSTOP)  # alive, holding its lock, answering nothing
+    try:
+        wedged = cli(env, "status", "--timeout", "0.5")
+        assert wedged.returncode == 2
+        assert "NOT HEALTHY" in wedged.stdout and "did not answer" in wedged.stdout
+    finally:
+        os.kill(live.pid, signal.SIGCONT)
+    assert cli(env, "status").returncode == 0
+
+
+def test_logs_prints_the_tail_of_the_gateway_log(env: dict[str, str]) -> None:
+    assert cli(env, "logs").returncode == 1
+    cli(env, "ensure-running")
+    logs = cli(env, "logs", "-n", "3")
+    assert logs.returncode == 0 and "listening on http://127.0.0.1:" in logs.stdout
+    assert len(logs.stdout.splitlines()) <= 3
+
+
+def test_purge_asks_first_then_stops_and_wipes_the_spool(env: dict[str, str]) -> None:
+    cli(env, "ensure-running")
+    settings = Settings()
+    assert settings.spool_path.exists()
+    refused = cli(env, "purge", stdin="")
+    assert refused.returncode == 1 and "--yes" in refused.stderr
+    assert settings.spool_path.exists() and daemon.probe(settings).alive
+
+    purged = cli(env, "purge", "--yes")
+    assert purged.returncode == 0, purged.stderr
+    assert not list(settings.spool_dir.iterdir()) and not daemon.probe(settings).alive
+
+
+def test_doctor_names_each_failure_with_its_fix_and_passes_once_set_up(env: dict[str, str], isolated_home: Path) -> None:
+    settings = Settings()
+    checks = {c.name: c for c in doctor(settings, environ={}, managed=())}
+    assert checks["gateway"].status == "fail" and "ensure-running" in (checks["gateway"].fix or "")
+    assert checks["base-url"].status == "fail" and "setup --apply" in (checks["base-url"].fix or "")
+    assert checks["hooks"].status == "fail"
+
+    setup_plan(settings, apply_settings=True).apply()
+    cli(env, "ensure-running")
+    checks = {c.name: c for c in doctor(settings, environ={}, managed=())}
+    assert {n: c.status for n, c in checks.items() if c.status == "fail"} == {"base-url": "fail"}, checks
+    # CIPX_PORT=0 here: setup wrote the default port, which is not the running gateway's.
+    assert "9909" in checks["base-url"].detail
+    cli(env, "stop")  # down, the configured port (the default) is what the base URL must name
+
+    managed = isolated_home / "managed-settings.json"
+    managed.write_text(json.dumps({"enabledPlugins": {"opik-cipx@opik-enterprise": True}, "env": {"ANTHROPIC_BASE_URL": "http://127.0.0.1:9909/"}}))
+    checks = {c.name: c for c in doctor(settings, environ={}, managed=(managed,))}
+    assert checks["hooks"].detail.startswith("plugin") and checks["base-url"].status == "ok"
+
+    out = cli(env, "doctor", "--json")
+    doc = json.loads(out.stdout)
+    assert {c["name"] for c in doc["checks"]} >= {"config", "gateway", "spool", "opik", "hooks", "base-url"}
+    assert out.returncode == (0 if doc["ok"] else 1)
+
+
+def test_version_needs_no_configuration(env: dict[str, str]) -> None:
+    out = cli({**env, "CIPX_HOST": "8.8.8.8"}, "version")
+    assert out.returncode == 0 and out.stdout.startswith("opik-cipx ")

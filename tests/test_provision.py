@@ -1,0 +1,156 @@
+"""setup / uninstall: a plan first, then exactly that; user content survives byte for byte."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from opik_cipx import provision
+from opik_cipx.cli import main
+from opik_cipx.config import Settings
+from opik_cipx.provision import MARKER, ProvisionError, setup_plan, uninstall_plan
+
+# Four-space indent, no trailing newline, unicode, key order that is not sorted: a re-serialising
+# uninstall would not give these bytes back.
+ORIGINAL = """{
+    "permissions": {"allow": ["Bash(ls:*)"], "deny": []},
+    "model": "opus",
+    "env": {"FOO": "bär"},
+    "hooks": {
+        "PreToolUse": [
+            {"matcher": "Bash", "hooks": [{"type": "command", "command": "~/.claude/hooks/mine.sh"}]}
+        ]
+    },
+    "alwaysThinkingEnabled": true
+}"""
+HAND_HOOK = "#!/bin/sh\n# my own hook\necho hi >&2\n"
+
+
+@pytest.fixture
+def claude(isolated_home: Path) -> Path:
+    d = isolated_home / ".claude"
+    (d / "hooks").mkdir(parents=True)
+    (d / "settings.json").write_text(ORIGINAL)
+    (d / "hooks" / "mine.sh").write_text(HAND_HOOK)
+    return d
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_setup_apply_uninstall_round_trip_gives_back_the_original_bytes(claude: Path, isolated_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = snapshot(claude)
+    assert main(["setup"]) == 0
+    out = capsys.readouterr().out
+    assert '"ANTHROPIC_BASE_URL": "http://127.0.0.1:9909"' in out  # the snippet to paste
+    assert (claude / "settings.json").read_text() == ORIGINAL, "setup without --apply leaves settings.json alone"
+    for spec in provision.HOOKS:
+        script = claude / "hooks" / spec.script
+        assert script.read_text().splitlines()[0] == MARKER and os.access(script, os.X_OK)
+
+    assert main(["setup", "--apply"]) == 0
+    merged = json.loads((claude / "settings.json").read_text())
+    assert merged["env"] == {"FOO": "bär", "ANTHROPIC_BASE_URL": "http://127.0.0.1:9909"}
+    assert list(merged) == ["permissions", "model", "env", "hooks", "alwaysThinkingEnabled"]
+    assert merged["hooks"]["PreToolUse"][0]["hooks"][0]["command"] == "~/.claude/hooks/mine.sh"
+    assert "opik-cipx-pre-tool-use.sh" in merged["hooks"]["PreToolUse"][1]["hooks"][0]["command"]
+    assert "opik-cipx-session-start.sh" in merged["hooks"]["SessionStart"][0]["hooks"][0]["command"]
+    assert (claude / "settings.json.opik-cipx.bak").read_text() == ORIGINAL
+    applied = (claude / "settings.json").read_bytes()
+    assert applied.startswith(b'{\n    "permissions"'), "the file's own indentation is kept"
+
+    capsys.readouterr()
+    assert main(["setup", "--apply"]) == 0
+    assert capsys.readouterr().out.startswith("nothing to change")
+    assert (claude / "settings.json").read_bytes() == applied
+
+    assert main(["uninstall"]) == 0
+    assert snapshot(claude) == before
+    assert not (isolated_home / ".opik-cipx").exists()
+
+
+def test_dry_runs_change_nothing(claude: Path, isolated_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = snapshot(isolated_home)
+    assert main(["setup", "--apply", "--dry-run"]) == 0
+    plan_text = capsys.readouterr().out
+    assert "back up" in plan_text and "merge into" in plan_text and "write hook script" in plan_text
+    assert snapshot(isolated_home) == before
+    main(["setup", "--apply"])
+    after_setup = snapshot(isolated_home)
+    assert main(["uninstall", "--dry-run"]) == 0
+    assert "remove managed hook script" in capsys.readouterr().out
+    assert snapshot(isolated_home) == after_setup
+
+
+def test_uninstall_after_user_edits_removes_only_our_entries_and_restores_the_old_base_url(claude: Path) -> None:
+    (claude / "settings.json").write_text(json.dumps({"env": {"ANTHROPIC_BASE_URL": "https://corp-proxy.example"}}, indent=2) + "\n")
+    settings = Settings()
+    setup_plan(settings, apply_settings=True).apply()
+    edited = json.loads((claude / "settings.json").read_text())
+    edited["statusLine"] = {"type": "command", "command": "echo hi"}
+    edited["hooks"]["PreToolUse"].append({"matcher": "Edit", "hooks": [{"type": "command", "command": "lint.sh"}]})
+    (claude / "settings.json").write_text(json.dumps(edited, indent=2) + "\n")
+
+    uninstall_plan(settings).apply()
+    left = json.loads((claude / "settings.json").read_text())
+    assert left == {
+        "env": {"ANTHROPIC_BASE_URL": "https://corp-proxy.example"},
+        "statusLine": {"type": "command", "command": "echo hi"},
+        "hooks": {"PreToolUse": [{"matcher": "Edit", "hooks": [{"type": "command", "command": "lint.sh"}]}]},
+    }
+    assert (claude / "hooks" / "mine.sh").read_text() == HAND_HOOK
+    assert not any(provision.is_managed(p) for p in (claude / "hooks").iterdir())
+
+
+def test_a_settings_file_setup_created_is_removed_by_uninstall(claude: Path) -> None:
+    (claude / "settings.json").unlink()
+    settings = Settings()
+    setup_plan(settings, apply_settings=True).apply()
+    assert json.loads((claude / "settings.json").read_text())["env"]["ANTHROPIC_BASE_URL"].startswith("http://127.0.0.1:")
+    uninstall_plan(settings).apply()
+    assert not (claude / "settings.json").exists()
+
+
+def test_uninstall_without_a_record_still_takes_our_entries_out(claude: Path, isolated_home: Path) -> None:
+    settings = Settings()
+    setup_plan(settings, apply_settings=True).apply()
+    (isolated_home / ".opik-cipx" / "provision.json").unlink()
+    uninstall_plan(settings).apply()
+    assert json.loads((claude / "settings.json").read_text()) == json.loads(ORIGINAL)
+
+
+def test_invalid_settings_json_is_refused_before_anything_is_written(claude: Path) -> None:
+    (claude / "settings.json").write_text("{ broken")
+    with pytest.raises(ProvisionError, match="not valid JSON"):
+        setup_plan(Settings(), apply_settings=True)
+    assert (claude / "settings.json").read_text() == "{ broken"
+
+
+def test_a_hand_written_file_at_our_script_path_is_never_overwritten(claude: Path) -> None:
+    (claude / "hooks" / "opik-cipx-session-start.sh").write_text(HAND_HOOK)
+    with pytest.raises(ProvisionError, match="not written by opik-cipx"):
+        setup_plan(Settings(), apply_settings=False)
+    assert (claude / "hooks" / "opik-cipx-session-start.sh").read_text() == HAND_HOOK
+
+
+def test_the_written_hook_script_runs_the_binary_and_exits_0_without_it(claude: Path, tmp_path: Path, isolated_home: Path) -> None:
+    fake = tmp_path / "fake-opik-cipx"
+    record = tmp_path / "args"
+    fake.write_text(f'#!/bin/sh\necho "$@" > {record}\ncat > {record}.stdin\nexit 7\n')
+    fake.chmod(0o755)
+    setup_plan(Settings(), apply_settings=False, binary=fake).apply()
+    script = claude / "hooks" / "opik-cipx-session-start.sh"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(isolated_home)}
+    run = subprocess.run(["sh", str(script), "hook", "claude_code", "session-start"], input=b'{"session_id": "s"}', env=env, capture_output=True)
+    assert run.returncode == 0 and run.stdout == b""
+    assert record.read_text().split() == ["hook", "claude_code", "session-start"]
+    assert (tmp_path / "args.stdin").read_bytes() == b'{"session_id": "s"}'
+
+    fake.unlink()
+    run = subprocess.run(["sh", str(script), "hook", "claude_code", "session-start"], input=b"{}", env=env, capture_output=True)
+    assert run.returncode == 0 and run.stdout == b"" and b"not found" in run.stderr
