@@ -57,8 +57,8 @@ HOOKS: tuple[HookSpec, ...] = (
 
 INSTALL_HINT = (
     "opik-cipx: the opik-cipx binary was not found (looked in $CLAUDE_PLUGIN_ROOT/bin, PATH, "
-    "~/.opik-cipx/bin, /usr/local/bin); this session is not being captured. Install it with "
-    "the install.sh of the opik-cipx repository (see its README)."
+    "~/.opik-cipx/bin, /usr/local/bin); this session is not being captured. Install it: "
+    "curl -fsSL https://raw.githubusercontent.com/comet-ml/opik-cipx/main/install.sh | bash"
 )
 
 # POSIX sh. The keep-alive fast path decides liveness with builtins only (no fork): the
