@@ -330,6 +330,77 @@ def _add_lifecycle_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
     p.set_defaults(func=cmd_doctor)
 
 
+# --- viewer and local analytics (viewer/, stats.py) ---
+
+
+def cmd_viewer(args: argparse.Namespace, settings: Settings) -> int:
+    import urllib.error
+    import urllib.request
+    import webbrowser
+
+    from .viewer import read_token, viewer_url
+
+    token = read_token(settings.home)
+    try:
+        port = int(settings.port_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        port = None
+    if token is None or port is None:
+        print("opik-cipx: the gateway is not running (start it with `opik-cipx ensure-running`)", file=sys.stderr)
+        return 1
+    url = viewer_url(port, token, settings.host)
+    # Ask the gateway itself, so a token file left by a crashed gateway is not printed as live.
+    # No proxies: the URL is loopback and must never leave the machine.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    probe = url.replace("/viewer/?", "/api/filters?", 1)
+    try:
+        with opener.open(probe, timeout=args.timeout) as resp:
+            live = resp.status == 200
+    except (urllib.error.URLError, OSError):
+        live = False
+    if not live:
+        print(f"opik-cipx: no gateway answers on port {port} with the current token "
+              "(start it with `opik-cipx ensure-running`)", file=sys.stderr)
+        return 1
+    print(url)
+    if args.open and not webbrowser.open(url):
+        print("opik-cipx: could not launch a browser; open the URL above", file=sys.stderr)
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
+    from . import stats
+
+    try:
+        win = stats.window(args.window, args.since)
+        conn = stats.open_readonly(settings.spool_path)
+        try:
+            rep = stats.report(conn, win, args.by)
+        finally:
+            conn.close()
+    except stats.StatsError as exc:
+        print(f"opik-cipx: {exc}", file=sys.stderr)
+        return 1
+    print(stats.dumps(rep) if args.json else stats.render_text(rep))
+    return 0
+
+
+def _add_viewer_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .stats import GROUPS, WINDOWS
+
+    p = sub.add_parser("viewer", help="print the local viewer's URL (with this start's token)")
+    p.add_argument("--open", action="store_true", help="also open it in a browser")
+    p.add_argument("--timeout", type=float, default=3.0, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_viewer)
+
+    p = sub.add_parser("stats", help="totals, cost, cache-hit rate and breakdowns from the local spool")
+    p.add_argument("window", nargs="?", choices=WINDOWS, help="today, the last 7 days or the last 30 days")
+    p.add_argument("--since", metavar="WHEN", help="e.g. 3d, 12h, 2026-05-01 or 2026-05-01T09:30")
+    p.add_argument("--by", choices=GROUPS, help="a per-group table")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_stats)
+
+
 def cmd_version(args: argparse.Namespace, settings: Settings | None) -> int:
     print(f"opik-cipx {__version__}")
     return 0
@@ -350,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--last", type=int, metavar="N", help="the newest N LLM calls (default 1 without ids)")
     p.add_argument("--json", action="store_true", help="JSON with the regions over the stored raw body")
     p.set_defaults(func=cmd_explain)
+    _add_viewer_commands(sub)
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version, no_settings=True)

@@ -24,6 +24,7 @@ from aiohttp import web
 from . import attribution_store
 from .analysis import analyze
 from .admin import setup_admin
+from .metrics import Metrics, setup_metrics
 from .capture import CaptureSink, Recorder, build_exchange
 from .config import Settings, ensure_home
 from .model import Exchange
@@ -32,6 +33,7 @@ from .proxy import Forwarder
 from .shipper import Shipper
 from .sessions import SessionStore
 from .spool import AsyncSpool
+from .viewer import setup_viewer
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +54,11 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self.capture: CaptureSink | None = None
+        self.metrics = Metrics()  # Prometheus counters, fed as a capture stage
+        self.shipper: Shipper | None = None  # Opik spans: outbox + background shipper
         # What SessionStart hooks registered (cwd, env, git) by session id; see sessions.py.
         self.sessions = SessionStore()
         self.started_at: float | None = None
-        self.shipper: Shipper | None = None  # Opik spans: outbox + background shipper
 
     # -- startup -----------------------------------------------------------------
     async def start(self) -> None:
@@ -69,7 +72,7 @@ class Gateway:
             s, self.spool, prices=lambda: self.prices, sessions=lambda: getattr(self, "sessions", None)
         )
         self.capture = CaptureSink(
-            self._build, [self._store, self._attribute, *self._extra_stages, self.shipper.stage]
+            self._build, [self._store, self._attribute, self.metrics.observe, *self._extra_stages, self.shipper.stage]
         )
         self._tasks.append(asyncio.create_task(self.capture.run(), name="cipx-capture"))
         await self.shipper.start()
@@ -90,6 +93,9 @@ class Gateway:
         )
         app = web.Application(client_max_size=1024**3)
         app[GATEWAY_KEY] = self
+        # Viewer and metrics first: admin ends with its own /_cipx/* catch-all.
+        setup_viewer(app, self)
+        setup_metrics(app, self)
         setup_admin(app, self)  # before the catch-all: /_cipx/* is never forwarded
         app.router.add_route("*", "/{tail:.*}", forwarder.handle)
         # Cancel the handler when the client goes away: that closes the upstream request too.
