@@ -153,41 +153,6 @@ def m003_exchange_indexes(conn: sqlite3.Connection) -> None:
 
 
 @migration
-def m006_attribution(conn: sqlite3.Connection) -> None:
-    # One row per attributed call (the call kind and the sizes the session view needs) and
-    # one per (side, category, item) so stats group by category or MCP server with SQL alone.
-    # Regions are not stored: they are recomputed from the stored body when a viewer asks.
-    conn.execute(
-        """
-        CREATE TABLE attribution (
-            exchange_id TEXT PRIMARY KEY,
-            call_kind TEXT NOT NULL,
-            agent_id TEXT,
-            body_bytes INTEGER NOT NULL,
-            unattributed_bytes INTEGER NOT NULL,
-            messages_bytes INTEGER NOT NULL,
-            summary TEXT NOT NULL
-        )
-        """
-    )
-    conn.execute(
-        """
-        CREATE TABLE attribution_items (
-            exchange_id TEXT NOT NULL,
-            side TEXT NOT NULL,
-            category TEXT NOT NULL,
-            item TEXT NOT NULL,
-            bytes INTEGER NOT NULL,
-            tokens INTEGER NOT NULL,
-            cost_usd REAL,
-            PRIMARY KEY (exchange_id, side, category, item)
-        ) WITHOUT ROWID
-        """
-    )
-    conn.execute("CREATE INDEX attribution_items_category ON attribution_items (category, item)")
-
-
-@migration
 def m004_sessions(conn: sqlite3.Connection) -> None:
     # What the SessionStart hook registered per Claude Code session (cwd, env, git); kept here
     # so a gateway restarted mid-session still resolves markers and identity for it.
@@ -266,3 +231,38 @@ def m005_outbox(conn: sqlite3.Connection) -> None:
     conn.execute(
         "CREATE TABLE ship_marks (exchange_id TEXT PRIMARY KEY, state TEXT NOT NULL, at REAL NOT NULL)"
     )
+
+
+@migration
+def m006_attribution(conn: sqlite3.Connection) -> None:
+    # One row per attributed call (the call kind and the sizes the session view needs) and
+    # one per (side, category, item) so stats group by category or MCP server with SQL alone.
+    # Regions are not stored: they are recomputed from the stored body when a viewer asks.
+    conn.execute(
+        """
+        CREATE TABLE attribution (
+            exchange_id TEXT PRIMARY KEY,
+            call_kind TEXT NOT NULL,
+            agent_id TEXT,
+            body_bytes INTEGER NOT NULL,
+            unattributed_bytes INTEGER NOT NULL,
+            messages_bytes INTEGER NOT NULL,
+            summary TEXT NOT NULL
+        )
+        """
+    )
+    conn.execute(
+        """
+        CREATE TABLE attribution_items (
+            exchange_id TEXT NOT NULL,
+            side TEXT NOT NULL,
+            category TEXT NOT NULL,
+            item TEXT NOT NULL,
+            bytes INTEGER NOT NULL,
+            tokens INTEGER NOT NULL,
+            cost_usd REAL,
+            PRIMARY KEY (exchange_id, side, category, item)
+        ) WITHOUT ROWID
+        """
+    )
+    conn.execute("CREATE INDEX attribution_items_category ON attribution_items (category, item)")
