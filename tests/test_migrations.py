@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from opik_cipx import migrations
-from opik_cipx.migrations import MIGRATIONS, Migration, migrate
+from opik_cipx.migrations import MIGRATIONS, Migration, migrate, transaction
 
 
 def _open(path: Path, *, autocommit: bool = True) -> sqlite3.Connection:
@@ -123,3 +123,22 @@ def test_registering_a_duplicate_name_is_refused(monkeypatch: pytest.MonkeyPatch
 
     with pytest.raises(ValueError, match="duplicate"):
         migrations.migration(m001_exchanges)
+
+
+def test_nested_transaction_is_one_commit_and_rolls_back_alone(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "n.db", isolation_level=None)
+    conn.execute("CREATE TABLE t (v INTEGER)")
+    with transaction(conn):
+        conn.execute("INSERT INTO t VALUES (1)")
+        with pytest.raises(ValueError):
+            with transaction(conn):
+                conn.execute("INSERT INTO t VALUES (2)")
+                raise ValueError("inner unit fails")
+        with transaction(conn):
+            conn.execute("INSERT INTO t VALUES (3)")
+        # Nothing is committed until the outer transaction ends.
+        other = sqlite3.connect(tmp_path / "n.db")
+        assert other.execute("SELECT count(*) FROM t").fetchone() == (0,)
+        other.close()
+    assert [r[0] for r in conn.execute("SELECT v FROM t ORDER BY v")] == [1, 3]
+    assert not conn.in_transaction

@@ -37,6 +37,19 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     Works whatever the connection's ``isolation_level``: once ``BEGIN`` has run,
     the sqlite3 module issues no implicit one of its own.
     """
+    if conn.in_transaction:
+        # Nested inside a caller's transaction (the capture worker commits a whole batch
+        # at once): a savepoint keeps this unit all-or-nothing without an early COMMIT.
+        conn.execute("SAVEPOINT nested")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK TO nested")
+            conn.execute("RELEASE nested")
+            raise
+        else:
+            conn.execute("RELEASE nested")
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
