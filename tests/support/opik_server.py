@@ -69,7 +69,7 @@ class Fault:
 
 class OpikContractServer:
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None,
-                 workspace: str | None = None, use_opik_models: bool = True) -> None:
+                 workspace: str | None = None, use_opik_models: bool = True, validate: bool = True) -> None:
         self.host = host
         self.port = port
         self.api_key = api_key
@@ -82,6 +82,7 @@ class OpikContractServer:
         self.faults: list[Fault] = []
         self.stall = 0.0
         self.refuse_ids: set[str] = set()
+        self.validate = validate  # False only to measure a client's own floor (bench --no-validate)
         self._validators = {"traces": validator_for("TraceBatch_Write"), "spans": validator_for("SpanBatch_Write")}
         self._models: dict[str, Any] = {}
         if use_opik_models:
@@ -159,13 +160,13 @@ class OpikContractServer:
                 body = json.loads(raw)
             except ValueError:
                 return self._error(400, "body is not JSON", record)
-            errors = sorted(self._validators[key].iter_errors(body), key=lambda e: list(e.path))
+            errors = sorted(self._validators[key].iter_errors(body), key=lambda e: list(e.path)) if self.validate else []
             if errors:
                 status = 422 if any(e.validator in ("maxItems", "minItems") for e in errors) else 400
                 return self._error(status, f"schema: {errors[0].message} at {list(errors[0].path)}", record)
             items = body[key]
             record["items"] = len(items)
-            for item in items:
+            for item in items if self.validate else ():
                 problem = self._check_item(key, item)
                 if problem is not None:
                     return self._error(400, problem, record)
@@ -224,8 +225,8 @@ class OpikContractServer:
         return [r.get("status", 0) for r in self.requests]
 
 
-async def _serve(port: int) -> None:
-    server = OpikContractServer(port=port)
+async def _serve(port: int, validate: bool) -> None:
+    server = OpikContractServer(port=port, validate=validate)
     await server.up()
     print(f"opik contract server on {server.url}", flush=True)
     await asyncio.Event().wait()
@@ -234,4 +235,6 @@ async def _serve(port: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Opik contract server (loopback only)")
     parser.add_argument("--port", type=int, default=0)
-    asyncio.run(_serve(parser.parse_args().port))
+    parser.add_argument("--no-validate", action="store_true", help="skip validation (measure the client alone)")
+    args = parser.parse_args()
+    asyncio.run(_serve(args.port, not args.no_validate))
