@@ -143,10 +143,11 @@ async def test_opik_outage_with_two_kills_loses_and_duplicates_nothing(tmp_path:
                 now = stored_exchanges(spool)
                 if now != expected:
                     expected, stable_since = now, time.monotonic()
-            # Calls answered but still queued in memory when a kill landed were never stored:
-            # the capture queue ahead of the spool is not durable (a gateway-core matter, see
-            # capture.py). Every call that was stored must reach Opik, exactly once.
-            assert len(expected) >= 100, len(expected)
+            # Each answered call is journaled right after its response (journal.py) and a restart
+            # replays what the spool lacks, so a kill can only lose calls answered in the last
+            # moments before it, still on their way to the journal thread. Every call that was
+            # stored must reach Opik, exactly once.
+            assert len(expected) >= CALLS * 0.97, len(expected)
             print(f"stored {len(expected)} of {CALLS} calls")
 
             await opik.up()

@@ -293,7 +293,7 @@ async def test_client_disconnect_mid_stream_cancels_upstream(gateway: Gateway, u
 
 
 async def test_a_capture_stage_that_raises_does_not_touch_the_call(upstream: FakeAnthropic, make_settings: Any) -> None:
-    async def explode(ex: Exchange) -> None:
+    def explode(spool: Any, item: Any) -> None:
         raise RuntimeError("bug in a capture stage")
 
     async with Gateway(make_settings(upstream_url=upstream.url), extra_stages=[explode]) as gw:

@@ -24,8 +24,11 @@ def response_content(ex: Exchange) -> list[dict[str, Any]]:
     return read_response(ex.status, content_type, [(0.0, ex.response_body)]).content
 
 
-def analyze(ex: Exchange, prices: PriceTable | None) -> Attribution:
-    """Regions of the request body, with the call's billed tokens and cost shared over them."""
+def analyze(ex: Exchange, prices: PriceTable | None, content: list[dict[str, Any]] | None = None) -> Attribution:
+    """Regions of the request body, with the call's billed tokens and cost shared over them.
+
+    ``content`` is the response's content blocks when the caller already has them.
+    """
     attr = attribute_request(ex.request_body, headers=ex.request_headers, path=ex.path)
     usage = ex.usage
     rates = None
@@ -37,7 +40,7 @@ def analyze(ex: Exchange, prices: PriceTable | None) -> Attribution:
             speed=usage.speed,
             inference_geo=usage.inference_geo,
         )
-    return allocate(attr, usage, rates, response_content(ex))
+    return allocate(attr, usage, rates, response_content(ex) if content is None else content)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,10 +4,11 @@ Three parts, in the order a call meets them:
 
 * :class:`Recorder` -- what the hot path touches: it only keeps references and
   appends ``(time, chunk)`` pairs. No parsing, no copying, nothing that can raise.
-* :func:`build_exchange` -- pure: a finished Recorder becomes an
-  :class:`~opik_cipx.model.Exchange` (decode, parse usage, redact, price).
+* :func:`build_exchange` / :func:`prepare` -- pure: a finished Recorder becomes
+  an :class:`~opik_cipx.model.Exchange` (decode, parse usage, redact, price),
+  analyzed once for every stage that needs its attribution.
 * :class:`CaptureSink` -- the one error boundary. It queues finished recorders
-  without blocking, and a worker runs the build and the downstream stages off
+  without blocking; a worker stores them in batches on the spool's thread, off
   the event loop. A bug in any stage is logged and counted; the proxied call
   finished long before and never sees it.
 """
@@ -24,10 +25,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import attribution_store
+from .analysis import analyze
+from .attribute import Attribution
+from .migrations import transaction
 from .model import CallKind, Exchange, Outcome, classify
 from .pricing import PriceTable
 from .redact import redact_headers
 from .response import ResponseSummary, decode_content, read_response
+from .spool import AsyncSpool, Spool
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +136,11 @@ def _ms(t: float | None, t0: float) -> float | None:
 
 
 def build_exchange(rec: Recorder, prices: PriceTable | None) -> Exchange:
-    """Turn a finished Recorder into an Exchange. Pure apart from reading the clock-free recorder."""
+    """Turn a finished Recorder into an Exchange. Pure: no clock, no I/O."""
+    return _build(rec, prices)[0]
+
+
+def _build(rec: Recorder, prices: PriceTable | None) -> tuple[Exchange, ResponseSummary | None]:
     kind = classify(rec.method, rec.path)
     request_headers = redact_headers(rec.request_headers.items())
     response_headers = redact_headers(
@@ -190,10 +200,41 @@ def build_exchange(rec: Recorder, prices: PriceTable | None) -> Exchange:
             ex.usage.speed = speed.group(1).decode("ascii", "replace")
     if kind is CallKind.MESSAGES and ex.usage is not None and prices is not None:
         ex.cost = prices.price(ex.model, ex.usage, at=ex.started_at)
-    return ex
+    return ex, summary
 
 
-Stage = Callable[[Exchange], Awaitable[None]]
+@dataclass(slots=True)
+class Captured:
+    """One finished call as the stages see it: the Exchange and, for LLM calls, its analysis."""
+
+    exchange: Exchange
+    attribution: Attribution | None = None
+    content: list[dict[str, Any]] = field(default_factory=list)  # the response's content blocks
+
+
+def prepare(rec: Recorder, prices: PriceTable | None) -> Captured:
+    """Build the Exchange and, for LLM calls, attribute it once for every stage that needs it."""
+    ex, summary = _build(rec, prices)
+    if not ex.is_llm_call:
+        return Captured(ex)
+    content = summary.content if summary is not None else []
+    return Captured(ex, analyze(ex, prices, content), content)
+
+
+# Runs on the spool thread inside the batch's transaction (each in its own savepoint).
+StoreStage = Callable[[Spool, Captured], None]
+
+
+def store_exchange(sp: Spool, item: Captured) -> None:
+    """The first store stage: the Exchange itself. Nothing else is kept if this fails."""
+    sp.add(item.exchange)
+
+
+def store_attribution(sp: Spool, item: Captured) -> None:
+    if item.attribution is not None:
+        attribution_store.save(sp.conn, item.exchange.id, item.attribution)
+# Runs on the event loop once a batch is committed, with what it stored: counters, wake-ups.
+AfterStage = Callable[[list[Captured]], Awaitable[None]]
 
 
 @dataclass
@@ -203,21 +244,38 @@ class CaptureStats:
     dropped: int = 0  # queue full: the gateway chose the user's latency over a capture
     errors: int = 0  # a stage raised; the call itself was already done
     last_error: str | None = None
+    batches: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
 
 
 class CaptureSink:
-    """Queue plus worker: the single place capture errors are contained."""
+    """Queue plus worker: the single place capture errors are contained.
+
+    The worker takes every finished call waiting (up to ``max_batch``) and hands
+    the lot to the spool's thread in one hop, where each is built, analyzed and
+    stored with its attribution and outbox records; the batch commits once. Under
+    load that keeps the backlog — the only captures a crash can lose — short.
+    """
 
     def __init__(
         self,
-        build: Callable[[Recorder], Awaitable[Exchange]],
-        stages: list[Stage],
+        spool: AsyncSpool,
+        prepare: Callable[[Recorder], Captured],
+        store_stages: list[StoreStage],
+        after_stages: list[AfterStage],
         *,
         max_pending: int = 10_000,
+        max_batch: int = 64,
+        on_error: Callable[[str, BaseException], None] | None = None,
+        journal: Any = None,
     ) -> None:
-        self._build = build
-        self._stages = stages
+        self._spool = spool
+        self._journal = journal  # journal.Journal: makes the backlog survive kill -9
+        self._prepare = prepare
+        self._store_stages = store_stages
+        self._after_stages = after_stages
+        self._max_batch = max_batch
+        self._on_error = on_error
         self._queue: asyncio.Queue[Recorder] = asyncio.Queue(max_pending)
         self._idle = asyncio.Event()
         self._idle.set()
@@ -226,6 +284,8 @@ class CaptureSink:
     def submit(self, rec: Recorder) -> None:
         """Called from the hot path: never blocks, never raises."""
         try:
+            if self._journal is not None:
+                self._journal.append(rec)
             self._queue.put_nowait(rec)
             self._idle.clear()
             self.stats.submitted += 1
@@ -237,32 +297,74 @@ class CaptureSink:
 
     async def run(self) -> None:
         while True:
-            rec = await self._queue.get()
+            batch = [await self._queue.get()]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
             try:
-                await self._process(rec)
+                await self._process(batch)
             finally:
-                self._queue.task_done()
+                for _ in batch:
+                    self._queue.task_done()
                 if self._queue.empty():
                     self._idle.set()
 
-    async def _process(self, rec: Recorder) -> None:
+    async def _process(self, batch: list[Recorder]) -> None:
+        failures: list[tuple[str, BaseException]] = []
         try:
-            ex = await self._build(rec)
-        except Exception as exc:  # noqa: BLE001
-            self._fail("build", exc)
-            return
-        self.stats.captured += 1
-        self.stats.by_kind[ex.kind.value] = self.stats.by_kind.get(ex.kind.value, 0) + 1
-        for stage in self._stages:
+            done = await self._spool.run(lambda sp: self._store_batch(sp, batch, failures))
+        except Exception as exc:  # noqa: BLE001 - e.g. the disk is full: count it, keep serving
+            failures.append(("store batch", exc))
+            done = []
+        else:
+            if self._journal is not None:
+                # Committed (or failed for good in build): either way no replay is owed.
+                self._journal.confirm([rec.id for rec in batch])
+        self.stats.batches += 1
+        for item in done:
+            self.stats.captured += 1
+            kind = item.exchange.kind.value
+            self.stats.by_kind[kind] = self.stats.by_kind.get(kind, 0) + 1
+        for stage in self._after_stages:
             try:
-                await stage(ex)
+                await stage(done)
             except Exception as exc:  # noqa: BLE001
-                self._fail(getattr(stage, "__qualname__", repr(stage)), exc)
+                failures.append((_name(stage), exc))
+        for where, exc in failures:
+            self._fail(where, exc)
+
+    def _store_batch(self, sp: Spool, batch: list[Recorder], failures: list[tuple[str, BaseException]]) -> list[Captured]:
+        """On the spool thread: build, analyze and store a batch in one transaction."""
+        done: list[Captured] = []
+        with transaction(sp.conn):
+            for rec in batch:
+                try:
+                    item = self._prepare(rec)
+                except Exception as exc:  # noqa: BLE001
+                    failures.append(("build", exc))
+                    continue
+                stored = True
+                for i, stage in enumerate(self._store_stages):
+                    try:
+                        with transaction(sp.conn):  # a savepoint: a failing stage undoes only itself
+                            stage(sp, item)
+                    except Exception as exc:  # noqa: BLE001
+                        failures.append((_name(stage), exc))
+                        if i == 0:  # the exchange itself was not stored: nothing may hang off it
+                            stored = False
+                            break
+                if stored:
+                    done.append(item)
+        return done
 
     def _fail(self, where: str, exc: BaseException) -> None:
         self.stats.errors += 1
         self.stats.last_error = f"{where}: {type(exc).__name__}: {exc}"
         log.error("capture stage %s failed", where, exc_info=exc)
+        if self._on_error is not None:
+            try:
+                self._on_error(where, exc)
+            except Exception:  # noqa: BLE001 - error reporting must not fail the worker
+                log.exception("capture error hook failed")
 
     async def drain(self, timeout: float) -> bool:
         """Wait until every submitted call is processed; False if the bound ran out."""
@@ -276,3 +378,7 @@ class CaptureSink:
     @property
     def pending(self) -> int:
         return self._queue.qsize()
+
+
+def _name(stage: object) -> str:
+    return getattr(stage, "__qualname__", None) or repr(stage)

@@ -15,19 +15,16 @@ import os
 import signal
 import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from . import attribution_store
-from .analysis import analyze
 from .admin import setup_admin
-from .metrics import Metrics, setup_metrics
-from .capture import CaptureSink, Recorder, build_exchange
+from . import journal
+from .capture import Captured, CaptureSink, Recorder, prepare, store_attribution, store_exchange
 from .config import Settings, ensure_home
-from .model import Exchange
+from .metrics import Metrics, setup_metrics
 from .pricing import PriceTable, PricingFileError
 from .proxy import Forwarder
 from .shipper import Shipper
@@ -50,7 +47,6 @@ class Gateway:
         self._extra_stages = list(extra_stages or [])
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._capture_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cipx-capture")
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self.capture: CaptureSink | None = None
@@ -58,6 +54,7 @@ class Gateway:
         self.shipper: Shipper | None = None  # Opik spans: outbox + background shipper
         # What SessionStart hooks registered (cwd, env, git) by session id; see sessions.py.
         self.sessions = SessionStore()
+        self.journal: journal.Journal | None = None
         self.started_at: float | None = None
 
     # -- startup -----------------------------------------------------------------
@@ -71,10 +68,21 @@ class Gateway:
         self.shipper = Shipper(
             s, self.spool, prices=lambda: self.prices, sessions=lambda: getattr(self, "sessions", None)
         )
+        journal_path = s.spool_dir / "capture.journal"
+        left_over = journal.take_over(journal_path)
+        self.journal = journal.Journal(journal_path)
+        prices = lambda: self.prices  # noqa: E731 - read at use: overrides may be reloaded
+        shipper = self.shipper
         self.capture = CaptureSink(
-            self._build, [self._store, self._attribute, self.metrics.observe, *self._extra_stages, self.shipper.stage]
+            self.spool,
+            lambda rec: prepare(rec, prices()),
+            [store_exchange, store_attribution, *self._extra_stages, shipper.record],
+            [self._observe, shipper.after],
+            on_error=lambda where, exc: shipper.telemetry.report(exc, f"capture.{where}"),
+            journal=self.journal,
         )
         self._tasks.append(asyncio.create_task(self.capture.run(), name="cipx-capture"))
+        await self._replay_journal(left_over)
         await self.shipper.start()
 
         self._session = aiohttp.ClientSession(
@@ -117,21 +125,22 @@ class Gateway:
             self.pricing_error = str(exc)
             log.error("ignoring pricing overrides: %s", exc)
 
-    async def _build(self, rec: Recorder) -> Exchange:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._capture_pool, build_exchange, rec, self.prices)
+    async def _replay_journal(self, recs: list[Recorder]) -> None:
+        """Capture again what a killed predecessor journaled but never stored."""
+        assert self.spool is not None and self.capture is not None and self.journal is not None
+        if recs:
+            ids = [r.id for r in recs]
+            stored = await self.spool.run(lambda sp: sp.existing_ids(ids))
+            missing = [r for r in recs if r.id not in stored]
+            log.info("journal: %d calls left by the last run, %d not yet stored", len(recs), len(missing))
+            for rec in missing:
+                self.capture.submit(rec)
+            await asyncio.get_running_loop().run_in_executor(None, self.journal.flush)
+        journal.finish_replay(self.journal.path)
 
-    async def _store(self, ex: Exchange) -> None:
-        assert self.spool is not None
-        await self.spool.add(ex)
-
-    async def _attribute(self, ex: Exchange) -> None:
-        # Runs on the spool's thread: attribution is CPU work and must stay off the event loop.
-        if not ex.is_llm_call or not ex.request_body:
-            return
-        assert self.spool is not None
-        prices = self.prices
-        await self.spool.run(lambda sp: attribution_store.save(sp.conn, ex.id, analyze(ex, prices)))
+    async def _observe(self, items: list[Captured]) -> None:
+        for item in items:
+            await self.metrics.observe(item.exchange)
 
     # -- main loop -----------------------------------------------------------------
     async def serve_forever(self) -> None:
@@ -161,13 +170,16 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.journal is not None:
+            # Truncates the file when every journaled call is stored; else the next start replays.
+            await asyncio.get_running_loop().run_in_executor(None, self.journal.close)
+            self.journal = None
         if self._session is not None:
             await self._session.close()
             self._session = None
         if self.spool is not None:
             await self.spool.close()
             self.spool = None
-        self._capture_pool.shutdown(wait=True)
         try:
             self.settings.port_file.unlink()
         except FileNotFoundError:

@@ -23,12 +23,14 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from . import analysis
+from .analysis import response_content
+from .capture import Captured
 from .config import Settings
 from .enablement import Enablement, SessionLookup
 from .identity import IdentitySource, claude_json_path, render_project
@@ -37,7 +39,7 @@ from .opik_client import OpikClient, SendResult, Verdict, mask_key
 from .outbox import DISABLED, MAX_BATCH_ITEMS, NO_DESTINATION, SAMPLED_OUT, Item, Outbox
 from .pricing import PriceTable
 from .privacy import LiveOptions, iso_now, sampled
-from .span import CallFacts, SessionContext, analyze
+from .span import CallFacts, SessionContext, call_facts
 from .spool import AsyncSpool, Spool
 from .telemetry import Telemetry
 
@@ -90,7 +92,6 @@ class Shipper:
         self._max_delay = max_delay
         self._blocked_delay = blocked_delay
         self._request_timeout = request_timeout
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cipx-spans")
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -172,53 +173,52 @@ class Shipper:
         self._snapshot = await self.spool.run(lambda s: self._outbox(s).stats())
         return self._snapshot
 
-    # -- the capture stage ----------------------------------------------------------------
+    # -- the capture stages ---------------------------------------------------------------
 
-    async def stage(self, ex: Exchange) -> None:
-        """Derive and queue the records of one stored Exchange (a CaptureSink stage)."""
+    def record(self, spool: Spool, item: Captured) -> None:
+        """Store stage, on the spool thread inside the capture batch: queue the call's records."""
         try:
-            await self._derive(ex)
-        except Exception as exc:
+            self._record(spool, item)
+        except Exception:
             self.stage_errors += 1
-            self.telemetry.report(exc, "span.stage")
             raise
 
-    async def _derive(self, ex: Exchange) -> None:
-        if not ex.is_llm_call:
+    async def after(self, items: list[Captured]) -> None:
+        """After-commit stage, on the loop: refresh what status shows and wake the sender."""
+        if any(item.exchange.is_llm_call for item in items):
+            await self.refresh()
+            self._wake.set()
+
+    def _record(self, spool: Spool, item: Captured) -> None:
+        ex = item.exchange
+        if not ex.is_llm_call or item.attribution is None:
             return  # count_tokens, HEAD /, model listings: counted locally, never spans
+        outbox = self._outbox(spool)
         if self.base_url is None:
-            await self.spool.run(lambda s: self._outbox(s).mark(ex.id, NO_DESTINATION))
+            outbox.mark(ex.id, NO_DESTINATION)
             return
         sessions = self._sessions()
         info = sessions.get(ex.session_id) if sessions is not None and ex.session_id else None
         decision = self.enablement.for_session(sessions, ex.session_id)
         if not decision.enabled:
             self._debug("exchange %s: not shipped (%s)", ex.id, decision.source, force=decision.debug)
-            await self.spool.run(lambda s: self._outbox(s).mark(ex.id, DISABLED))
-            await self.refresh()
+            outbox.mark(ex.id, DISABLED)
             return
         opts = self.options.get()
         if not sampled(ex.id, opts.sample_rate):
-            await self.spool.run(lambda s: self._outbox(s).mark(ex.id, SAMPLED_OUT))
-            await self.refresh()
+            outbox.mark(ex.id, SAMPLED_OUT)
             return
-        prices = self._prices()
-        loop = asyncio.get_running_loop()
-        facts = await loop.run_in_executor(self._pool, analyze, ex, prices)
+        facts = call_facts(ex, item.attribution, item.content)
         env = dict(getattr(info, "env", None) or {}) if info is not None else {}
 
         def resolve(own_trace_id: str) -> SessionContext:
             return self._context(facts, env, info, own_trace_id)
 
-        result = await self.spool.run(
-            lambda s: self._outbox(s).record_call(facts, resolve, capture_content=opts.capture_content)
-        )
+        result = outbox.record_call(facts, resolve, capture_content=opts.capture_content)
         self._debug(
             "exchange %s: %s (%d records, span %s, %s)", ex.id, result.state, result.records, result.span_id,
             decision.source, force=decision.debug,
         )
-        await self.refresh()
-        self._wake.set()
 
     def _context(self, facts: CallFacts, env: dict[str, str], info: Any, own_trace_id: str) -> SessionContext:
         ex = facts.exchange
@@ -278,7 +278,6 @@ class Shipper:
             await self._session.close()
             self._session = None
         await self.telemetry.aclose()
-        self._pool.shutdown(wait=False)
 
     async def run(self) -> None:
         try:
@@ -312,15 +311,20 @@ class Shipper:
         ids = await self.spool.run(lambda s: self._outbox(s).unmarked_since(since))
         if ids:
             log.info("deriving spans for %d stored calls a restart left behind", len(ids))
+        prices = self._prices()
         for exchange_id in ids:
             ex = await self.spool.get(exchange_id)
-            if ex is not None:
-                try:
-                    await self._derive(ex)
-                except Exception as exc:  # noqa: BLE001
-                    self.stage_errors += 1
-                    log.exception("could not derive spans for %s", exchange_id)
-                    self.telemetry.report(exc, "shipper.recover_one")
+            if ex is None:
+                continue
+            try:
+                content = response_content(ex)
+                item = Captured(ex, analysis.analyze(ex, prices, content), content)
+                await self.spool.run(lambda s, item=item: self.record(s, item))
+            except Exception as exc:  # noqa: BLE001
+                log.exception("could not derive spans for %s", exchange_id)
+                self.telemetry.report(exc, "shipper.recover_one")
+        if ids:
+            await self.refresh()
 
     async def _ship_once(self) -> bool:
         """Send one batch; True when the outbox may hold more to send right away."""

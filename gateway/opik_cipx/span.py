@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from .attribute import Attribution, allocate, attribute_request
+from . import analysis
+from .analysis import response_content
+from .attribute import Attribution
 from .attribute.types import AGENTS, BUILTIN_TOOLS, MCP, MEMORY, SKILLS, SLASH_COMMANDS, TOOL_IO, USER_PROMPT
 from .identity import Identity
 from .model import Exchange, Outcome
 from .pricing import PriceTable
-from .response import read_response
 from .uuid7 import uuid7_at
 
 PROVIDER = "anthropic"
@@ -82,15 +83,6 @@ class CallFacts:
         return self.exchange.agent_id or "main"
 
 
-def _response_content(ex: Exchange) -> list[dict[str, Any]]:
-    if ex.status is None or not ex.response_body:
-        return []
-    summary = read_response(
-        ex.status, ex.response_headers.get("content-type"), [(ex.started_at, ex.response_body)]
-    )
-    return summary.content
-
-
 def _account_uuid(body: Mapping[str, Any]) -> str | None:
     meta = body.get("metadata")
     user_id = meta.get("user_id") if isinstance(meta, dict) else None
@@ -137,19 +129,13 @@ def _chars(attr: Attribution, body: bytes) -> dict[str, int]:
 
 def analyze(ex: Exchange, prices: PriceTable | None) -> CallFacts:
     """Parse and attribute one LLM call. Pure CPU: tens of ms for a MB body."""
+    content = response_content(ex)
+    return call_facts(ex, analysis.analyze(ex, prices, content), content)
+
+
+def call_facts(ex: Exchange, attr: Attribution, content: list[dict[str, Any]]) -> CallFacts:
+    """What the span builder needs of a call whose attribution the capture already made."""
     body = ex.request_body
-    attr = attribute_request(body, headers=ex.request_headers, path=ex.path)
-    content = _response_content(ex)
-    rates = None
-    if prices is not None and ex.usage is not None:
-        rates = prices.rates(
-            ex.model,
-            at=ex.started_at,
-            prompt_tokens=ex.usage.prompt_tokens,
-            speed=ex.usage.speed,
-            inference_geo=ex.usage.inference_geo,
-        )
-    attr = allocate(attr, ex.usage, rates, content)
     try:
         doc = json.loads(body) if body else {}
     except ValueError:

@@ -284,6 +284,14 @@ class Spool:
                     released[old[1]] += 1
                 self._release(released)
 
+    def existing_ids(self, ids: list[str]) -> set[str]:
+        """Which of these exchange ids are stored (the journal replay skips those)."""
+        found: set[str] = set()
+        for batch in _batches(ids):
+            marks = ", ".join("?" for _ in batch)
+            found.update(r[0] for r in self.conn.execute(f"SELECT id FROM exchanges WHERE id IN ({marks})", batch))
+        return found
+
     def _existing(self, digests: list[bytes]) -> set[bytes]:
         found: set[bytes] = set()
         for batch in _batches(digests):

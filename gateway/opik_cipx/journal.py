@@ -1,0 +1,185 @@
+"""Write-ahead journal of finished calls that are not in the spool yet.
+
+Building, analyzing and storing a call takes milliseconds of CPU; a flood of
+calls builds a backlog that a ``kill -9`` would lose. So each finished call is
+first appended to this file, raw (no parsing), by a dedicated thread: a write
+to the page cache survives the process being killed. The spool worker confirms
+each call once it is committed; when every journaled call is confirmed the file
+is truncated. At start-up, calls still in the file and missing from the spool
+are captured again.
+
+Frames: 4-byte big-endian length, then a pickle of the recorder's plain fields.
+The file is only ever read back by this module, on this machine, from a 0600
+file in the 0700 state directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import struct
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from .capture import Recorder
+
+log = logging.getLogger(__name__)
+
+_LEN = struct.Struct(">I")
+# The recorder fields that make a call; times are perf_counter values, used only as differences.
+_FIELDS = ("id", "wall_start", "t_start", "method", "path", "body", "status", "response_headers",
+           "t_head", "chunks", "times", "t_end", "forced_outcome", "error", "gateway_status")
+
+
+def dump(rec: Recorder) -> bytes:
+    state: dict[str, Any] = {name: getattr(rec, name) for name in _FIELDS}
+    state["request_headers"] = list(rec.request_headers.items())
+    payload = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+    return _LEN.pack(len(payload)) + payload
+
+
+def load(payload: bytes) -> Recorder:
+    state = pickle.loads(payload)  # noqa: S301 - our own 0600 file, written by this module
+    rec = Recorder.__new__(Recorder)
+    for name in _FIELDS:
+        setattr(rec, name, state[name])
+    rec.request_headers = _Headers(state["request_headers"])
+    return rec
+
+
+class _Headers:
+    """Just enough of a multidict for build_exchange: ``items()`` in wire order."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: list[tuple[str, str]]) -> None:
+        self._items = items
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._items)
+
+
+def read_frames(path: Path) -> Iterator[bytes]:
+    """Every complete frame; a torn last frame (killed mid-write) is ignored."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return
+    pos = 0
+    while pos + _LEN.size <= len(data):
+        (size,) = _LEN.unpack_from(data, pos)
+        start = pos + _LEN.size
+        if start + size > len(data):
+            log.warning("journal %s: ignoring a torn last record (%d bytes)", path, len(data) - pos)
+            return
+        yield data[start : start + size]
+        pos = start + size
+
+
+class Journal:
+    """Appends finished calls on its own thread; truncates once all are confirmed stored."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cipx-journal")
+        self._lock = threading.Lock()
+        self._pending: set[str] = set()  # journaled, not yet confirmed stored
+        self._stored_first: set[str] = set()  # confirmed before their append ran: skip it
+        self.appended = 0
+        self.errors = 0
+        self.last_error: str | None = None
+
+    def append(self, rec: Recorder) -> None:
+        """Hot-path side: hand the recorder to the journal thread. Never blocks, never raises."""
+        try:
+            self._thread.submit(self._append, rec)
+        except RuntimeError:  # executor shut down: the gateway is stopping
+            pass
+
+    def _append(self, rec: Recorder) -> None:
+        with self._lock:
+            if rec.id in self._stored_first:
+                self._stored_first.discard(rec.id)
+                return
+            self._pending.add(rec.id)
+        try:
+            frame = dump(rec)
+            view = memoryview(frame)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            self.appended += 1
+        except Exception as exc:  # noqa: BLE001 - a full disk must not break capture itself
+            self.errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.error("journal append failed: %s", exc)
+
+    def confirm(self, ids: list[str]) -> None:
+        """The spool committed these calls: they need no replay."""
+        with self._lock:
+            for exchange_id in ids:
+                if exchange_id in self._pending:
+                    self._pending.discard(exchange_id)
+                else:
+                    self._stored_first.add(exchange_id)
+            empty = not self._pending
+        if empty:
+            try:
+                self._thread.submit(self._truncate_if_done)
+            except RuntimeError:
+                pass
+
+    def _truncate_if_done(self) -> None:
+        # On the journal thread, so no append can interleave: empty now means empty on disk too.
+        with self._lock:
+            if self._pending:
+                return
+        os.ftruncate(self._fd, 0)
+
+    def flush(self) -> None:
+        """Wait for every append handed over so far (tests, shutdown)."""
+        self._thread.submit(lambda: None).result()
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+        with self._lock:
+            empty = not self._pending
+        if empty:
+            os.ftruncate(self._fd, 0)
+        os.close(self._fd)
+
+
+def take_over(path: Path) -> list[Recorder]:
+    """At start-up: the calls a previous process journaled but may not have stored.
+
+    The file is renamed aside first, so a crash while replaying leaves it for the
+    next start; the caller deletes it (``finish_replay``) once every call in it
+    has been handed to the capture again (which journals them anew).
+    """
+    replay = path.with_suffix(path.suffix + ".replay")
+    if path.exists() and path.stat().st_size:
+        if replay.exists():
+            # A previous replay was interrupted: keep its calls too.
+            with replay.open("ab") as out:
+                out.write(path.read_bytes())
+            path.unlink()
+        else:
+            os.replace(path, replay)
+    out: list[Recorder] = []
+    for payload in read_frames(replay):
+        try:
+            out.append(load(payload))
+        except Exception as exc:  # noqa: BLE001 - one bad record must not hide the others
+            log.error("journal: skipping an unreadable record: %s", exc)
+    return out
+
+
+def finish_replay(path: Path) -> None:
+    try:
+        path.with_suffix(path.suffix + ".replay").unlink()
+    except FileNotFoundError:
+        pass

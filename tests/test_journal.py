@@ -1,0 +1,106 @@
+"""The capture journal: finished calls survive kill -9 and are replayed once."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from opik_cipx import journal
+from opik_cipx.capture import Recorder, build_exchange
+from opik_cipx.server import Gateway
+from tests.support.fake_anthropic import FakeAnthropic
+
+
+def recorder(n: int) -> Recorder:
+    rec = Recorder("POST", "/v1/messages", CIMultiDictProxy(CIMultiDict({"x-claude-code-session-id": "s", "x-api-key": "k"})))
+    rec.body = b'{"model":"claude-opus-4-6","messages":[{"role":"user","content":"q%d"}]}' % n
+    rec.response_head(200, ((b"content-type", b"application/json"),))
+    rec.chunk(b'{"type":"message","model":"claude-opus-4-6","content":[],"usage":{"input_tokens":5,"output_tokens":1}}')
+    rec.finish()
+    return rec
+
+
+def test_a_journaled_recorder_rebuilds_the_same_exchange(tmp_path: Path) -> None:
+    rec = recorder(1)
+    (payload,) = journal.read_frames(_write(tmp_path / "j", [rec]))
+    again = journal.load(payload)
+    a, b = build_exchange(rec, None), build_exchange(again, None)
+    assert a.to_dict() == b.to_dict()
+    assert "x-api-key" not in b.request_headers  # redaction still applies on replay
+
+
+def test_a_torn_last_frame_is_ignored(tmp_path: Path) -> None:
+    path = _write(tmp_path / "j", [recorder(1), recorder(2)])
+    data = path.read_bytes()
+    path.write_bytes(data[:-7])  # killed in the middle of the second write
+    assert len(list(journal.read_frames(path))) == 1
+
+
+def test_journal_truncates_only_when_every_call_is_confirmed(tmp_path: Path) -> None:
+    j = journal.Journal(tmp_path / "j")
+    recs = [recorder(i) for i in range(3)]
+    for rec in recs:
+        j.append(rec)
+    j.flush()
+    j.confirm([recs[0].id, recs[1].id])
+    j.flush()
+    assert len(list(journal.read_frames(j.path))) == 3
+    j.confirm([recs[2].id])
+    j.flush()
+    assert j.path.stat().st_size == 0
+    # Confirmed before its append ran: never written at all.
+    late = recorder(9)
+    j.confirm([late.id])
+    j.append(late)
+    j.flush()
+    assert j.path.stat().st_size == 0
+    j.close()
+
+
+def test_take_over_keeps_an_interrupted_replay(tmp_path: Path) -> None:
+    path = tmp_path / "capture.journal"
+    _write(path, [recorder(1)])
+    first = journal.take_over(path)  # start-up 1 dies before finish_replay
+    _write(path, [recorder(2)])
+    second = journal.take_over(path)
+    assert [r.id for r in first] == [second[0].id] and len(second) == 2
+    journal.finish_replay(path)
+    assert journal.take_over(path) == []
+
+
+async def test_a_restarted_gateway_stores_what_its_killed_predecessor_journaled(
+    upstream: FakeAnthropic, make_settings: Any
+) -> None:
+    settings = make_settings(upstream_url=upstream.url)
+    settings.spool_dir.mkdir(parents=True, exist_ok=True)
+    recs = [recorder(i) for i in range(5)]
+    # As a kill -9 leaves it: calls journaled, nothing stored.
+    _write(settings.spool_dir / "capture.journal", recs)
+    async with Gateway(settings) as gw:
+        assert gw.capture is not None and gw.spool is not None
+        for _ in range(100):
+            if await gw.capture.drain(5) and len(await gw.spool.calls(limit=10)) == 5:
+                break
+            await asyncio.sleep(0.05)
+        rows = await gw.spool.calls(limit=10)
+        assert sorted(r.id for r in rows) == sorted(r.id for r in recs)
+        # A normal call after the replay is stored too, and nothing is replayed twice.
+        async with aiohttp.ClientSession() as s:
+            async with s.post(gw.url + "/v1/messages", data=recs[0].body, headers={"x-api-key": "k"}) as r:
+                await r.read()
+        assert await gw.capture.drain(5)
+        assert len(await gw.spool.calls(limit=10)) == 6
+    assert not (settings.spool_dir / "capture.journal.replay").exists()
+    assert (settings.spool_dir / "capture.journal").stat().st_size == 0
+
+
+def _write(path: Path, recs: list[Recorder]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("ab") as fh:
+        for rec in recs:
+            fh.write(journal.dump(rec))
+    return path
