@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import json
 import os
 import subprocess
@@ -154,3 +155,25 @@ def test_the_written_hook_script_runs_the_binary_and_exits_0_without_it(claude: 
     fake.unlink()
     run = subprocess.run(["sh", str(script), "hook", "claude_code", "session-start"], input=b"{}", env=env, capture_output=True)
     assert run.returncode == 0 and run.stdout == b"" and b"not found" in run.stderr
+
+
+def test_frozen_binary_names_the_stable_entry_point_not_its_versioned_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opik_cipx import provision
+
+    bundle = tmp_path / ".opik-cipx-releases" / "0.2.0-1" / "opik-cipx"
+    bundle.parent.mkdir(parents=True)
+    bundle.write_text("")
+    link = tmp_path / "opik-cipx"
+    link.symlink_to(bundle)
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    monkeypatch.setattr(sys, "executable", str(bundle))
+    monkeypatch.setattr(sys, "argv", [str(link), "setup"])
+    assert provision.default_binary() == link
+    # Run by bare name from PATH: the PATH entry, which is the symlink too.
+    monkeypatch.setattr(sys, "argv", ["opik-cipx", "setup"])
+    monkeypatch.setenv("PATH", str(tmp_path))
+    link.chmod(0o755)
+    bundle.chmod(0o755)
+    assert provision.default_binary() == link

@@ -8,28 +8,36 @@ exit codes.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Callable, Sequence
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING
 
 from . import __version__
-from .config import Settings
 
-Command = Callable[[argparse.Namespace, Settings], int]
+# pydantic and asyncio cost ~100 ms each to import: commands import what they use, so
+# `version` and the hooks' fast paths pay for neither.
+if TYPE_CHECKING:
+    from .config import Settings
+
+Command = Callable[[argparse.Namespace, "Settings"], int]
 
 
 def _settings() -> Settings:
+    from pydantic import ValidationError
+
+    from .config import Settings
+
     try:
         return Settings()
     except ValidationError as exc:
-        lines = [f"opik-cipx: invalid configuration:"]
+        lines = ["opik-cipx: invalid configuration:"]
         for err in exc.errors():
             where = ".".join(str(p) for p in err.get("loc", ())) or "settings"
             lines.append(f"  {where}: {err.get('msg')}")
         raise SystemExit("\n".join(lines)) from None
+    except ValueError as exc:  # a config file that does not parse names itself in the message
+        raise SystemExit(f"opik-cipx: invalid configuration: {exc}") from None
 
 
 def cmd_proxy(args: argparse.Namespace, settings: Settings) -> int:
@@ -53,6 +61,8 @@ def cmd_proxy(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     install_uvloop()
     try:
+        import asyncio
+
         asyncio.run(run(settings))
     except OSError as exc:
         print(f"opik-cipx: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", file=sys.stderr)
@@ -131,6 +141,8 @@ def cmd_hook(args: argparse.Namespace, settings: None) -> int:
     signal.setitimer(signal.ITIMER_REAL, bound_for(args.event))
     real_stdout, sys.stdout = sys.stdout, open(os.devnull, "w")  # noqa: SIM115 - for the process's life
     try:
+        from .config import Settings
+
         settings = Settings()
         _log_to_file(settings)
         raw = sys.stdin.buffer.read(1024 * 1024) if sys.stdin is not None else b""

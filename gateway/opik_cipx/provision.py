@@ -218,9 +218,18 @@ class Targets:
 
 
 def default_binary() -> Path | None:
-    """The binary the hook scripts should prefer: the frozen executable or the one on PATH."""
+    """The binary the hook scripts should prefer: the path the user ran, else the one on PATH.
+
+    A frozen binary's ``sys.executable`` is its versioned bundle
+    (``.opik-cipx-releases/<ver>-<stamp>/opik-cipx``); install.sh swaps the stable
+    ``opik-cipx`` symlink on upgrade, so hooks must name the symlink, not the bundle.
+    """
     if getattr(sys, "frozen", False):
-        return Path(sys.executable)
+        invoked = Path(sys.argv[0])
+        if invoked.name == "opik-cipx" and (invoked.is_absolute() or "/" in sys.argv[0]) and invoked.exists():
+            return invoked.absolute()
+        found = shutil.which("opik-cipx")
+        return Path(found) if found else Path(sys.executable)
     found = shutil.which("opik-cipx")
     return Path(found) if found else None
 
