@@ -45,7 +45,8 @@ def claude_like_body(size: int) -> bytes:
     body = {"model": "claude-sonnet-4-5-20250929", "max_tokens": 1024, "stream": True,
             "system": [{"type": "text", "text": "You are Claude Code."}], "messages": messages,
             "metadata": {"user_id": json.dumps({"session_id": "bench"})}}
-    return json.dumps(body).encode()[: size * 2]
+    # Compact, as Claude Code (JSON.stringify) sends it.
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -305,17 +305,19 @@ async def test_a_capture_stage_that_raises_does_not_touch_the_call(upstream: Fak
         assert len(await captured(gw)) == 1
 
 
-async def test_a_build_that_raises_does_not_touch_the_call(gateway: Gateway, upstream: FakeAnthropic, monkeypatch: Any) -> None:
+async def test_a_build_that_raises_does_not_touch_the_call(upstream: FakeAnthropic, make_settings: Any, monkeypatch: Any) -> None:
     import opik_cipx.capture as capture
 
     def broken(*a: Any, **k: Any) -> Any:
         raise ValueError("parser bug")
 
     monkeypatch.setattr(capture, "read_response", broken)
-    status, _, received = await post_raw(gateway.url, request_body())
-    assert status == 200 and received == upstream.sent[-1]
-    assert gateway.capture is not None and await gateway.capture.drain(5)
-    assert gateway.capture.stats.errors == 1
+    # In-process capture, so the patched parser is the one that runs.
+    async with Gateway(make_settings(upstream_url=upstream.url, capture_worker=False)) as gw:
+        status, _, received = await post_raw(gw.url, request_body())
+        assert status == 200 and received == upstream.sent[-1]
+        assert gw.capture is not None and await gw.capture.drain(5)
+        assert gw.capture.stats.errors == 1
 
 
 # -- bad input is forwarded untouched ---------------------------------------------------------------

@@ -6,7 +6,6 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -184,30 +183,15 @@ async def test_a_refused_record_is_set_aside_and_the_rest_of_its_batch_ships(
     assert status["rejected"] == 1 and "refused id" in status["last_rejection"]["reason"]
 
 
-@dataclass
-class FakeInfo:
-    session_id: str
-    cwd: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    git_repo: str | None = None
-    git_branch: str | None = None
-    source: str | None = None
-
-
-class FakeSessions:
-    def __init__(self, *infos: FakeInfo) -> None:
-        self.by_id = {i.session_id: i for i in infos}
-
-    def get(self, session_id: str) -> FakeInfo | None:
-        return self.by_id.get(session_id)
-
-
 async def test_session_environment_enables_and_places_spans_under_a_parent_trace(
     gateway_factory: Any, opik: OpikContractServer, tmp_path: Any
 ) -> None:
     parent, root = "0190f0a0-0000-7000-8000-0000000000aa", "0190f0a0-0000-7000-8000-0000000000bb"
+    from opik_cipx.sessions import SessionInfo
+
     gw = await gateway_factory()
-    gw.sessions = FakeSessions(FakeInfo(SID, cwd=str(tmp_path), git_branch="feature", env={
+    # As the SessionStart hook registers it (stored, so the capture worker sees it too).
+    await gw.sessions.register(SessionInfo(SID, cwd=str(tmp_path), git_branch="feature", env={
         "OPIK_CC_TRACING_ENABLED": "true", "OPIK_CC_PARENT_TRACE_ID": parent, "OPIK_CC_ROOT_SPAN_ID": root,
         "OPIK_CC_PROJECT": "team-{user_uuid}"}))
     await call(gw, body([{"role": "user", "content": "hi"}]))

@@ -44,7 +44,7 @@ class Recorder:
     __slots__ = (
         "id", "wall_start", "t_start", "method", "path", "request_headers", "body",
         "status", "response_headers", "t_head", "chunks", "times", "t_end",
-        "forced_outcome", "error", "gateway_status",
+        "forced_outcome", "error", "gateway_status", "frame",
     )
 
     def __init__(self, method: str, path: str, request_headers: Any) -> None:
@@ -64,6 +64,7 @@ class Recorder:
         self.forced_outcome: Outcome | None = None
         self.error: str | None = None
         self.gateway_status: int | None = None
+        self.frame: bytes | None = None  # the journal's serialized copy, reused for the worker
 
     def response_head(self, status: int, raw_headers: tuple[tuple[bytes, bytes], ...]) -> None:
         self.t_head = time.perf_counter()
@@ -91,6 +92,11 @@ class Recorder:
     def finish(self) -> None:
         if self.t_end is None:
             self.t_end = time.perf_counter()
+
+    @property
+    def size(self) -> int:
+        """Bytes this recorder keeps alive: the request body and the response chunks."""
+        return len(self.body) + sum(map(len, self.chunks))
 
 
 _USER_ID = re.compile(rb'"user_id"\s*:\s*"((?:[^"\\]|\\.)*)"')
@@ -237,11 +243,65 @@ def store_attribution(sp: Spool, item: Captured) -> None:
 AfterStage = Callable[[list[Captured]], Awaitable[None]]
 
 
+Failure = tuple[str, BaseException]
+
+
+def store_batch(
+    sp: Spool,
+    batch: list[Recorder],
+    prepare: Callable[[Recorder], Captured],
+    stages: list[StoreStage],
+    failures: list[Failure],
+) -> list[Captured]:
+    """Build, analyze and store a batch in one transaction; the calls stored, in order.
+
+    Runs wherever the spool is written from: the spool thread, or the capture
+    worker process. Each stage runs in its own savepoint, so a failing stage
+    undoes only itself; if the first (the Exchange) fails nothing hangs off it.
+    """
+    done: list[Captured] = []
+    with transaction(sp.conn):
+        for rec in batch:
+            try:
+                item = prepare(rec)
+            except Exception as exc:  # noqa: BLE001
+                failures.append(("build", exc))
+                continue
+            stored = True
+            for i, stage in enumerate(stages):
+                try:
+                    with transaction(sp.conn):
+                        stage(sp, item)
+                except Exception as exc:  # noqa: BLE001
+                    failures.append((_name(stage), exc))
+                    if i == 0:
+                        stored = False
+                        break
+            if stored:
+                done.append(item)
+    return done
+
+
+# Stores a batch somewhere off the event loop; returns what was stored and what failed.
+StoreBatch = Callable[[list[Recorder]], Awaitable[tuple[list[Captured], list[Failure]]]]
+
+
+def in_thread(spool: AsyncSpool, prepare: Callable[[Recorder], Captured], stages: list[StoreStage]) -> StoreBatch:
+    """A StoreBatch on the spool's thread, in this process."""
+
+    async def store(batch: list[Recorder]) -> tuple[list[Captured], list[Failure]]:
+        failures: list[Failure] = []
+        done = await spool.run(lambda sp: store_batch(sp, batch, prepare, stages, failures))
+        return done, failures
+
+    return store
+
+
 @dataclass
 class CaptureStats:
     submitted: int = 0
     captured: int = 0
-    dropped: int = 0  # queue full: the gateway chose the user's latency over a capture
+    dropped: int = 0  # backlog full: journaled only, captured at the next start
     errors: int = 0  # a stage raised; the call itself was already done
     last_error: str | None = None
     batches: int = 0
@@ -259,24 +319,25 @@ class CaptureSink:
 
     def __init__(
         self,
-        spool: AsyncSpool,
-        prepare: Callable[[Recorder], Captured],
-        store_stages: list[StoreStage],
+        store: StoreBatch,
         after_stages: list[AfterStage],
         *,
         max_pending: int = 10_000,
+        max_pending_bytes: int = 256 * 1024**2,
         max_batch: int = 64,
         on_error: Callable[[str, BaseException], None] | None = None,
         journal: Any = None,
     ) -> None:
-        self._spool = spool
+        self._store = store
         self._journal = journal  # journal.Journal: makes the backlog survive kill -9
-        self._prepare = prepare
-        self._store_stages = store_stages
         self._after_stages = after_stages
         self._max_batch = max_batch
         self._on_error = on_error
         self._queue: asyncio.Queue[Recorder] = asyncio.Queue(max_pending)
+        # Bodies waiting in memory; past the bound new calls are only journaled (the next
+        # start captures them), so a flood of large calls cannot grow the gateway without end.
+        self._max_pending_bytes = max_pending_bytes
+        self._pending_bytes = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self.stats = CaptureStats()
@@ -286,7 +347,12 @@ class CaptureSink:
         try:
             if self._journal is not None:
                 self._journal.append(rec)
+            size = rec.size
+            if self._pending_bytes + size > self._max_pending_bytes and self._pending_bytes:
+                self.stats.dropped += 1
+                return
             self._queue.put_nowait(rec)
+            self._pending_bytes += size
             self._idle.clear()
             self.stats.submitted += 1
         except asyncio.QueueFull:
@@ -303,15 +369,16 @@ class CaptureSink:
             try:
                 await self._process(batch)
             finally:
-                for _ in batch:
+                for rec in batch:
+                    self._pending_bytes -= rec.size
                     self._queue.task_done()
                 if self._queue.empty():
                     self._idle.set()
 
     async def _process(self, batch: list[Recorder]) -> None:
-        failures: list[tuple[str, BaseException]] = []
+        failures: list[Failure] = []
         try:
-            done = await self._spool.run(lambda sp: self._store_batch(sp, batch, failures))
+            done, failures = await self._store(batch)
         except Exception as exc:  # noqa: BLE001 - e.g. the disk is full: count it, keep serving
             failures.append(("store batch", exc))
             done = []
@@ -331,30 +398,6 @@ class CaptureSink:
                 failures.append((_name(stage), exc))
         for where, exc in failures:
             self._fail(where, exc)
-
-    def _store_batch(self, sp: Spool, batch: list[Recorder], failures: list[tuple[str, BaseException]]) -> list[Captured]:
-        """On the spool thread: build, analyze and store a batch in one transaction."""
-        done: list[Captured] = []
-        with transaction(sp.conn):
-            for rec in batch:
-                try:
-                    item = self._prepare(rec)
-                except Exception as exc:  # noqa: BLE001
-                    failures.append(("build", exc))
-                    continue
-                stored = True
-                for i, stage in enumerate(self._store_stages):
-                    try:
-                        with transaction(sp.conn):  # a savepoint: a failing stage undoes only itself
-                            stage(sp, item)
-                    except Exception as exc:  # noqa: BLE001
-                        failures.append((_name(stage), exc))
-                        if i == 0:  # the exchange itself was not stored: nothing may hang off it
-                            stored = False
-                            break
-                if stored:
-                    done.append(item)
-        return done
 
     def _fail(self, where: str, exc: BaseException) -> None:
         self.stats.errors += 1

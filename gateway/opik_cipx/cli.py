@@ -413,6 +413,12 @@ def _add_viewer_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.set_defaults(func=cmd_stats)
 
 
+def cmd_capture_worker(args: argparse.Namespace, settings: Settings | None) -> int:
+    from .capture_worker import main as worker_main
+
+    return worker_main()
+
+
 def cmd_version(args: argparse.Namespace, settings: Settings | None) -> int:
     print(f"opik-cipx {__version__}")
     return 0
@@ -434,6 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON with the regions over the stored raw body")
     p.set_defaults(func=cmd_explain)
     _add_viewer_commands(sub)
+
+    # Started by the gateway itself: batches of finished calls on stdin, summaries on stdout.
+    p = sub.add_parser("capture-worker", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_capture_worker, no_settings=True)
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version, no_settings=True)

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     pricing_path: Path | None = Field(default=None, validation_alias="CIPX_PRICING_PATH")
     # Seconds to wait for the upstream's response head before answering 504.
     upstream_timeout: float = Field(default=600.0, gt=0, validation_alias="CIPX_UPSTREAM_TIMEOUT")
+    # Build, attribute and store captures in a child process (off the proxy's GIL); tests of
+    # in-process capture stages turn it off.
+    capture_worker: bool = Field(default=True, validation_alias="CIPX_CAPTURE_WORKER")
     # Seconds in-flight streams get to finish on SIGTERM before they are cut.
     shutdown_grace: float = Field(default=10.0, ge=0, validation_alias="CIPX_SHUTDOWN_GRACE")
 

@@ -47,6 +47,7 @@ def load(payload: bytes) -> Recorder:
     rec = Recorder.__new__(Recorder)
     for name in _FIELDS:
         setattr(rec, name, state[name])
+    rec.frame = None
     rec.request_headers = _Headers(state["request_headers"])
     return rec
 
@@ -108,7 +109,7 @@ class Journal:
                 return
             self._pending.add(rec.id)
         try:
-            frame = dump(rec)
+            frame = rec.frame = dump(rec)
             view = memoryview(frame)
             while view:
                 view = view[os.write(self._fd, view) :]

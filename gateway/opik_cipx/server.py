@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from typing import Any
 
@@ -22,7 +23,8 @@ from aiohttp import web
 
 from .admin import setup_admin
 from . import journal
-from .capture import Captured, CaptureSink, Recorder, prepare, store_attribution, store_exchange
+from .capture import Captured, CaptureSink, Recorder, in_thread, prepare, store_attribution, store_exchange
+from .capture_worker import WorkerProcess
 from .config import Settings, ensure_home
 from .metrics import Metrics, setup_metrics
 from .pricing import PriceTable, PricingFileError
@@ -55,6 +57,7 @@ class Gateway:
         # What SessionStart hooks registered (cwd, env, git) by session id; see sessions.py.
         self.sessions = SessionStore()
         self.journal: journal.Journal | None = None
+        self._worker: WorkerProcess | None = None
         self.started_at: float | None = None
 
     # -- startup -----------------------------------------------------------------
@@ -71,12 +74,18 @@ class Gateway:
         journal_path = s.spool_dir / "capture.journal"
         left_over = journal.take_over(journal_path)
         self.journal = journal.Journal(journal_path)
-        prices = lambda: self.prices  # noqa: E731 - read at use: overrides may be reloaded
         shipper = self.shipper
+        if s.capture_worker and not self._extra_stages:
+            # The CPU-heavy part of capture runs in a child: it never holds this loop's GIL.
+            self._worker = WorkerProcess(s, journal=self.journal)
+            await self._worker.start()
+            store = self._worker.store
+        else:
+            prices = lambda: self.prices  # noqa: E731 - read at use: overrides may be reloaded
+            stages = [store_exchange, store_attribution, *self._extra_stages, shipper.record]
+            store = in_thread(self.spool, lambda rec: prepare(rec, prices()), stages)
         self.capture = CaptureSink(
-            self.spool,
-            lambda rec: prepare(rec, prices()),
-            [store_exchange, store_attribution, *self._extra_stages, shipper.record],
+            store,
             [self._observe, shipper.after],
             on_error=lambda where, exc: shipper.telemetry.report(exc, f"capture.{where}"),
             journal=self.journal,
@@ -170,6 +179,9 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self._worker is not None:
+            await self._worker.stop()
+            self._worker = None
         if self.journal is not None:
             # Truncates the file when every journaled call is stored; else the next start replays.
             await asyncio.get_running_loop().run_in_executor(None, self.journal.close)
@@ -222,7 +234,13 @@ async def run(settings: Settings) -> None:
 
 
 def install_uvloop() -> None:
-    """uvloop cuts the per-request event-loop overhead; fall back quietly without it."""
+    """uvloop cuts the per-request event-loop overhead; fall back quietly without it.
+
+    Also shortens the GIL switch interval: capture work (attribution, storage) runs on
+    a thread, and with CPython's default 5 ms the event loop could wait that long for
+    the GIL behind it. 0.5 ms bounds that wait; a tenth of the default costs little.
+    """
+    sys.setswitchinterval(0.0005)
     try:
         import uvloop
     except ImportError:
