@@ -323,7 +323,7 @@ class CaptureSink:
         after_stages: list[AfterStage],
         *,
         max_pending: int = 10_000,
-        max_pending_bytes: int = 256 * 1024**2,
+        max_pending_bytes: int = 128 * 1024**2,
         max_batch: int = 64,
         on_error: Callable[[str, BaseException], None] | None = None,
         journal: Any = None,

@@ -177,6 +177,8 @@ class WorkerProcess:
         if self._journal is not None:
             self._journal.flush()  # the journal thread has serialized every call in the batch
         frames = [rec.frame or journal.dump(rec) for rec in batch]
+        for rec in batch:
+            rec.frame = None  # the serialized copy is only for this trip
         for attempt in (1, 2):
             if self._proc is None or self._proc.poll() is not None:
                 if self._proc is not None:
