@@ -29,7 +29,14 @@ import yaml
 from aiohttp import web
 from jsonschema import Draft202012Validator
 
-SPEC_PATH = Path("/work/shared/contracts/opik-openapi.yaml")
+def _spec_path() -> Path:
+    """shared/ sits beside the checkout (CI clones main next to it); /work/shared on dev machines."""
+    relative = Path("contracts") / "opik-openapi.yaml"
+    beside = Path(__file__).resolve().parents[3] / "shared" / relative
+    return beside if beside.exists() else Path("/work/shared") / relative
+
+
+SPEC_PATH = _spec_path()
 
 
 class _SpecLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
