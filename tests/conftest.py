@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,21 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
                 "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(var, raising=False)
     return home
+
+
+@pytest.fixture
+def gateway_env(isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """Environment for a daemonized gateway started by a test; stopped (by its pidfile) after."""
+    from opik_cipx import daemon
+
+    monkeypatch.setenv("CIPX_PORT", "0")
+    monkeypatch.setenv("CIPX_UPSTREAM_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "gateway"), str(ROOT)]))
+    yield dict(os.environ)
+    try:
+        daemon.stop(Settings(), timeout=10)
+    except daemon.DaemonError:
+        pass
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,15 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def env(isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    monkeypatch.setenv("CIPX_PORT", "0")
-    monkeypatch.setenv("CIPX_UPSTREAM_URL", "http://127.0.0.1:9")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "gateway"), str(ROOT)]))
-    yield dict(os.environ)
-    try:
-        daemon.stop(Settings(), timeout=10)
-    except daemon.DaemonError:
-        pass
+def env(gateway_env: dict[str, str]) -> dict[str, str]:
+    return gateway_env
 
 
 def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

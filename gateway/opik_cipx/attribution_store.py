@@ -16,7 +16,7 @@ from .attribute import Attribution, ItemTotal
 from .migrations import transaction
 
 
-def _total(t: ItemTotal) -> dict[str, Any]:
+def total_dict(t: ItemTotal) -> dict[str, Any]:
     return {"category": t.category, "item": t.item, "bytes": t.bytes, "tokens": t.tokens,
             "cost_usd": t.cost_usd, "detail": t.detail}
 
@@ -29,9 +29,9 @@ def summary(attr: Attribution) -> dict[str, Any]:
         "body_bytes": attr.body_bytes,
         "unattributed_bytes": attr.unattributed_bytes,
         "messages_bytes": messages_bytes(attr),
-        "categories": {name: _total(t) for name, t in attr.categories.items()},
-        "items": [_total(t) for t in attr.items],
-        "output_items": [_total(t) for t in attr.output_items],
+        "categories": {name: total_dict(t) for name, t in attr.categories.items()},
+        "items": [total_dict(t) for t in attr.items],
+        "output_items": [total_dict(t) for t in attr.output_items],
         "cache_split": attr.cache_split,
         "parse_error": attr.parse_error,
     }

@@ -12,7 +12,7 @@ from typing import Any
 
 from .analysis import analyze
 from .attribute import Attribution, ItemTotal
-from .attribution_store import messages_bytes
+from .attribution_store import messages_bytes, total_dict
 from .model import Exchange
 from .pricing import PriceTable
 from .spool import Spool
@@ -100,11 +100,6 @@ def render_text(ex: Exchange, attr: Attribution) -> str:
     return "\n".join(lines)
 
 
-def _total(t: ItemTotal) -> dict[str, Any]:
-    return {"category": t.category, "item": t.item, "bytes": t.bytes, "tokens": t.tokens,
-            "cost_usd": t.cost_usd, "detail": t.detail}
-
-
 def to_json(ex: Exchange, attr: Attribution) -> dict[str, Any]:
     u = ex.usage
     return {
@@ -123,9 +118,9 @@ def to_json(ex: Exchange, attr: Attribution) -> dict[str, Any]:
         "body_bytes": attr.body_bytes,
         "unattributed_bytes": attr.unattributed_bytes,
         "messages_bytes": messages_bytes(attr),
-        "categories": {name: _total(t) for name, t in attr.categories.items()},
-        "items": [_total(t) for t in attr.items],
-        "output_items": [_total(t) for t in attr.output_items],
+        "categories": {name: total_dict(t) for name, t in attr.categories.items()},
+        "items": [total_dict(t) for t in attr.items],
+        "output_items": [total_dict(t) for t in attr.output_items],
         "cache_split": attr.cache_split,
         "parse_error": attr.parse_error,
         "regions": [{"start": r.start, "end": r.end, "category": r.category, "item": r.item} for r in attr.regions],
