@@ -143,11 +143,11 @@ async def test_opik_outage_with_two_kills_loses_and_duplicates_nothing(tmp_path:
                 now = stored_exchanges(spool)
                 if now != expected:
                     expected, stable_since = now, time.monotonic()
-            # Each answered call is journaled right after its response (journal.py) and a restart
-            # replays what the spool lacks, so a kill can only lose calls answered in the last
-            # moments before it, still on their way to the journal thread. Every call that was
-            # stored must reach Opik, exactly once.
-            assert len(expected) >= CALLS * 0.97, len(expected)
+            # The gateway journals each call before the bytes that complete its response
+            # (journal.py) and a restart replays what the spool lacks, so no answered call is
+            # lost. (A call sealed just before a kill but cut off is retried by the client and
+            # stored twice, as two calls: hence >=.) Every stored call reaches Opik exactly once.
+            assert len(expected) >= CALLS, len(expected)
             print(f"stored {len(expected)} of {CALLS} calls")
 
             await opik.up()

@@ -44,7 +44,7 @@ class Recorder:
     __slots__ = (
         "id", "wall_start", "t_start", "method", "path", "request_headers", "body",
         "status", "response_headers", "t_head", "chunks", "times", "t_end",
-        "forced_outcome", "error", "gateway_status", "frame",
+        "forced_outcome", "error", "gateway_status", "frame", "journaled",
     )
 
     def __init__(self, method: str, path: str, request_headers: Any) -> None:
@@ -65,6 +65,7 @@ class Recorder:
         self.error: str | None = None
         self.gateway_status: int | None = None
         self.frame: bytes | None = None  # the journal's serialized copy, reused for the worker
+        self.journaled = False  # sealed into the journal before its response completed
 
     def response_head(self, status: int, raw_headers: tuple[tuple[bytes, bytes], ...]) -> None:
         self.t_head = time.perf_counter()
@@ -345,7 +346,7 @@ class CaptureSink:
     def submit(self, rec: Recorder) -> None:
         """Called from the hot path: never blocks, never raises."""
         try:
-            if self._journal is not None:
+            if self._journal is not None and not rec.journaled:
                 self._journal.append(rec)
             size = rec.size
             if self._pending_bytes + size > self._max_pending_bytes and self._pending_bytes:

@@ -15,6 +15,7 @@ file in the 0700 state directory.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import pickle
@@ -48,6 +49,7 @@ def load(payload: bytes) -> Recorder:
     for name in _FIELDS:
         setattr(rec, name, state[name])
     rec.frame = None
+    rec.journaled = False
     rec.request_headers = _Headers(state["request_headers"])
     return rec
 
@@ -101,6 +103,18 @@ class Journal:
             self._thread.submit(self._append, rec)
         except RuntimeError:  # executor shut down: the gateway is stopping
             pass
+
+    async def seal(self, rec: Recorder, timeout: float = 2.0) -> None:
+        """Journal a call now and wait for the write: the proxy calls this before the bytes
+        that complete a response. Never raises; a slow disk costs at most ``timeout``."""
+        rec.finish()
+        rec.journaled = True
+        try:
+            future = self._thread.submit(self._append, rec)
+            await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except Exception as exc:  # noqa: BLE001 - the call must go through whatever the journal does
+            self.errors += 1
+            self.last_error = f"seal: {type(exc).__name__}: {exc}"
 
     def _append(self, rec: Recorder) -> None:
         with self._lock:

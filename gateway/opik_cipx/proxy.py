@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import aiohttp
 from aiohttp import web
@@ -80,10 +80,14 @@ class Forwarder:
         *,
         head_timeout: float,
         upstream_proxy: str | None = None,
+        seal: Callable[[Recorder], Awaitable[None]] | None = None,
     ) -> None:
         self._session = session
         self._upstream = upstream_url.rstrip("/")
         self._record = record
+        # Makes a complete call durable (the capture journal) before the bytes that complete
+        # it reach the client; must not raise. Costs time-to-last-byte only.
+        self._seal = seal
         self._head_timeout = head_timeout
         self._proxy = upstream_proxy
 
@@ -130,6 +134,9 @@ class Forwarder:
             content = upstream.content
             write = response.write
             append = rec.chunk
+            # With a Content-Length, the chunk that reaches it completes the call for the client.
+            remaining = upstream.content_length if request.method != "HEAD" else None
+            sealed = self._seal is None
             try:
                 while True:
                     # readany() hands over whatever has arrived: one SSE event is never held back.
@@ -137,6 +144,11 @@ class Forwarder:
                     if not chunk:
                         break
                     append(chunk)
+                    if remaining is not None:
+                        remaining -= len(chunk)
+                        if remaining <= 0 and not sealed:
+                            sealed = True
+                            await self._seal(rec)  # type: ignore[misc]
                     await write(chunk)
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
                 # The upstream broke off: break the client's stream the same way, so it
@@ -148,6 +160,8 @@ class Forwarder:
             except ConnectionResetError as exc:
                 rec.client_gone(f"client connection lost: {exc}")
                 return response
+            if not sealed:
+                await self._seal(rec)  # type: ignore[misc]  # before the stream's terminating chunk
             await response.write_eof()
             return response
         finally:

@@ -107,6 +107,7 @@ class Gateway:
             self.capture.submit,
             head_timeout=s.upstream_timeout,
             upstream_proxy=s.upstream_proxy,
+            seal=self.journal.seal,
         )
         app = web.Application(client_max_size=1024**3)
         app[GATEWAY_KEY] = self
