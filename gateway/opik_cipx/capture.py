@@ -240,6 +240,8 @@ def store_exchange(sp: Spool, item: Captured) -> None:
 def store_attribution(sp: Spool, item: Captured) -> None:
     if item.attribution is not None:
         attribution_store.save(sp.conn, item.exchange.id, item.attribution)
+
+
 # Runs on the event loop once a batch is committed, with what it stored: counters, wake-ups.
 AfterStage = Callable[[list[Captured]], Awaitable[None]]
 
@@ -250,7 +252,7 @@ Failure = tuple[str, BaseException]
 def store_batch(
     sp: Spool,
     batch: list[Recorder],
-    prepare: Callable[[Recorder], Captured],
+    build: Callable[[Recorder], Captured],
     stages: list[StoreStage],
     failures: list[Failure],
 ) -> list[Captured]:
@@ -264,7 +266,7 @@ def store_batch(
     with transaction(sp.conn):
         for rec in batch:
             try:
-                item = prepare(rec)
+                item = build(rec)
             except Exception as exc:  # noqa: BLE001
                 failures.append(("build", exc))
                 continue
@@ -287,12 +289,12 @@ def store_batch(
 StoreBatch = Callable[[list[Recorder]], Awaitable[tuple[list[Captured], list[Failure]]]]
 
 
-def in_thread(spool: AsyncSpool, prepare: Callable[[Recorder], Captured], stages: list[StoreStage]) -> StoreBatch:
+def in_thread(spool: AsyncSpool, build: Callable[[Recorder], Captured], stages: list[StoreStage]) -> StoreBatch:
     """A StoreBatch on the spool's thread, in this process."""
 
     async def store(batch: list[Recorder]) -> tuple[list[Captured], list[Failure]]:
         failures: list[Failure] = []
-        done = await spool.run(lambda sp: store_batch(sp, batch, prepare, stages, failures))
+        done = await spool.run(lambda sp: store_batch(sp, batch, build, stages, failures))
         return done, failures
 
     return store

@@ -533,7 +533,7 @@ def doctor(
     managed: tuple[Path, ...] = MANAGED_SETTINGS,
 ) -> list[Check]:
     """Every check that explains why calls are or are not captured, each with its fix."""
-    from . import admin, daemon
+    from . import admin
     from .pricing import PriceTable, PricingFileError
 
     env = dict(os.environ if environ is None else environ)

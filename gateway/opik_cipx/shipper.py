@@ -34,7 +34,6 @@ from .capture import Captured
 from .config import Settings
 from .enablement import Enablement, SessionLookup
 from .identity import IdentitySource, claude_json_path, render_project
-from .model import Exchange
 from .opik_client import OpikClient, SendResult, Verdict, mask_key
 from .outbox import DISABLED, MAX_BATCH_ITEMS, NO_DESTINATION, SAMPLED_OUT, Item, Outbox
 from .pricing import PriceTable

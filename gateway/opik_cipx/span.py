@@ -29,7 +29,7 @@ from typing import Any
 from . import analysis
 from .analysis import response_content
 from .attribute import Attribution
-from .attribute.types import AGENTS, BUILTIN_TOOLS, MCP, MEMORY, SKILLS, SLASH_COMMANDS, TOOL_IO, USER_PROMPT
+from .attribute.types import AGENTS, BUILTIN_TOOLS, MCP, MEMORY, SKILLS, SLASH_COMMANDS, USER_PROMPT
 from .identity import Identity
 from .model import Exchange, Outcome
 from .pricing import PriceTable

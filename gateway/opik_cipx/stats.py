@@ -14,7 +14,7 @@ import sqlite3
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 

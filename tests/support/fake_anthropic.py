@@ -20,7 +20,6 @@ import gzip as gzip_module
 import hashlib
 import importlib
 import json
-import os
 import signal
 import socket
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
 DEFAULT_MODEL = "claude-sonnet-4-5-20250929"
 
