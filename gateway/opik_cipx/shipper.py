@@ -34,6 +34,7 @@ from .capture import Captured
 from .config import Settings
 from .enablement import Enablement, SessionLookup
 from .identity import IdentitySource, claude_json_path, render_project
+from .model import Exchange
 from .opik_client import OpikClient, SendResult, Verdict, mask_key
 from .outbox import DISABLED, MAX_BATCH_ITEMS, NO_DESTINATION, SAMPLED_OUT, Item, Outbox
 from .pricing import PriceTable
@@ -315,10 +316,13 @@ class Shipper:
             ex = await self.spool.get(exchange_id)
             if ex is None:
                 continue
-            try:
+            def derive(s: Spool, ex: Exchange = ex) -> None:
+                # On the spool thread: attribution is CPU work and stays off the event loop.
                 content = response_content(ex)
-                item = Captured(ex, analysis.analyze(ex, prices, content), content)
-                await self.spool.run(lambda s, item=item: self.record(s, item))
+                self.record(s, Captured(ex, analysis.analyze(ex, prices, content), content))
+
+            try:
+                await self.spool.run(derive)
             except Exception as exc:  # noqa: BLE001
                 log.exception("could not derive spans for %s", exchange_id)
                 self.telemetry.report(exc, "shipper.recover_one")
