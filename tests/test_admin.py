@@ -139,3 +139,14 @@ def test_render_running_shows_destination_queue_counters_and_telemetry() -> None
                    "dropped 3", "rejected 1", "unattributed 40 B", "telemetry", "3.0 MB", "on by default"):
         assert needle in text, needle
     assert "shipper: not running" in render_status(STATUS_OK, {**doc, "shipper": None})
+
+
+def test_render_says_telemetry_off_when_the_shipper_reports_off() -> None:
+    shipper = {**FakeShipper().doc, "telemetry": "off"}
+    doc = {"pid": 42, "port": 9909, "uptime_s": 5, "version": "0.1.0", "upstream": "u",
+           "capture": {}, "spool": {}, "shipper": shipper, "sessions": 0, "problems": []}
+    line = next(ln for ln in render_status(STATUS_OK, doc).splitlines() if ln.strip().startswith("telemetry"))
+    assert line.split()[-1] == "off"
+    shipper["telemetry"] = "on"
+    line = next(ln for ln in render_status(STATUS_OK, doc).splitlines() if ln.strip().startswith("telemetry"))
+    assert line.split()[-1] == "on"

@@ -93,6 +93,16 @@ async def gateway_status(gateway: Gateway, figures: SpoolFigures) -> dict[str, A
         }
         if st.errors:
             problems.append(f"{st.errors} capture stage error(s); last: {st.last_error}")
+        worker = gateway._worker  # noqa: SLF001 - the gateway's own part, reported as is
+        capture["worker"] = None if worker is None else {"pid": worker.pid, "restarts": worker.restarts}
+        if worker is not None and worker.restarts:
+            problems.append(f"capture worker restarted {worker.restarts} time(s); see logs/capture-worker.log")
+        if gateway.journal is not None:
+            capture["journal"] = {"appended": gateway.journal.appended, "errors": gateway.journal.errors,
+                                  "last_error": gateway.journal.last_error}
+            if gateway.journal.errors:
+                problems.append(f"capture journal: {gateway.journal.errors} write error(s); last: "
+                                f"{gateway.journal.last_error}")
     spool: dict[str, Any] | None
     try:
         spool = await figures.get(gateway)
@@ -286,7 +296,7 @@ def render_status(code: int, doc: dict[str, Any]) -> str:
         rows.append(("content", "captured" if shipper.get("capture_content", True) else "not shipped (privacy mode)"))
         if shipper.get("sample_rate") is not None:
             rows.append(("sample rate", str(shipper.get("sample_rate"))))
-        rows.append(("telemetry", "on" if shipper.get("telemetry") else "off"))
+        rows.append(("telemetry", "on" if shipper.get("telemetry") == "on" else "off"))
         shipped, rejected = shipper.get("shipped", "-"), shipper.get("rejected", "-")
         ship_dropped = shipper.get("dropped") or 0
     rows.append(("spool", f"{_size(spool.get('bytes'))} on disk, {spool.get('calls', '-')} calls ({spool.get('llm_calls', '-')} LLM)"))
