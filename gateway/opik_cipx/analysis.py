@@ -24,12 +24,18 @@ def response_content(ex: Exchange) -> list[dict[str, Any]]:
     return read_response(ex.status, content_type, [(0.0, ex.response_body)]).content
 
 
-def analyze(ex: Exchange, prices: PriceTable | None, content: list[dict[str, Any]] | None = None) -> Attribution:
+def analyze(
+    ex: Exchange,
+    prices: PriceTable | None,
+    content: list[dict[str, Any]] | None = None,
+    commands: tuple[str, ...] = (),
+) -> Attribution:
     """Regions of the request body, with the call's billed tokens and cost shared over them.
 
-    ``content`` is the response's content blocks when the caller already has them.
+    ``content`` is the response's content blocks when the caller already has them;
+    ``commands`` names the session's custom slash commands (see commands.py).
     """
-    attr = attribute_request(ex.request_body, headers=ex.request_headers, path=ex.path)
+    attr = attribute_request(ex.request_body, headers=ex.request_headers, path=ex.path, commands=commands)
     usage = ex.usage
     rates = None
     if prices is not None and usage is not None:

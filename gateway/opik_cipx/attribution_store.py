@@ -11,9 +11,11 @@ import json
 import sqlite3
 from typing import Any
 
-from .analysis import SessionCall
+from .analysis import SessionCall, analyze
 from .attribute import Attribution, ItemTotal
 from .migrations import transaction
+from .model import Exchange
+from .pricing import PriceTable
 
 
 def total_dict(t: ItemTotal) -> dict[str, Any]:
@@ -21,9 +23,10 @@ def total_dict(t: ItemTotal) -> dict[str, Any]:
             "cost_usd": t.cost_usd, "detail": t.detail}
 
 
-def summary(attr: Attribution) -> dict[str, Any]:
+def summary(attr: Attribution, commands: tuple[str, ...] = ()) -> dict[str, Any]:
     """JSON-safe summary: everything of an Attribution except its regions."""
     return {
+        "commands": list(commands),  # what attribution knew; a re-analysis uses the same
         "call_kind": attr.call_kind,
         "agent_id": attr.agent_id,
         "body_bytes": attr.body_bytes,
@@ -42,7 +45,7 @@ def messages_bytes(attr: Attribution) -> int:
     return span[1] - span[0] if span else 0
 
 
-def save(conn: sqlite3.Connection, exchange_id: str, attr: Attribution) -> None:
+def save(conn: sqlite3.Connection, exchange_id: str, attr: Attribution, commands: tuple[str, ...] = ()) -> None:
     """Replace the stored attribution of one call (idempotent on re-capture)."""
     rows = [(exchange_id, "request", t.category, t.item, t.bytes, t.tokens, t.cost_usd) for t in attr.items]
     rows += [(exchange_id, "response", t.category, t.item, t.bytes, t.tokens, t.cost_usd) for t in attr.output_items]
@@ -51,7 +54,7 @@ def save(conn: sqlite3.Connection, exchange_id: str, attr: Attribution) -> None:
             "INSERT OR REPLACE INTO attribution (exchange_id, call_kind, agent_id, body_bytes,"
             " unattributed_bytes, messages_bytes, summary) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (exchange_id, attr.call_kind, attr.agent_id, attr.body_bytes, attr.unattributed_bytes,
-             messages_bytes(attr), json.dumps(summary(attr), separators=(",", ":"))),
+             messages_bytes(attr), json.dumps(summary(attr, commands), separators=(",", ":"))),
         )
         conn.execute("DELETE FROM attribution_items WHERE exchange_id = ?", (exchange_id,))
         # Items can repeat a (category, item) key across sides only; within a side they are unique.
@@ -65,6 +68,16 @@ def save(conn: sqlite3.Connection, exchange_id: str, attr: Attribution) -> None:
 def load(conn: sqlite3.Connection, exchange_id: str) -> dict[str, Any] | None:
     row = conn.execute("SELECT summary FROM attribution WHERE exchange_id = ?", (exchange_id,)).fetchone()
     return json.loads(row[0]) if row else None
+
+
+def stored_commands(conn: sqlite3.Connection, exchange_id: str) -> tuple[str, ...]:
+    stored = load(conn, exchange_id)
+    return tuple(stored.get("commands") or ()) if stored else ()
+
+
+def reanalyze(conn: sqlite3.Connection, ex: Exchange, prices: PriceTable | None) -> Attribution:
+    """A stored call analyzed again with what its capture knew, so every reader sees the same buckets."""
+    return analyze(ex, prices, commands=stored_commands(conn, ex.id))
 
 
 def session_calls(conn: sqlite3.Connection, session_id: str) -> list[SessionCall]:

@@ -217,15 +217,24 @@ class Captured:
     exchange: Exchange
     attribution: Attribution | None = None
     content: list[dict[str, Any]] = field(default_factory=list)  # the response's content blocks
+    commands: tuple[str, ...] = ()  # the session's custom slash commands attribution used
 
 
-def prepare(rec: Recorder, prices: PriceTable | None) -> Captured:
-    """Build the Exchange and, for LLM calls, attribute it once for every stage that needs it."""
+def prepare(
+    rec: Recorder,
+    prices: PriceTable | None,
+    commands_for: Callable[[str | None], tuple[str, ...]] | None = None,
+) -> Captured:
+    """Build the Exchange and, for LLM calls, attribute it once for every stage that needs it.
+
+    ``commands_for`` maps a session id to its custom slash command names.
+    """
     ex, summary = _build(rec, prices)
     if not ex.is_llm_call:
         return Captured(ex)
     content = summary.content if summary is not None else []
-    return Captured(ex, analyze(ex, prices, content), content)
+    commands = commands_for(ex.session_id) if commands_for is not None else ()
+    return Captured(ex, analyze(ex, prices, content, commands), content, commands)
 
 
 # Runs on the spool thread inside the batch's transaction (each in its own savepoint).
@@ -239,7 +248,7 @@ def store_exchange(sp: Spool, item: Captured) -> None:
 
 def store_attribution(sp: Spool, item: Captured) -> None:
     if item.attribution is not None:
-        attribution_store.save(sp.conn, item.exchange.id, item.attribution)
+        attribution_store.save(sp.conn, item.exchange.id, item.attribution, item.commands)
 
 
 # Runs on the event loop once a batch is committed, with what it stored: counters, wake-ups.

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from . import journal
+from .commands import CommandIndex
 from .capture import Captured, Failure, Recorder, prepare, store_attribution, store_batch, store_exchange
 from .model import Exchange
 
@@ -103,11 +104,17 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
     # record() only touches the Spool it is handed; this Shipper never ships.
     spans = Shipper(settings, None, prices=lambda: prices, sessions=lambda: sessions)  # type: ignore[arg-type]
     stages = [store_exchange, store_attribution, spans.record]
+    index = CommandIndex(Path(os.path.expanduser("~")))
+
+    def commands_for(session_id: str | None) -> tuple[str, ...]:
+        info = sessions.get(session_id) if session_id else None
+        return index.names(info.cwd if info is not None else None)
+
     try:
         while (batch := _read_batch(inp)) is not None:
             failures: list[Failure] = []
             try:
-                done = store_batch(spool, batch, lambda rec: prepare(rec, prices), stages, failures)
+                done = store_batch(spool, batch, lambda rec: prepare(rec, prices, commands_for), stages, failures)
                 reply: dict[str, Any] = {
                     "stored": [light(item.exchange) for item in done],
                     "failures": [(where, f"{type(exc).__name__}: {exc}") for where, exc in failures],

@@ -10,9 +10,8 @@ import sqlite3
 from datetime import datetime, timezone
 from typing import Any
 
-from .analysis import analyze
 from .attribute import Attribution, ItemTotal
-from .attribution_store import messages_bytes, total_dict
+from .attribution_store import messages_bytes, reanalyze, total_dict
 from .model import Exchange
 from .pricing import PriceTable
 from .spool import Spool
@@ -133,7 +132,7 @@ def explain(spool: Spool, prices: PriceTable, ids: list[str], last: int | None) 
         ex = spool.get(exchange_id)
         if ex is None:  # deleted between resolve and get
             raise ExplainError(f"call {exchange_id} disappeared from the spool")
-        out.append((ex, analyze(ex, prices)))
+        out.append((ex, reanalyze(spool.conn, ex, prices)))
     return out
 
 

@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,6 +26,7 @@ from .admin import setup_admin
 from . import journal
 from .capture import Captured, CaptureSink, Recorder, in_thread, prepare, store_attribution, store_exchange
 from .capture_worker import WorkerProcess
+from .commands import CommandIndex
 from .config import Settings, ensure_home
 from .metrics import Metrics, setup_metrics
 from .pricing import PriceTable, PricingFileError
@@ -83,7 +85,13 @@ class Gateway:
         else:
             prices = lambda: self.prices  # noqa: E731 - read at use: overrides may be reloaded
             stages = [store_exchange, store_attribution, *self._extra_stages, shipper.record]
-            store = in_thread(self.spool, lambda rec: prepare(rec, prices()), stages)
+            index = CommandIndex(Path(os.path.expanduser("~")))
+
+            def commands_for(session_id: str | None) -> tuple[str, ...]:
+                info = self.sessions.get(session_id) if session_id else None
+                return index.names(info.cwd if info is not None else None)
+
+            store = in_thread(self.spool, lambda rec: prepare(rec, prices(), commands_for), stages)
         self.capture = CaptureSink(
             store,
             [self._observe, shipper.after],

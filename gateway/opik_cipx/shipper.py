@@ -30,6 +30,7 @@ import aiohttp
 
 from . import analysis
 from .analysis import response_content
+from .attribution_store import stored_commands
 from .capture import Captured
 from .config import Settings
 from .enablement import Enablement, SessionLookup
@@ -319,7 +320,8 @@ class Shipper:
             def derive(s: Spool, ex: Exchange = ex) -> None:
                 # On the spool thread: attribution is CPU work and stays off the event loop.
                 content = response_content(ex)
-                self.record(s, Captured(ex, analysis.analyze(ex, prices, content), content))
+                commands = stored_commands(s.conn, ex.id)
+                self.record(s, Captured(ex, analysis.analyze(ex, prices, content, commands), content, commands))
 
             try:
                 await self.spool.run(derive)

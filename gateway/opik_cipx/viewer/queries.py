@@ -114,7 +114,7 @@ def call_detail(spool: Spool, exchange_id: str, prices: PriceTable) -> bytes | N
     ex = spool.get(exchange_id)
     if ex is None:
         return None
-    attr = analyze(ex, prices)
+    attr = attribution_store.reanalyze(spool.conn, ex, prices)
     out = to_json(ex, attr)
     out.update(
         path=ex.path, method=ex.method, status=ex.status, stop_reason=ex.stop_reason, error=ex.error,
@@ -136,8 +136,9 @@ def reattribute(spool: Spool, exchange_id: str, prices: PriceTable) -> dict[str,
     ex = spool.get(exchange_id)
     if ex is None or not ex.is_llm_call or not ex.request_body:
         return None
-    attr = analyze(ex, prices)
-    attribution_store.save(spool.conn, ex.id, attr)
+    commands = attribution_store.stored_commands(spool.conn, ex.id)
+    attr = analyze(ex, prices, commands=commands)
+    attribution_store.save(spool.conn, ex.id, attr, commands)
     return {"id": ex.id, "unattributed_bytes": attr.unattributed_bytes, "body_bytes": attr.body_bytes}
 
 
