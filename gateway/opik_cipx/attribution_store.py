@@ -24,9 +24,13 @@ def total_dict(t: ItemTotal) -> dict[str, Any]:
 
 
 def summary(attr: Attribution, commands: tuple[str, ...] = ()) -> dict[str, Any]:
-    """JSON-safe summary: everything of an Attribution except its regions."""
+    """What is stored per call: the totals, and the command names a re-analysis must reuse."""
+    return {"commands": list(commands), **totals(attr)}
+
+
+def totals(attr: Attribution) -> dict[str, Any]:
+    """JSON-safe: everything of an Attribution except its regions."""
     return {
-        "commands": list(commands),  # what attribution knew; a re-analysis uses the same
         "call_kind": attr.call_kind,
         "agent_id": attr.agent_id,
         "body_bytes": attr.body_bytes,

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .attribute import Attribution, ItemTotal
-from .attribution_store import messages_bytes, reanalyze, total_dict
+from .attribution_store import reanalyze, totals
 from .model import Exchange
 from .pricing import PriceTable
 from .spool import Spool
@@ -105,8 +105,6 @@ def to_json(ex: Exchange, attr: Attribution) -> dict[str, Any]:
         "id": ex.id,
         "started_at": ex.started_at,
         "session_id": ex.session_id,
-        "agent_id": attr.agent_id,
-        "call_kind": attr.call_kind,
         "model": ex.model,
         "outcome": ex.outcome.value,
         "usage": None if u is None else {
@@ -114,14 +112,7 @@ def to_json(ex: Exchange, attr: Attribution) -> dict[str, Any]:
             "cache_read_input_tokens": u.cache_read_input_tokens, "output_tokens": u.output_tokens,
         },
         "cost_usd": ex.cost.total_usd if ex.cost else None,
-        "body_bytes": attr.body_bytes,
-        "unattributed_bytes": attr.unattributed_bytes,
-        "messages_bytes": messages_bytes(attr),
-        "categories": {name: total_dict(t) for name, t in attr.categories.items()},
-        "items": [total_dict(t) for t in attr.items],
-        "output_items": [total_dict(t) for t in attr.output_items],
-        "cache_split": attr.cache_split,
-        "parse_error": attr.parse_error,
+        **totals(attr),
         "regions": [{"start": r.start, "end": r.end, "category": r.category, "item": r.item} for r in attr.regions],
     }
 
