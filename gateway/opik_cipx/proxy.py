@@ -87,7 +87,7 @@ class Forwarder:
         self._record = record
         # Makes a complete call durable (the capture journal) before the bytes that complete
         # it reach the client; must not raise. Costs time-to-last-byte only.
-        self._seal = seal
+        self._seal = seal or _no_seal
         self._head_timeout = head_timeout
         self._proxy = upstream_proxy
 
@@ -111,7 +111,7 @@ class Forwarder:
                 upstream = await self._session.request(
                     request.method,
                     self._upstream + request.raw_path,
-                    data=body if body or request.body_exists else None,
+                    data=body if request.body_exists else None,
                     headers=headers,
                     skip_auto_headers=_NO_AUTO_HEADERS,
                     allow_redirects=False,
@@ -136,7 +136,7 @@ class Forwarder:
             append = rec.chunk
             # With a Content-Length, the chunk that reaches it completes the call for the client.
             remaining = upstream.content_length if request.method != "HEAD" else None
-            sealed = self._seal is None
+            sealed = False
             try:
                 while True:
                     # readany() hands over whatever has arrived: one SSE event is never held back.
@@ -148,7 +148,7 @@ class Forwarder:
                         remaining -= len(chunk)
                         if remaining <= 0 and not sealed:
                             sealed = True
-                            await self._seal(rec)  # type: ignore[misc]
+                            await self._seal(rec)
                     await write(chunk)
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
                 # The upstream broke off: break the client's stream the same way, so it
@@ -161,11 +161,18 @@ class Forwarder:
                 rec.client_gone(f"client connection lost: {exc}")
                 return response
             if not sealed:
-                await self._seal(rec)  # type: ignore[misc]  # before the stream's terminating chunk
+                await self._seal(rec)  # before the stream's terminating chunk
             await response.write_eof()
             return response
         finally:
-            upstream.release() if upstream.content.at_eof() else upstream.close()
+            if upstream.content.at_eof():
+                upstream.release()  # back to the pool
+            else:
+                upstream.close()  # cut short: this connection cannot be reused
+
+
+async def _no_seal(rec: Recorder) -> None:
+    return None
 
 
 def _decode_raw(raw: tuple[tuple[bytes, bytes], ...]) -> list[tuple[str, str]]:
