@@ -324,9 +324,10 @@ class CaptureSink:
     """Queue plus worker: the single place capture errors are contained.
 
     The worker takes every finished call waiting (up to ``max_batch``) and hands
-    the lot to the spool's thread in one hop, where each is built, analyzed and
-    stored with its attribution and outbox records; the batch commits once. Under
-    load that keeps the backlog — the only captures a crash can lose — short.
+    the lot to ``store`` in one hop — the capture worker process, or the spool's
+    thread — where each is built, analyzed and stored with its attribution and
+    outbox records, and the batch commits once. Every call is journaled before
+    that, so a crash loses nothing; the batching keeps the backlog short.
     """
 
     def __init__(

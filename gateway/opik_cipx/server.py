@@ -71,7 +71,7 @@ class Gateway:
         self.sessions = SessionStore(self.spool)
         await self.sessions.load()
         self.shipper = Shipper(
-            s, self.spool, prices=lambda: self.prices, sessions=lambda: getattr(self, "sessions", None)
+            s, self.spool, prices=lambda: self.prices, sessions=lambda: self.sessions
         )
         journal_path = s.spool_dir / "capture.journal"
         left_over = journal.take_over(journal_path)
