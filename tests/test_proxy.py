@@ -149,8 +149,9 @@ async def test_no_client_header_is_invented(gateway: Gateway, upstream: FakeAnth
 
 
 def test_end_to_end_drops_fields_named_by_connection() -> None:
-    out = end_to_end([("Connection", "close, X-Private"), ("X-Private", "1"), ("TE", "trailers"), ("A", "b")], HOP_BY_HOP)
-    assert list(out.items()) == [("A", "b")]
+    out = end_to_end([(b"Connection", b"close, X-Private"), (b"X-Private", b"1"), (b"TE", b"trailers"), (b"A", b"b")],
+                     HOP_BY_HOP)
+    assert out == [(b"A", b"b")]
 
 
 # -- the official SDK as a client -------------------------------------------------------
@@ -397,3 +398,139 @@ async def test_api_keys_never_reach_the_spool_file(gateway: Gateway, upstream: F
     raw = b"".join(p.read_bytes() for p in gateway.settings.spool_dir.iterdir() if p.is_file())
     for secret in (API_KEY.encode(), b"OTHERSECRET", b"COOKIESECRET"):
         assert secret not in raw
+
+
+# -- the wire: framings and protocol corners ----------------------------------------------------
+
+
+async def raw_exchange(port: int, data: bytes, *, until_close: bool = True, timeout: float = 10.0) -> bytes:
+    """Send raw bytes to the gateway and return everything it answers until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    try:
+        async with asyncio.timeout(timeout):
+            return await reader.read(-1) if until_close else await reader.readuntil(b"\r\n\r\n")
+    finally:
+        writer.close()
+
+
+def post_bytes(body: bytes, *, close: bool = False, path: bytes = b"/v1/messages") -> bytes:
+    extra = b"Connection: close\r\n" if close else b""
+    return (b"POST %s HTTP/1.1\r\nHost: x\r\nx-api-key: k\r\nContent-Length: %d\r\n%s\r\n"
+            % (path, len(body), extra)) + body
+
+
+async def test_pipelined_requests_are_answered_in_order(gateway: Gateway, upstream: FakeAnthropic) -> None:
+    upstream.script = [Turn(text="first"), Turn(text="second")]
+    a, b = request_body(stream=False), request_body(stream=False, max_tokens=7)
+    out = await raw_exchange(gateway.port, post_bytes(a) + post_bytes(b, close=True))
+    assert out.count(b"HTTP/1.1 200") == 2
+    assert out.index(b"first") < out.index(b"second")
+    assert [r.body for r in upstream.requests] == [a, b]
+
+
+async def test_expect_100_continue_is_answered_here(gateway: Gateway, upstream: FakeAnthropic) -> None:
+    body = request_body(stream=False)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+    writer.write(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n"
+                 % len(body))
+    assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(body)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 200") and upstream.requests[-1].body == body
+    assert "expect" not in upstream.requests[-1].headers
+
+
+async def test_chunked_request_body_arrives_whole(gateway: Gateway, upstream: FakeAnthropic) -> None:
+    body = request_body(stream=False)
+    parts = [body[i : i + 50] for i in range(0, len(body), 50)]
+
+    async def gen():  # aiohttp sends an async iterable with Transfer-Encoding: chunked
+        for part in parts:
+            yield part
+            await asyncio.sleep(0)
+
+    async with aiohttp.ClientSession() as s:
+        async with s.post(gateway.url + "/v1/messages", data=gen(), headers={"x-api-key": API_KEY}) as r:
+            assert r.status == 200
+            await r.read()
+    assert upstream.requests[-1].body == body
+    (ex,) = await captured(gateway)
+    assert ex.request_body == body
+
+
+async def test_head_then_post_on_one_connection(gateway: Gateway, upstream: FakeAnthropic) -> None:
+    # A HEAD answer has no body even with a Content-Length; the next answer must still parse.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as s:
+        async with s.head(gateway.url + "/") as r:
+            head_status = r.status
+        async with s.post(gateway.url + "/v1/messages", data=request_body(stream=False),
+                          headers={"x-api-key": API_KEY}) as r:
+            assert r.status == 200 and (await r.json())["type"] == "message"
+    assert head_status == upstream.requests[0].status
+
+
+async def test_http10_client_gets_a_close_delimited_stream(gateway: Gateway, upstream: FakeAnthropic) -> None:
+    upstream.script = [Turn(text="for an old client")]
+    body = request_body()
+    out = await raw_exchange(gateway.port, b"POST /v1/messages HTTP/1.0\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    head, _, rest = out.partition(b"\r\n\r\n")
+    assert b"transfer-encoding" not in head.lower() and b"Connection: close" in head
+    assert rest == upstream.sent[-1]
+
+
+@pytest.mark.parametrize("garbage", [b"GET / HTTP/1.1\r\nHost x\r\n\r\n", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03"])
+async def test_malformed_requests_get_a_400_that_says_why(gateway: Gateway, upstream: FakeAnthropic, garbage: bytes) -> None:
+    out = await raw_exchange(gateway.port, garbage)
+    assert out.startswith(b"HTTP/1.1 400") and b"malformed HTTP request" in out
+    assert not upstream.requests
+
+
+async def test_an_endless_request_head_is_refused(gateway: Gateway, upstream: FakeAnthropic) -> None:
+    head = b"GET / HTTP/1.1\r\n" + b"".join(b"x-pad-%d: %s\r\n" % (i, b"a" * 1000) for i in range(400))
+    out = await raw_exchange(gateway.port, head)
+    assert out.startswith(b"HTTP/1.1 431") and not upstream.requests
+
+
+async def test_upstream_garbage_is_a_502(make_settings: Any) -> None:
+    from tests.support.raw_upstream import Answer, RawUpstream
+
+    async with RawUpstream(lambda *_: Answer(b"SPDY/9 what\r\n\r\n", close=True)) as up, \
+            Gateway(make_settings(upstream_url=up.url)) as gw:
+        status, _, received = await post_raw(gw.url, request_body())
+        (ex,) = await captured(gw)
+    assert status == 502 and b"invalid response" in received and ex.outcome is Outcome.UNREACHABLE
+
+
+async def test_close_delimited_upstream_body_is_reframed_and_complete(make_settings: Any) -> None:
+    from tests.support.raw_upstream import Answer, RawUpstream
+
+    payload = json.dumps({"type": "message", "content": []}).encode()
+    answer = Answer(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + payload, close=True)
+    async with RawUpstream(lambda *_: answer) as up, Gateway(make_settings(upstream_url=up.url)) as gw:
+        status, headers, received = await post_raw(gw.url, request_body(stream=False))
+        (ex,) = await captured(gw)
+    assert status == 200 and received == payload and headers.get("transfer-encoding") == "chunked"
+    assert ex.outcome is not Outcome.TRUNCATED
+
+
+async def test_truncated_content_length_body_breaks_the_client(make_settings: Any) -> None:
+    from tests.support.raw_upstream import Answer, RawUpstream
+
+    answer = Answer(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"type\":", close=True)
+    async with RawUpstream(lambda *_: answer) as up, Gateway(make_settings(upstream_url=up.url)) as gw:
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await post_raw(gw.url, request_body(stream=False))
+        (ex,) = await captured(gw)
+    assert ex.outcome is Outcome.TRUNCATED and "mid-response" in (ex.error or "")
+
+
+async def test_admin_requests_are_served_on_the_same_port(gateway: Gateway) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(gateway.url + "/_cipx/health") as r:
+            assert r.status == 200
+        # The same keep-alive connection: API calls are not forwarded from an admin connection.
+        async with s.post(gateway.url + "/v1/messages", data=b"{}") as r:
+            assert r.status == 421 and "new connection" in (await r.json())["error"]["message"]

@@ -38,6 +38,18 @@ from .spool import AsyncSpool, Spool
 log = logging.getLogger(__name__)
 
 
+class HeaderList:
+    """Request headers as the proxy read them: ``items()`` in wire order, duplicates kept."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: list[tuple[str, str]]) -> None:
+        self._items = items
+
+    def items(self) -> list[tuple[str, str]]:
+        return list(self._items)
+
+
 class Recorder:
     """Hot-path notes about one call. Methods are O(1) and cannot fail."""
 
@@ -53,7 +65,7 @@ class Recorder:
         self.id = uuid.uuid4().hex
         self.method = method
         self.path = path
-        self.request_headers = request_headers  # immutable CIMultiDictProxy: safe to keep
+        self.request_headers = request_headers  # a HeaderList; items() in wire order
         self.body = b""
         self.status: int | None = None
         self.response_headers: tuple[tuple[bytes, bytes], ...] = ()

@@ -147,8 +147,13 @@ class Settings(BaseSettings):
 
     @field_validator("upstream_proxy")
     @classmethod
-    def _empty_is_none(cls, value: str | None) -> str | None:
-        return value or None
+    def _http_proxy(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if "://" in value and not value.startswith("http://"):
+            # HTTPS upstreams go through the proxy in a CONNECT tunnel; the proxy itself is plain HTTP.
+            raise ValueError(f"CIPX_UPSTREAM_PROXY must be an http:// proxy URL, got {value!r}")
+        return value
 
     # Paths inside the state dir, derived so CIPX_HOME moves all of them.
     @property

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .capture import Recorder
+from .capture import HeaderList, Recorder
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +50,8 @@ def load(payload: bytes) -> Recorder:
         setattr(rec, name, state[name])
     rec.frame = None
     rec.journaled = False
-    rec.request_headers = _Headers(state["request_headers"])
+    rec.request_headers = HeaderList(state["request_headers"])
     return rec
-
-
-class _Headers:
-    """Just enough of a multidict for build_exchange: ``items()`` in wire order."""
-
-    __slots__ = ("_items",)
-
-    def __init__(self, items: list[tuple[str, str]]) -> None:
-        self._items = items
-
-    def items(self) -> list[tuple[str, str]]:
-        return list(self._items)
 
 
 def read_frames(path: Path) -> Iterator[bytes]:

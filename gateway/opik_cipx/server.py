@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from .admin import setup_admin
@@ -30,7 +29,8 @@ from .commands import CommandIndex
 from .config import Settings, ensure_home
 from .metrics import Metrics, setup_metrics
 from .pricing import PriceTable, PricingFileError
-from .proxy import Forwarder
+from .proxy import Relay
+from .upstream import Pool, Target
 from .shipper import Shipper
 from .sessions import SessionStore
 from .spool import AsyncSpool
@@ -50,7 +50,8 @@ class Gateway:
         self.pricing_error: str | None = None
         self._extra_stages = list(extra_stages or [])
         self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._server: asyncio.Server | None = None
+        self.relay: Relay | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self.capture: CaptureSink | None = None
@@ -102,36 +103,28 @@ class Gateway:
         await self._replay_journal(left_over)
         await self.shipper.start()
 
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=300, enable_cleanup_closed=True),
-            auto_decompress=False,  # relay the upstream's encoding untouched
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            trust_env=False,  # CIPX_UPSTREAM_PROXY is the only proxy setting we honour
-        )
-        forwarder = Forwarder(
-            self._session,
-            s.upstream_url,
-            self.capture.submit,
-            head_timeout=s.upstream_timeout,
-            upstream_proxy=s.upstream_proxy,
-            seal=self.journal.seal,
-        )
+        # The viewer, metrics and admin API: an aiohttp app, served on connections the
+        # proxy hands over when their first request is for /_cipx (see proxy.py).
         app = web.Application(client_max_size=1024**3)
         app[GATEWAY_KEY] = self
-        # Viewer and metrics first: admin ends with its own /_cipx/* catch-all.
         setup_viewer(app, self)
         setup_metrics(app, self)
-        setup_admin(app, self)  # before the catch-all: /_cipx/* is never forwarded
-        app.router.add_route("*", "/{tail:.*}", forwarder.handle)
-        # Cancel the handler when the client goes away: that closes the upstream request too.
-        self._runner = web.AppRunner(
-            app, handler_cancellation=True, access_log=None, shutdown_timeout=s.shutdown_grace
-        )
+        setup_admin(app, self)  # ends with its own /_cipx/* catch-all
+        app.router.add_route("*", "/{tail:.*}", _misdirected)
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+                                     shutdown_timeout=s.shutdown_grace)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, s.host, s.port, reuse_address=True)
-        await site.start()
-        self.port = _bound_port(site)
+        self.relay = Relay(
+            Pool(Target.parse(s.upstream_url, s.upstream_proxy)),
+            self.capture.submit,
+            head_timeout=s.upstream_timeout,
+            seal=self.journal.seal,
+            admin=self._runner.server,
+        )
+        self._server = await asyncio.get_running_loop().create_server(
+            self.relay.protocol, s.host, s.port, reuse_address=True
+        )
+        self.port = _bound_port(self._server)
         self.started_at = time.time()
         _write_private(s.port_file, f"{self.port}\n")
         log.info("opik-cipx listening on http://%s:%d -> %s", s.host, self.port, s.upstream_url)
@@ -174,10 +167,15 @@ class Gateway:
     async def stop(self) -> None:
         """Stop accepting, let in-flight calls finish within the grace period, flush captures."""
         grace = self.settings.shutdown_grace
+        if self._server is not None:
+            self._server.close()  # stop accepting; connections are the relay's to end
+        if self.relay is not None:
+            await self.relay.shutdown(grace)
         if self._runner is not None:
-            # cleanup() closes the listening sockets, then waits up to shutdown_timeout for handlers.
+            # Waits up to shutdown_timeout for admin handlers, then closes their connections.
             await self._runner.cleanup()
             self._runner = None
+        self._server = None
         if self.capture is not None:
             if not await self.capture.drain(timeout=grace):
                 log.warning("shutdown: %d captures not yet stored", self.capture.pending)
@@ -195,9 +193,6 @@ class Gateway:
             # Truncates the file when every journaled call is stored; else the next start replays.
             await asyncio.get_running_loop().run_in_executor(None, self.journal.close)
             self.journal = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
         if self.spool is not None:
             await self.spool.close()
             self.spool = None
@@ -218,11 +213,19 @@ class Gateway:
         return f"http://{self.settings.host}:{self.port}"
 
 
-def _bound_port(site: web.TCPSite) -> int:
-    server = site._server  # noqa: SLF001 - aiohttp exposes no public accessor
-    assert server is not None and server.sockets
+def _bound_port(server: asyncio.Server) -> int:
     sock: socket.socket = server.sockets[0]
     return int(sock.getsockname()[1])
+
+
+async def _misdirected(request: web.Request) -> web.Response:
+    # Only reachable on a connection that began with a /_cipx request: API calls need their own.
+    return web.json_response(
+        {"type": "error", "error": {"type": "invalid_request_error",
+                                    "message": "opik-cipx: this connection serves /_cipx; "
+                                               "send API calls on a new connection"}},
+        status=421,
+    )
 
 
 def _write_private(path: os.PathLike[str] | str, text: str) -> None:

@@ -22,6 +22,7 @@ import importlib
 import json
 import signal
 import socket
+import ssl
 import sys
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -303,8 +304,10 @@ class FakeAnthropic:
     once it runs out), or a callable that picks a turn for each request.
     """
 
-    def __init__(self, script: Script = None, *, port: int = 0, record_dir: Path | None = None) -> None:
+    def __init__(self, script: Script = None, *, port: int = 0, record_dir: Path | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self._script = script
+        self._ssl = ssl_context  # serve https (tests of the gateway's TLS leg)
         self._queue: list[Turn] = list(script) if isinstance(script, Sequence) else []
         self._port = port
         self._record_dir = record_dir
@@ -346,10 +349,10 @@ class FakeAnthropic:
         # auto_decompress=False keeps request bodies byte-exact even if a client compresses them.
         self._runner = web.AppRunner(app, access_log=None, auto_decompress=False, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self._port)
+        site = web.TCPSite(self._runner, "127.0.0.1", self._port, ssl_context=self._ssl)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if self._ssl else 'http'}://127.0.0.1:{self.port}"
 
     async def stop(self) -> None:
         if self._runner is not None:
