@@ -47,3 +47,41 @@ async def test_worker_stops_with_the_gateway(upstream: FakeAnthropic, make_setti
         assert gw._worker is not None and gw._worker._proc is not None
         proc = gw._worker._proc
     assert proc.returncode == 0
+
+
+async def test_journaled_calls_reach_the_worker_by_reference_not_by_pipe(
+    gateway: Gateway, upstream: FakeAnthropic, monkeypatch: Any
+) -> None:
+    from opik_cipx import capture_worker
+
+    sent: list[list[bytes]] = []
+    item = capture_worker._item
+    monkeypatch.setattr(capture_worker, "_item", lambda rec: sent.append(item(rec)) or sent[-1])
+    big = request_body(messages=[{"role": "user", "content": "x" * 300_000}])
+    async with aiohttp.ClientSession() as s:
+        async with s.post(gateway.url + "/v1/messages", data=big, headers={"x-api-key": API_KEY}) as r:
+            await r.read()
+    (ex,) = await captured(gateway)
+    assert ex.request_body == big
+    # What went down the pipe was a journal reference: a few dozen bytes, not the 300 KB body.
+    assert sum(map(len, sent[-1])) < 100
+
+
+async def test_a_journal_reference_that_does_not_hold_the_call_is_resent_inline(
+    gateway: Gateway, upstream: FakeAnthropic, monkeypatch: Any
+) -> None:
+    from opik_cipx import capture_worker
+
+    item = capture_worker._item
+
+    def wrong_place(rec: Any) -> list[bytes]:
+        rec.frame = (rec.frame[0] + 1, rec.frame[1]) if rec.frame else None  # off by one byte
+        return item(rec)
+
+    monkeypatch.setattr(capture_worker, "_item", wrong_place)
+    async with aiohttp.ClientSession() as s:
+        async with s.post(gateway.url + "/v1/messages", data=request_body(), headers={"x-api-key": API_KEY}) as r:
+            await r.read()
+    (ex,) = await captured(gateway)
+    assert ex.request_body == request_body() and ex.usage is not None
+    assert gateway.capture is not None and gateway.capture.stats.errors == 0

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from opik_cipx import journal
@@ -31,6 +32,33 @@ def test_a_journaled_recorder_rebuilds_the_same_exchange(tmp_path: Path) -> None
     a, b = build_exchange(rec, None), build_exchange(again, None)
     assert a.to_dict() == b.to_dict()
     assert "x-api-key" not in b.request_headers  # redaction still applies on replay
+
+
+def test_bytes_split_across_reads_come_back_whole(tmp_path: Path) -> None:
+    rec = recorder(1)
+    body = rec.body
+    rec.body_parts = [body[:10], body[10:30], body[30:]]  # as the proxy appends what it reads
+    rec.chunk(b"")
+    rec.chunk(b"tail")
+    again = journal.load(next(iter(journal.read_frames(_write(tmp_path / "j", [rec])))))
+    assert again.body == body and again.chunks == rec.chunks and again.times == rec.times
+
+
+def test_frames_from_the_previous_layout_still_replay(tmp_path: Path) -> None:
+    # Before raw-bytes frames, the whole recorder was one pickle; an upgrade must still replay those.
+    import pickle
+
+    rec = recorder(3)
+    state = {name: getattr(rec, name) for name in journal._FIELDS}
+    state.update(body=rec.body, chunks=rec.chunks, request_headers=list(rec.request_headers.items()))
+    again = journal.load(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+    assert build_exchange(again, None).to_dict() == build_exchange(rec, None).to_dict()
+
+
+def test_a_frame_whose_fields_disagree_with_its_bytes_is_refused() -> None:
+    frame = journal.dump(recorder(1))
+    with pytest.raises(ValueError, match="describe"):
+        journal.load(frame[4:-1])
 
 
 def test_a_torn_last_frame_is_ignored(tmp_path: Path) -> None:

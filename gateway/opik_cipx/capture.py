@@ -39,22 +39,27 @@ log = logging.getLogger(__name__)
 
 
 class HeaderList:
-    """Request headers as the proxy read them: ``items()`` in wire order, duplicates kept."""
+    """Request headers as the proxy read them: ``items()`` in wire order, duplicates kept.
+
+    Holds the raw bytes; decoding (latin-1, which maps bytes 1:1) waits until capture
+    asks, off the hot path.
+    """
 
     __slots__ = ("_items",)
 
-    def __init__(self, items: list[tuple[str, str]]) -> None:
+    def __init__(self, items: list[tuple[bytes, bytes]] | list[tuple[str, str]]) -> None:
         self._items = items
 
     def items(self) -> list[tuple[str, str]]:
-        return list(self._items)
+        return [(n.decode("latin-1"), v.decode("latin-1")) if isinstance(n, bytes) else (n, v)  # type: ignore[union-attr]
+                for n, v in self._items]
 
 
 class Recorder:
     """Hot-path notes about one call. Methods are O(1) and cannot fail."""
 
     __slots__ = (
-        "id", "wall_start", "t_start", "method", "path", "request_headers", "body",
+        "id", "wall_start", "t_start", "method", "path", "request_headers", "body_parts",
         "status", "response_headers", "t_head", "chunks", "times", "t_end",
         "forced_outcome", "error", "gateway_status", "frame", "journaled",
     )
@@ -66,7 +71,8 @@ class Recorder:
         self.method = method
         self.path = path
         self.request_headers = request_headers  # a HeaderList; items() in wire order
-        self.body = b""
+        # The request body as read off the wire; joined only when something needs it whole.
+        self.body_parts: list[bytes] = []
         self.status: int | None = None
         self.response_headers: tuple[tuple[bytes, bytes], ...] = ()
         self.t_head: float | None = None
@@ -76,7 +82,9 @@ class Recorder:
         self.forced_outcome: Outcome | None = None
         self.error: str | None = None
         self.gateway_status: int | None = None
-        self.frame: bytes | None = None  # the journal's serialized copy, reused for the worker
+        # Where the journal wrote this call: (offset, length). The capture worker reads it from
+        # there, so the parent never pipes the bodies a second time.
+        self.frame: tuple[int, int] | None = None
         self.journaled = False  # sealed into the journal before its response completed
 
     def response_head(self, status: int, raw_headers: tuple[tuple[bytes, bytes], ...]) -> None:
@@ -107,9 +115,22 @@ class Recorder:
             self.t_end = time.perf_counter()
 
     @property
+    def body(self) -> bytes:
+        parts = self.body_parts
+        if len(parts) == 1:
+            return parts[0]
+        joined = b"".join(parts)
+        self.body_parts = [joined]
+        return joined
+
+    @body.setter
+    def body(self, value: bytes) -> None:
+        self.body_parts = [value]
+
+    @property
     def size(self) -> int:
         """Bytes this recorder keeps alive: the request body and the response chunks."""
-        return len(self.body) + sum(map(len, self.chunks))
+        return sum(map(len, self.body_parts)) + sum(map(len, self.chunks))
 
 
 _USER_ID = re.compile(rb'"user_id"\s*:\s*"((?:[^"\\]|\\.)*)"')

@@ -3,8 +3,10 @@
 Building, attributing and storing a call costs milliseconds of CPU per call —
 several times what relaying it costs. In the gateway's own process that work
 would delay the event loop (CPython runs one thread at a time); in a child it
-runs on another core. The parent sends batches of finished calls in the
-journal's frame format (a count, then the frames) over the child's stdin; the child stores each batch in
+runs on another core. The parent sends batches of finished calls over the child's stdin: for each
+call, where the journal already wrote it (the child reads it from the file, so
+bodies are not piped a second time), or the journal frame itself for a call
+never journaled. The child stores each batch in
 one transaction (the same :func:`~opik_cipx.capture.store_batch` the in-process
 path uses) and answers on stdout with a light summary of what it stored, which
 the parent's after-commit stages (metrics, shipper wake-up) read.
@@ -37,6 +39,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _LEN = struct.Struct(">I")
+# A batch item: kind, then for _REF the frame's offset and length in the journal and the call id.
+_KIND = struct.Struct(">B")
+_REF_AT = struct.Struct(">QI32s")
+_INLINE, _REF = 0, 1
 
 
 class WorkerError(RuntimeError):
@@ -59,18 +65,63 @@ def _read_frame(inp: BinaryIO) -> bytes | None:
     return payload
 
 
-def _read_batch(inp: BinaryIO) -> list[Recorder] | None:
-    """A count, then that many journal frames; None at EOF."""
+class JournalRefError(ValueError):
+    """A call was not where the parent said the journal holds it: the parent resends it inline."""
+
+
+class _JournalReader:
+    """The journal file, opened read-only on first use and again after a failed read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def read(self, offset: int, length: int, call_id: str) -> Recorder:
+        for attempt in (1, 2):
+            try:
+                if self._fd is None:
+                    self._fd = os.open(self.path, os.O_RDONLY)
+                return journal.read_at(self._fd, offset, length, call_id)
+            except (OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+                self.close()
+                if attempt == 2:
+                    raise JournalRefError(str(exc)) from exc
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _read_batch(inp: BinaryIO, frames: _JournalReader) -> list[Recorder] | JournalRefError | None:
+    """A count, then that many items; None at EOF. A bad journal reference is returned, after
+    the whole batch has been read off the pipe, so the stream stays in step."""
     head = inp.read(_LEN.size)
     if len(head) < _LEN.size:
         return None
-    batch = []
+    batch: list[Recorder] = []
+    failed: JournalRefError | None = None
     for _ in range(_LEN.unpack(head)[0]):
+        kind = inp.read(_KIND.size)
+        if not kind:
+            return None
+        if _KIND.unpack(kind)[0] == _REF:
+            ref = inp.read(_REF_AT.size)
+            if len(ref) < _REF_AT.size:
+                return None
+            offset, length, call_id = _REF_AT.unpack(ref)
+            if failed is None:
+                try:
+                    batch.append(frames.read(offset, length, call_id.decode("ascii")))
+                except JournalRefError as exc:
+                    failed = exc
+            continue
         payload = _read_frame(inp)
         if payload is None:
             return None
         batch.append(journal.load(payload))
-    return batch
+    return failed if failed is not None else batch
 
 
 def light(ex: Exchange) -> dict[str, Any]:
@@ -110,8 +161,12 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
         info = sessions.get(session_id) if session_id else None
         return index.names(info.cwd if info is not None else None)
 
+    frames = _JournalReader(settings.journal_path)
     try:
-        while (batch := _read_batch(inp)) is not None:
+        while (batch := _read_batch(inp, frames)) is not None:
+            if isinstance(batch, JournalRefError):
+                _write_frame(out, pickle.dumps({"resend_inline": str(batch)}, protocol=pickle.HIGHEST_PROTOCOL))
+                continue
             failures: list[Failure] = []
             try:
                 done = store_batch(spool, batch, lambda rec: prepare(rec, prices, commands_for), stages, failures)
@@ -123,6 +178,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
                 reply = {"error": f"{type(exc).__name__}: {exc}"}
             _write_frame(out, pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
     finally:
+        frames.close()
         spool.close()
     return 0
 
@@ -140,9 +196,9 @@ class RemoteFailure(Exception):
 class WorkerProcess:
     """The parent's side: one child, one batch at a time, restarted when it dies.
 
-    Bodies are large, so the parent's copies stay off the event loop: a dedicated
-    thread writes each batch with ``os.writev`` (reusing the frames the journal
-    thread already serialized) and reads the answer, both releasing the GIL.
+    Bodies are large, so the parent does not copy them again: a journaled call is
+    sent as its place in the journal file. A dedicated thread writes each batch
+    and reads the answer, off the event loop and without the GIL.
     """
 
     def __init__(self, settings: Settings, argv: list[str] | None = None, journal: journal.Journal | None = None) -> None:
@@ -167,7 +223,7 @@ class WorkerProcess:
                 self._argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, env=env, bufsize=0
             )
         assert self._proc.stdin is not None
-        _writev(self._proc.stdin.fileno(), [_LEN.pack(len(self._settings)), self._settings])
+        journal.write_all(self._proc.stdin.fileno(), [_LEN.pack(len(self._settings)), self._settings])
 
     async def start(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._io, self._start)
@@ -183,9 +239,7 @@ class WorkerProcess:
     def _roundtrip(self, batch: list[Recorder]) -> dict[str, Any]:
         if self._journal is not None:
             self._journal.flush()  # the journal thread has serialized every call in the batch
-        frames = [rec.frame or journal.dump(rec) for rec in batch]
-        for rec in batch:
-            rec.frame = None  # the serialized copy is only for this trip
+        items = [_item(rec) for rec in batch]
         for attempt in (1, 2):
             if self._proc is None or self._proc.poll() is not None:
                 if self._proc is not None:
@@ -193,17 +247,22 @@ class WorkerProcess:
                     log.error("capture worker exited (%s); starting a new one", self._proc.returncode)
                 self._start()
             try:
-                return self._exchange(frames)
+                reply = self._exchange(items)
+                if "resend_inline" in reply:
+                    # The journal did not hold what we said (e.g. truncated meanwhile): send the bodies.
+                    log.warning("capture worker: %s; sending the batch inline", reply["resend_inline"])
+                    reply = self._exchange([_inline(journal.dump(rec)) for rec in batch])
+                return reply
             except (WorkerError, OSError) as exc:
                 if attempt == 2:
                     raise WorkerError(f"capture worker failed twice: {exc}") from exc
                 self._kill()
         raise AssertionError("unreachable")
 
-    def _exchange(self, frames: list[bytes]) -> dict[str, Any]:
+    def _exchange(self, items: list[list[bytes]]) -> dict[str, Any]:
         proc = self._proc
         assert proc is not None and proc.stdin is not None and proc.stdout is not None
-        _writev(proc.stdin.fileno(), [_LEN.pack(len(frames)), *frames])
+        journal.write_all(proc.stdin.fileno(), [_LEN.pack(len(items)), *(part for item in items for part in item)])
         head = _read_exactly(proc.stdout.fileno(), _LEN.size)
         payload = _read_exactly(proc.stdout.fileno(), _LEN.unpack(head)[0])
         return pickle.loads(payload)  # noqa: S301 - our child's pipe
@@ -232,17 +291,15 @@ class WorkerProcess:
         self._io.shutdown(wait=True)
 
 
-def _writev(fd: int, parts: list[bytes]) -> None:
-    views = [memoryview(p) for p in parts if p]
-    while views:
-        n = os.writev(fd, views[:512])
-        while n and views:
-            if n >= len(views[0]):
-                n -= len(views[0])
-                views.pop(0)
-            else:
-                views[0] = views[0][n:]
-                n = 0
+def _item(rec: Recorder) -> list[bytes]:
+    if rec.frame is not None:
+        offset, length = rec.frame
+        return [_KIND.pack(_REF), _REF_AT.pack(offset, length, rec.id.encode("ascii"))]
+    return _inline(journal.dump(rec))
+
+
+def _inline(frame: bytes) -> list[bytes]:
+    return [_KIND.pack(_INLINE), frame]  # dump() frames carry their own length prefix
 
 
 def _read_exactly(fd: int, size: int) -> bytes:
@@ -255,12 +312,24 @@ def _read_exactly(fd: int, size: int) -> bytes:
     return bytes(buf)
 
 
-def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s capture-worker: %(message)s")
+def background() -> None:
+    """Run only on CPU time nothing else wants: the proxy (and Claude Code) always go first.
+
+    Under a flood the worker falls behind rather than slowing calls down; the
+    journal keeps what waits. SCHED_IDLE where Linux offers it, else the lowest nice.
+    """
     try:
-        # Background work: when the machine is busy, the proxy (and Claude Code) go first;
-        # the journal keeps whatever waits.
-        os.nice(10)
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # type: ignore[attr-defined]
+        return
+    except (AttributeError, OSError):
+        pass
+    try:
+        os.nice(19)
     except OSError:
         pass
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s capture-worker: %(message)s")
+    background()
     return serve(sys.stdin.buffer, sys.stdout.buffer)

@@ -165,6 +165,10 @@ class Settings(BaseSettings):
         return self.home / "spool"
 
     @property
+    def journal_path(self) -> Path:
+        return self.spool_dir / "capture.journal"
+
+    @property
     def spool_path(self) -> Path:
         return self.spool_dir / "spool.sqlite3"
 

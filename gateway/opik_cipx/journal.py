@@ -31,26 +31,75 @@ from .capture import HeaderList, Recorder
 log = logging.getLogger(__name__)
 
 _LEN = struct.Struct(">I")
-# The recorder fields that make a call; times are perf_counter values, used only as differences.
-_FIELDS = ("id", "wall_start", "t_start", "method", "path", "body", "status", "response_headers",
-           "t_head", "chunks", "times", "t_end", "forced_outcome", "error", "gateway_status")
+# The recorder fields that make a call, besides the bytes; times are perf_counter values,
+# used only as differences.
+_FIELDS = ("id", "wall_start", "t_start", "method", "path", "status", "response_headers",
+           "t_head", "times", "t_end", "forced_outcome", "error", "gateway_status")
+# A frame is: total length, then _V2, the length of the pickled fields, the fields, then the
+# request body and the response chunks as raw bytes. The bytes are never copied into a pickle:
+# they go to the file straight from the buffers the proxy read them into.
+_V2 = b"\x02"
+_PICKLE = 0x80  # the first byte of a pickle: frames written before the raw-bytes layout
+
+
+def dump_parts(rec: Recorder) -> tuple[list[bytes], int]:
+    """The frame for ``rec`` as buffers to write in order, and its total length."""
+    state: dict[str, Any] = {name: getattr(rec, name) for name in _FIELDS}
+    state["request_headers"] = list(rec.request_headers.items())
+    body = rec.body_parts
+    state["body_sizes"] = [len(part) for part in body]
+    state["chunk_sizes"] = [len(chunk) for chunk in rec.chunks]
+    meta = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+    size = 1 + _LEN.size + len(meta) + sum(state["body_sizes"]) + sum(state["chunk_sizes"])
+    return [_LEN.pack(size), _V2, _LEN.pack(len(meta)), meta, *body, *rec.chunks], _LEN.size + size
 
 
 def dump(rec: Recorder) -> bytes:
-    state: dict[str, Any] = {name: getattr(rec, name) for name in _FIELDS}
-    state["request_headers"] = list(rec.request_headers.items())
-    payload = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
-    return _LEN.pack(len(payload)) + payload
+    return b"".join(dump_parts(rec)[0])
 
 
 def load(payload: bytes) -> Recorder:
-    state = pickle.loads(payload)  # noqa: S301 - our own 0600 file, written by this module
+    if payload[0] == _PICKLE:
+        state = pickle.loads(payload)  # noqa: S301 - our own 0600 file, written by this module
+        body, chunks = state["body"], state["chunks"]
+    else:
+        if payload[:1] != _V2:
+            raise ValueError(f"unknown journal frame version {payload[:1]!r}")
+        (meta_len,) = _LEN.unpack_from(payload, 1)
+        pos = 1 + _LEN.size + meta_len
+        state = pickle.loads(payload[1 + _LEN.size : pos])  # noqa: S301 - our own 0600 file
+        view = memoryview(payload)
+        body_len = sum(state["body_sizes"])
+        body = bytes(view[pos : pos + body_len])
+        pos += body_len
+        chunks = []
+        for n in state["chunk_sizes"]:
+            chunks.append(bytes(view[pos : pos + n]))
+            pos += n
+        if pos != len(payload):
+            raise ValueError(f"journal frame holds {len(payload)} bytes, its fields describe {pos}")
     rec = Recorder.__new__(Recorder)
     for name in _FIELDS:
         setattr(rec, name, state[name])
+    rec.body = body
+    rec.chunks = chunks
     rec.frame = None
     rec.journaled = False
     rec.request_headers = HeaderList(state["request_headers"])
+    return rec
+
+
+def read_at(fd: int, offset: int, length: int, expect_id: str) -> Recorder:
+    """The call journaled at ``offset``; raises ValueError unless it is the one expected."""
+    data = os.pread(fd, length, offset)
+    if len(data) != length:
+        raise ValueError(f"journal frame at {offset} is short ({len(data)} of {length} bytes)")
+    (size,) = _LEN.unpack_from(data)
+    if size != length - _LEN.size:
+        raise ValueError(f"journal frame at {offset} has length {size}, expected {length - _LEN.size}")
+    rec = load(data[_LEN.size :])
+    if rec.id != expect_id:
+        raise ValueError(f"journal frame at {offset} holds call {rec.id}, expected {expect_id}")
     return rec
 
 
@@ -111,10 +160,11 @@ class Journal:
                 return
             self._pending.add(rec.id)
         try:
-            frame = rec.frame = dump(rec)
-            view = memoryview(frame)
-            while view:
-                view = view[os.write(self._fd, view) :]
+            parts, size = dump_parts(rec)
+            # Only this thread appends or truncates, so the size now is where the frame lands.
+            offset = os.fstat(self._fd).st_size
+            write_all(self._fd, parts)
+            rec.frame = (offset, size)
             self.appended += 1
         except Exception as exc:  # noqa: BLE001 - a full disk must not break capture itself
             self.errors += 1
@@ -154,6 +204,19 @@ class Journal:
         if empty:
             os.ftruncate(self._fd, 0)
         os.close(self._fd)
+
+
+def write_all(fd: int, parts: list[bytes]) -> None:
+    views = [memoryview(p) for p in parts if p]
+    while views:
+        n = os.writev(fd, views[:512])  # IOV_MAX is 1024 on Linux; stay well under it
+        while n and views:
+            if n >= len(views[0]):
+                n -= len(views[0])
+                views.pop(0)
+            else:
+                views[0] = views[0][n:]
+                n = 0
 
 
 def take_over(path: Path) -> list[Recorder]:

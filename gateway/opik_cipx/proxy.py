@@ -21,7 +21,6 @@ import collections
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TypeVar
 
 import httptools
 
@@ -56,21 +55,18 @@ MAX_HEAD = 256 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 
-H = TypeVar("H", str, bytes)
-
-
-def end_to_end(headers: Iterable[tuple[H, H]], drop: frozenset[bytes]) -> list[tuple[H, H]]:
+def end_to_end(headers: Iterable[tuple[bytes, bytes]], drop: frozenset[bytes]) -> list[tuple[bytes, bytes]]:
     """Headers minus hop-by-hop ones and any the Connection header names (RFC 9110 7.6.1)."""
-    items = list(headers)
-    named: set[bytes] = set()
-    for name, value in items:
-        if _lower(name) == b"connection":
-            named.update(t.strip() for t in _lower(value).split(b",") if t.strip())
-    return [(n, v) for n, v in items if (low := _lower(n)) not in drop and low not in named]
-
-
-def _lower(text: str | bytes) -> bytes:
-    return (text.encode("latin-1") if isinstance(text, str) else text).lower()
+    out = []
+    named: frozenset[bytes] | set[bytes] = frozenset()
+    for name, value in headers:
+        low = name.lower()
+        if low in drop:
+            if low == b"connection":
+                named = {*named, *(t.strip() for t in value.lower().split(b",") if t.strip())}
+            continue
+        out.append((low, name, value))
+    return [(n, v) for low, n, v in out if low not in named]
 
 
 def gateway_error(status: int, message: str, *, close: bool = False, kind: str = "api_error") -> bytes:
@@ -338,7 +334,7 @@ class Call:
 
     __slots__ = (
         "down", "relay", "rec", "method", "target", "headers", "http11", "keep_alive",
-        "body", "request_done", "chunked_up", "conn", "parser", "connecting", "timer", "retried",
+        "request_done", "chunked_up", "conn", "parser", "connecting", "timer", "retried",
         "head_sent", "interim", "reason", "resp_headers", "mode", "remaining", "completing",
         "finished", "upstream_reusable", "expect_continue", "length", "answered", "until_close",
     )
@@ -352,9 +348,7 @@ class Call:
         self.headers = headers
         self.http11 = http11
         self.keep_alive = keep_alive
-        self.rec = Recorder(method.decode("latin-1"), target.decode("latin-1"),
-                            HeaderList([(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]))
-        self.body: list[bytes] = []
+        self.rec = Recorder(method.decode("latin-1"), target.decode("latin-1"), HeaderList(headers))
         self.request_done = False
         self.chunked_up = False
         self.expect_continue = False
@@ -397,16 +391,13 @@ class Call:
             self.connecting = loop.create_task(self._connect())
 
     def request_body(self, data: bytes) -> None:
-        self.body.append(data)
+        self.rec.body_parts.append(data)  # also what a retry on a fresh connection resends
         conn = self.conn
         if conn is not None and conn.transport is not None and not self.finished:
             conn.transport.write(b"%x\r\n%s\r\n" % (len(data), data) if self.chunked_up else data)
 
     def request_complete(self) -> None:
         self.request_done = True
-        body = self.body
-        self.rec.body = body[0] if len(body) == 1 else b"".join(body)
-        self.body = [self.rec.body]  # one copy in memory; kept for a retry on a fresh connection
         conn = self.conn
         if self.chunked_up and conn is not None and conn.transport is not None and not self.finished:
             conn.transport.write(_LAST_CHUNK)
@@ -453,7 +444,7 @@ class Call:
         if self.down.writing_paused:
             conn.transport.pause_reading()
         head = self._request_head()
-        body = self.body
+        body = self.rec.body_parts
         if self.chunked_up:
             framed = [b"%x\r\n%s\r\n" % (len(part), part) for part in body]
             if self.request_done:
@@ -538,16 +529,17 @@ class Call:
             return
         self.rec.chunk(data)
         mode = self.mode
+        # Straight to the transport: a client that went away has finished this call already.
         if mode == _LENGTH:
             self.remaining -= len(data)
             if self.remaining <= 0:
                 self._complete(data)  # the chunk that completes the body waits for the seal
                 return
-            self.down.write(data)
+            self.down.transport.write(data)  # type: ignore[union-attr]
         elif mode == _CHUNKED:
-            self.down.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.down.transport.write(b"%x\r\n%s\r\n" % (len(data), data))  # type: ignore[union-attr]
         else:
-            self.down.write(data)
+            self.down.transport.write(data)  # type: ignore[union-attr]
 
     def on_message_complete(self) -> None:
         if self.interim:

@@ -74,7 +74,7 @@ class Gateway:
         self.shipper = Shipper(
             s, self.spool, prices=lambda: self.prices, sessions=lambda: self.sessions
         )
-        journal_path = s.spool_dir / "capture.journal"
+        journal_path = s.journal_path
         left_over = journal.take_over(journal_path)
         self.journal = journal.Journal(journal_path)
         shipper = self.shipper
