@@ -47,17 +47,17 @@ def string_end(s: str, pos: int) -> int:
     if s[pos] != '"':
         raise Malformed(pos)
     find = s.find
-    q = pos + 1
-    while True:
-        q = find('"', q)
-        if q == -1:
-            raise Malformed(pos)
-        k = q - 1
+    q = find('"', pos + 1)
+    while q != -1:
+        if s[q - 1] != "\\":  # the common case: no backslash to count
+            return q + 1
+        k = q - 2
         while s[k] == "\\":
             k -= 1
         if (q - 1 - k) % 2 == 0:
             return q + 1
-        q += 1
+        q = find('"', q + 1)
+    raise Malformed(pos)
 
 
 def value(s: str, pos: int) -> tuple[Any, int]:

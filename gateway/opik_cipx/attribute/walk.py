@@ -11,7 +11,7 @@ the last well-formed position keeps its regions and the rest is unattributed.
 
 from __future__ import annotations
 
-import bisect
+import operator
 import re
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
@@ -85,16 +85,25 @@ _OBJ_CLOSE = re.compile(r"[ \t\n\r]*}")
 # Fast paths for the compact JSON Claude Code sends: one C-level match per message
 # or block instead of a member-by-member walk. Anything else takes the generic path.
 _MESSAGE_HEAD = re.compile(r'\{"role":"(user|assistant|system)","content":')
-_TEXT_HEAD = '{"type":"text","text":"'
-_RESULT_HEAD = re.compile(
-    r'\{"(?:tool_use_id":"([^"\\]*)","type":"tool_result"|type":"tool_result","tool_use_id":"([^"\\]*)"),"content":'
+# One match tells the block kind (by ``lastindex``) and reaches its value.
+_BLOCK_HEAD = re.compile(
+    r'\{"(?:type":"(?:(text)","text":"'
+    r'|tool_use","id":"([^"\\]*)","name":"([^"\\]*)","input":'
+    r'|tool_result","tool_use_id":"([^"\\]*)","content":)'
+    r'|tool_use_id":"([^"\\]*)","type":"tool_result","content":)'
 )
-_USE_HEAD = re.compile(r'\{"type":"tool_use","id":"([^"\\]*)","name":"([^"\\]*)","input":')
+_HEAD_TEXT, _HEAD_USE_ID, _HEAD_USE_NAME = 1, 2, 3  # groups 4 and 5: a tool_result's tool_use_id
 _BLOCK_TAIL = re.compile(r'(?:,"is_error":(true|false))?(?:,"cache_control":(\{[^{}"]*(?:"[^"\\]*"[^{}"]*)*\}))?\}')
 _BLANK = " \t\n\r"
 _AGENT_TOOLS = frozenset({"Agent", "Task"})
 ToolRef = tuple[str, Any]  # (tool name, its tool_use input)
+_UNKNOWN_TOOL: ToolRef = ("(unknown)", None)
 _SAMPLE_CHARS = 200
+# tool_io detail keys per kind, spelled once rather than formatted per call.
+_IO_KEYS = {
+    "input": ("inputs", "input_bytes", "input_sample"),
+    "result": ("results", "result_bytes", "result_sample"),
+}
 
 
 def split_mcp_name(name: str, known: set[str] | frozenset[str] = frozenset()) -> tuple[str, str] | None:
@@ -127,7 +136,27 @@ def split_mcp_name(name: str, known: set[str] | frozenset[str] = frozenset()) ->
     return max(candidates, key=support)
 
 
+def _invoked_commands(s: str) -> frozenset[str]:
+    """Names in every ``<command-name>`` tag of the body (what ``findall`` would find).
+
+    A ``str.find`` loop: one C scan of the body, where ``in`` plus ``findall``
+    took two and the regex scan is slow.
+    """
+    out: set[str] = set()
+    find, match = s.find, _INVOKED_COMMAND.match
+    i = find("<command-name>")
+    while i != -1:
+        m = match(s, i)
+        if m is not None:
+            out.add(m.group(1))
+        i = find("<command-name>", m.end() if m is not None else i + 1)
+    return frozenset(out)
+
+
 class _Walker:
+    # The compact-JSON fast paths; tests turn them off to check they agree with the general walk.
+    fast = True
+
     def __init__(
         self, body: bytes, headers: Mapping[str, str] | None, path: str | None, commands: Collection[str]
     ) -> None:
@@ -145,10 +174,11 @@ class _Walker:
         self.mcp_names = self._mcp_names()
         self.known = Known(
             servers=frozenset(sp[0] for sp in map(self._split, self.mcp_names) if sp),
-            commands=frozenset(c.lstrip("/") for c in commands)
-            | frozenset(_INVOKED_COMMAND.findall(self.s) if "<command-name>" in self.s else ()),
+            commands=frozenset(c.lstrip("/") for c in commands) | _invoked_commands(self.s),
         )
         self.tool_uses: dict[str, tuple[str, Any]] = {}  # tool_use id -> (name, input)
+        # tool name -> tool_item(); not for Agent/Task, whose item depends on the input.
+        self.tool_items: dict[str, tuple[str, str, dict[str, Any]]] = {}
         self.pending_samples: dict[tuple[str, str, str], tuple[int, int]] = {}
         self.user_state = UserState()
         self.billing_subagent = False
@@ -178,7 +208,10 @@ class _Walker:
             return
         self.regions.append((start, end, category, item))
         if category is not None:
-            slot = self.details.setdefault((category, item), {})
+            key = (category, item)
+            slot = self.details.get(key)
+            if slot is None:
+                slot = self.details[key] = {}
             if detail:
                 slot.update(detail)
 
@@ -388,7 +421,7 @@ class _Walker:
 
     def message(self, index: int, pos: int) -> int:
         self.message_count = index + 1
-        head = _MESSAGE_HEAD.match(self.s, pos)
+        head = _MESSAGE_HEAD.match(self.s, pos) if self.fast else None
         if head is not None:
             end = self.content(head.group(1), head.end(), index)
             if self.s.startswith("}", end):
@@ -439,39 +472,48 @@ class _Walker:
             if role == "user":
                 self.user_state.pending_skill = None
                 self.user_state.expect_body = False
-            return self.arr(pos, lambda i, p: self.block(role, p, index, None))
+            return self.blocks(role, pos, index, None)
         end = skip_value(s, pos)
         self.unknown(pos, end)
         return end
 
     def tool_item(self, tool: str, params: Any = None) -> tuple[str, str, dict[str, Any]]:
+        """(category, item, base detail) of a tool's calls and results; the detail is shared: copy to keep it."""
         if tool in _AGENT_TOOLS:
             # A subagent's brief and answer are the custom agent's cost, not a tool's.
             kind = params.get("subagent_type") if isinstance(params, dict) else None
             kind = kind if isinstance(kind, str) and kind else "general-purpose"
             return AGENTS, f"{kind}/io", {"agent": kind, "tool": tool}
-        split = self._split(tool)
-        if split:
-            return MCP, f"{split[0]}/io:{split[1]}", {"server": split[0], "tool": split[1]}
-        return TOOL_IO, tool, {"tool": tool}
+        found = self.tool_items.get(tool)
+        if found is None:
+            split = self._split(tool)
+            if split:
+                found = (MCP, f"{split[0]}/io:{split[1]}", {"server": split[0], "tool": split[1]})
+            else:
+                found = (TOOL_IO, tool, {"tool": tool})
+            self.tool_items[tool] = found
+        return found
 
-    def tool_io(
-        self, tool: str, start: int, end: int, kind: str, sample: str | None, params: Any = None, quoted: bool = False
-    ) -> None:
+    def tool_io(self, tool: str, start: int, end: int, kind: str, params: Any = None, quoted: bool = False) -> None:
         """Region and counts for a tool input or result; ``quoted``: a string token, quotes excluded."""
         token = (start, end)
         if quoted:
             start, end = start + 1, end - 1
         category, item, base = self.tool_item(tool, params)
-        self.add(start, end, category, item, base)
-        slot = self.details[(category, item)] if end > start else self.details.setdefault((category, item), base)
-        slot[f"{kind}s"] = slot.get(f"{kind}s", 0) + 1
-        slot[f"{kind}_bytes"] = slot.get(f"{kind}_bytes", 0) + (end - start)
-        if sample is not None:
-            slot[f"{kind}_sample"] = sample[:_SAMPLE_CHARS]
-        elif end > start:
+        count_key, bytes_key, sample_key = _IO_KEYS[kind]
+        key = (category, item)
+        slot = self.details.get(key)
+        if end > start:
+            self.regions.append((start, end, category, item))
+            if slot is None:
+                slot = self.details[key] = {}
+            slot.update(base)
             # Only the latest sample is kept: decode it once, at the end.
-            self.pending_samples[(category, item, f"{kind}_sample")] = token
+            self.pending_samples[(category, item, sample_key)] = token
+        elif slot is None:
+            slot = self.details[key] = dict(base)
+        slot[count_key] = slot.get(count_key, 0) + 1
+        slot[bytes_key] = slot.get(bytes_key, 0) + (end - start)
 
     def sample(self, start: int, end: int) -> str:
         """Up to 200 chars of a value's text, decoding only its head."""
@@ -492,11 +534,11 @@ class _Walker:
     def tool_result_text(self, tool: ToolRef, start: int, end: int) -> None:
         """A tool result string; Claude Code may append ``<system-reminder>`` s to it."""
         if self.s.find("<system-reminder>", start, end) == -1:
-            self.tool_io(tool[0], start, end, "result", None, tool[1], quoted=True)
+            self.tool_io(tool[0], start, end, "result", tool[1], quoted=True)
             return
         text = rawjson.decode_string(self.b[start + 1 : end - 1])
         if text is None:
-            self.tool_io(tool[0], start, end, "result", None, tool[1], quoted=True)
+            self.tool_io(tool[0], start, end, "result", tool[1], quoted=True)
             return
         category, item, base = self.tool_item(*tool)
         sections = reminder_sections(text, REMINDERS, "other", self.known, outside=(category, item))
@@ -535,22 +577,67 @@ class _Walker:
         if text:
             self.text_regions(start, end, sections)
 
-    def block(self, role: str, pos: int, index: int, tool: ToolRef | None) -> int:
-        end = self.fast_block(role, pos, index, tool)
-        return end if end is not None else self.slow_block(role, pos, index, tool)
+    def blocks(self, role: str, pos: int, index: int, tool: ToolRef | None) -> int:
+        """A content (or tool result) array of blocks; :meth:`arr` with the per-block dispatch inlined."""
+        s = self.s
+        if s[pos] != "[":
+            raise Malformed(pos)
+        p = skip_ws(s, pos + 1)
+        if s[p] == "]":
+            return p + 1
+        fast = self.fast
+        while True:
+            end = self.fast_block(role, p, index, tool) if fast else None
+            if end is None:
+                end = self.slow_block(role, p, index, tool)
+            if end > self.good:
+                self.good = end
+            c = s[end]
+            if c in _BLANK:
+                p = skip_ws(s, end)
+                c = s[p]
+            else:
+                p = end
+            if c == ",":
+                p += 1
+                if s[p] in _BLANK:
+                    p = skip_ws(s, p)
+            elif c == "]":
+                return p + 1
+            else:
+                raise Malformed(p)
 
     def fast_block(self, role: str, pos: int, index: int, tool: ToolRef | None) -> int | None:
+        """A compact text / tool_use / tool_result block in a few C-level matches; None: not one.
+
+        Returns None only before any side effect, so :meth:`slow_block` can take over.
+        """
         s = self.s
-        if s.startswith(_TEXT_HEAD, pos):
-            a = pos + len(_TEXT_HEAD) - 1
+        m = _BLOCK_HEAD.match(s, pos)
+        if m is None:
+            return None
+        kind = m.lastindex
+        a = m.end()
+        if kind == _HEAD_TEXT:
+            a -= 1  # the text's opening quote
             b = string_end(s, a)
             tail = _BLOCK_TAIL.match(s, b)
             if tail is None or tail.group(1) is not None:
                 return None
-            self.text(role, a, b, index, tool)
-        elif (m := _RESULT_HEAD.match(s, pos)) is not None:
-            ref = self.tool_uses.get(m.group(1) or m.group(2) or "") or ("(unknown)", None)
-            a = m.end()
+            if role == "assistant" and tool is None:
+                self.add(a + 1, b - 1, ASSISTANT, "text")
+            else:
+                self.text(role, a, b, index, tool)
+        elif kind == _HEAD_USE_NAME:
+            tool_input, b = value(s, a)
+            tail = _BLOCK_TAIL.match(s, b)
+            if tail is None or tail.group(1) is not None:
+                return None
+            name = m.group(_HEAD_USE_NAME)
+            self.tool_uses[m.group(_HEAD_USE_ID)] = (name, tool_input)
+            self.tool_io(name, a, b, "input", tool_input)
+        else:  # a tool_result, whichever of its two usual key orders
+            ref = self.tool_uses.get(m.group(kind)) or _UNKNOWN_TOOL
             c = s[a]
             if c == '"':
                 b = string_end(s, a)
@@ -562,20 +649,12 @@ class _Walker:
                 tail = _BLOCK_TAIL.match(s, skip_value(s, a))  # look before walking: no half-done work
                 if tail is None:
                     return None
-                self.arr(a, lambda i, p: self.block(role, p, index, ref))
+                self.blocks(role, a, index, ref)
             else:
                 return None
-            self.after_result(ref, tool, tail.group(1) == "true")
-        elif (m := _USE_HEAD.match(s, pos)) is not None:
-            a = m.end()
-            tool_input, b = value(s, a)
-            tail = _BLOCK_TAIL.match(s, b)
-            if tail is None or tail.group(1) is not None:
-                return None
-            self.tool_uses[m.group(1)] = (m.group(2), tool_input)
-            self.tool_io(m.group(2), a, b, "input", None, tool_input)
-        else:
-            return None
+            is_error = tail.group(1) == "true"
+            if is_error or (ref[0] == "Skill" and tool is None):
+                self.after_result(ref, tool, is_error)
         if tail.group(2) is not None:
             ttl = "1h" if '"1h"' in tail.group(2) else "5m"
             self.breakpoints.append(Breakpoint(GROUP_MESSAGES, tail.end(), ttl))
@@ -613,7 +692,7 @@ class _Walker:
                 return None
             ref = self.tool_ref(seen["tool_use_id"])
             walked.append(vstart)
-            return self.arr(vstart, lambda i, p: self.block(role, p, index, ref))
+            return self.blocks(role, vstart, index, ref)
 
         block, end = self.fields(pos, direct)
         kind = self.str_value(block.get("type"))
@@ -641,7 +720,7 @@ class _Walker:
                     tool_input = None
                 if tool_id:
                     self.tool_uses[tool_id] = (name, tool_input)
-                self.tool_io(name, vstart, vend, "input", None, tool_input)
+                self.tool_io(name, vstart, vend, "input", tool_input)
                 handled.add("input")
         elif kind is not None and kind.endswith("tool_result"):
             ref = self.tool_ref(block.get("tool_use_id"))
@@ -652,17 +731,17 @@ class _Walker:
                 handled.add("content")
                 if s[vstart] == "[":
                     if vstart not in walked:  # `direct` could not walk it in place
-                        self.arr(vstart, lambda i, p: self.block(role, p, index, ref))
+                        self.blocks(role, vstart, index, ref)
                 elif s[vstart] == '"':
                     self.tool_result_text(ref, vstart, vend)
                 else:
-                    self.tool_io(name, vstart, vend, "result", None, ref[1])
+                    self.tool_io(name, vstart, vend, "result", ref[1])
             if kind == "tool_result":
                 self.after_result(ref, tool, "is_error" in block and s.startswith("true", block["is_error"][1]))
         elif kind == "tool_reference" and tool is not None:
             for key, (kstart, vstart, vend) in block.items():
                 if key not in handled:
-                    self.tool_io(tool[0], vstart, vend, "result", None, tool[1])
+                    self.tool_io(tool[0], vstart, vend, "result", tool[1])
                     handled.add(key)
         elif kind in ("image", "document"):
             media = "document" if kind == "document" else "image"
@@ -689,7 +768,7 @@ class _Walker:
 
     def tool_ref(self, span: tuple[int, int, int] | None) -> ToolRef:
         tool_id = self.str_value(span) if span else None
-        return self.tool_uses.get(tool_id or "") or ("(unknown)", None)
+        return self.tool_uses.get(tool_id or "") or _UNKNOWN_TOOL
 
     # -- results --------------------------------------------------------------------
 
@@ -714,6 +793,55 @@ def _cuts(spans: dict[str, tuple[int, int]], breakpoints: list[Breakpoint]) -> l
     for a, b in spans.values():
         points.update((a, b))
     return sorted(points)
+
+
+_END = operator.itemgetter(1)
+_new_tuple = tuple.__new__  # builds a Region without its Python-level __new__, which costs several times more
+_STRUCTURE = (FRAMING, "structure")
+
+
+def _partition(
+    raw: list[tuple[int, int, str | None, str]], limit: int, cuts: list[int], prompt: tuple[str, str]
+) -> tuple[list[Region], dict[tuple[str, str], int]]:
+    """The walker's sorted raw regions -> final regions up to ``limit``, and bytes per (category, item).
+
+    Gaps inside the walked structure become ``framing``/``structure``, split at
+    ``cuts`` (group and breakpoint boundaries) so no region straddles one; unknown
+    members (category None) stay gaps. Sizes are summed in region order, so the
+    items come out in first-seen order.
+    """
+    regions: list[Region] = []
+    append = regions.append
+    sizes: dict[tuple[str, str], int] = {}
+    ncuts = len(cuts)
+    next_cut = 0  # index of the first cut after the cursor
+    cursor = 0
+    for region in (*raw, (limit, limit, None, "")):  # the sentinel closes the last gap
+        start, end, category, item = region
+        if start < cursor:  # never overlap, whatever a future wire format does
+            start = cursor
+            if start >= end:
+                continue
+            region = (start, end, category, item)
+        if start > cursor:
+            a = cursor
+            while next_cut < ncuts and cuts[next_cut] <= a:
+                next_cut += 1
+            while next_cut < ncuts and cuts[next_cut] < start:
+                append(_new_tuple(Region, (a, cuts[next_cut], FRAMING, "structure")))
+                a = cuts[next_cut]
+                next_cut += 1
+            append(_new_tuple(Region, (a, start, FRAMING, "structure")))
+            sizes[_STRUCTURE] = sizes.get(_STRUCTURE, 0) + (start - cursor)
+        if category is not None:
+            if item == _PROMPT:
+                category, item = prompt
+                region = (start, end, category, item)
+            append(_new_tuple(Region, region))
+            key = (category, item)
+            sizes[key] = sizes.get(key, 0) + (end - start)
+        cursor = end
+    return regions, sizes
 
 
 def group_of(spans: dict[str, tuple[int, int]], pos: int) -> int:
@@ -758,48 +886,21 @@ def attribute_request(
     n = walker.n
     limit = walker.good if error is None else max([walker.good] + [r[1] for r in walker.regions])
     limit = min(limit, n)
-    raw_regions = sorted(r for r in walker.regions if r[1] <= limit)
-    cuts = _cuts(walker.spans, walker.breakpoints)
-    regions: list[Region] = []
-
-    def framing(a: int, b: int) -> None:
-        # Split at group and breakpoint boundaries so no region straddles one.
-        i = bisect.bisect_right(cuts, a)
-        while i < len(cuts) and cuts[i] < b:
-            regions.append(Region(a, cuts[i], FRAMING, "structure"))
-            a = cuts[i]
-            i += 1
-        regions.append(Region(a, b, FRAMING, "structure"))
-
-    cursor = 0
+    raw_regions = walker.regions
+    if raw_regions and max(map(_END, raw_regions)) > limit:
+        raw_regions = [r for r in raw_regions if r[1] <= limit]
+    raw_regions.sort()  # the walk appends in byte order almost everywhere: a near-linear sort
     details = walker.details
     if prompt_category != SYSTEM and (SYSTEM, _PROMPT) in details:
         details[(prompt_category, prompt_item)] = details.pop((SYSTEM, _PROMPT))
     elif (SYSTEM, _PROMPT) in details:
         details[(SYSTEM, prompt_item)] = details.pop((SYSTEM, _PROMPT))
-    for start, end, category, item in raw_regions:
-        if start < cursor:  # never overlap, whatever a future wire format does
-            start = cursor
-            if start >= end:
-                continue
-        if start > cursor:
-            framing(cursor, start)
-        if category is not None:
-            if item == _PROMPT:
-                category, item = prompt_category, prompt_item
-            regions.append(Region(start, end, category, item))
-        cursor = end
-    if cursor < limit:
-        framing(cursor, limit)
+    regions, sizes = _partition(raw_regions, limit, _cuts(walker.spans, walker.breakpoints), (prompt_category, prompt_item))
 
-    totals: dict[tuple[str, str], ItemTotal] = {}
-    for region in regions:
-        key = (region.category, region.item)
-        total = totals.get(key)
-        if total is None:
-            total = totals[key] = ItemTotal(region.category, region.item, detail=dict(details.get(key, {})))
-        total.bytes += region.size
-    covered = sum(t.bytes for t in totals.values())
+    totals = {
+        key: ItemTotal(key[0], key[1], size, detail=dict(details.get(key, {}))) for key, size in sizes.items()
+    }
+    covered = sum(sizes.values())
     unattributed = n - covered
     if unattributed:
         totals[(UNATTRIBUTED, "")] = ItemTotal(UNATTRIBUTED, "", unattributed, detail={"parse_error": error} if error else {})
