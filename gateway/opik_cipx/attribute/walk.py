@@ -11,6 +11,7 @@ the last well-formed position keeps its regions and the rest is unattributed.
 
 from __future__ import annotations
 
+import bisect
 import operator
 import re
 from collections.abc import Callable, Collection, Mapping
@@ -73,11 +74,14 @@ FRAMING_KEYS = frozenset(
     }
 )
 _PROMPT = "\x00prompt"  # placeholder item for system[2]; named once the call kind is known
-# Starts with a literal so sre can skip ahead with a fast search; the `"name":`
-# before it is checked in Python on the few hits.
+# One sre scan for the literal finds the candidates; the name is read with
+# _MCP_NAME and the `"name":` before it checked in Python on the few hits.
+_MCP_PREFIX = re.compile("mcp__")
 _MCP_NAME = re.compile(r'mcp__[^"\\]+(?=")')
 _NAME_KEY = re.compile(r'"name"[ \t\n\r]*:[ \t\n\r]*"$')
 _INVOKED_COMMAND = re.compile(r"<command-name>/?([^<\s]+)</command-name>")
+_REMINDER_TAG = "<system-reminder>"
+_TAGS = re.compile(r"<(?:system-reminder|command-name)>")
 # One match per object member: optional blanks, the key, the colon, blanks up to the value.
 _MEMBER = re.compile(r'[ \t\n\r]*"([^"\\]*(?:\\.[^"\\]*)*)"[ \t\n\r]*:[ \t\n\r]*', re.S)
 _OBJ_SEP = re.compile(r"[ \t\n\r]*([,}])")
@@ -136,21 +140,23 @@ def split_mcp_name(name: str, known: set[str] | frozenset[str] = frozenset()) ->
     return max(candidates, key=support)
 
 
-def _invoked_commands(s: str) -> frozenset[str]:
-    """Names in every ``<command-name>`` tag of the body (what ``findall`` would find).
+def _scan_tags(s: str) -> tuple[list[int], frozenset[str]]:
+    """Offsets of every ``<system-reminder>`` tag, and the names in every ``<command-name>`` tag.
 
-    A ``str.find`` loop: one C scan of the body, where ``in`` plus ``findall``
-    took two and the regex scan is slow.
+    One sre scan finds both (its search for the literal ``<`` prefix runs at
+    ``str.find`` speed), instead of a ``str.find`` per tool result plus
+    ``in`` and ``findall`` over the body for commands. A command match never
+    contains another tag, so these are exactly the names ``findall`` finds.
     """
-    out: set[str] = set()
-    find, match = s.find, _INVOKED_COMMAND.match
-    i = find("<command-name>")
-    while i != -1:
-        m = match(s, i)
-        if m is not None:
-            out.add(m.group(1))
-        i = find("<command-name>", m.end() if m is not None else i + 1)
-    return frozenset(out)
+    reminders: list[int] = []
+    commands: set[str] = set()
+    command = _INVOKED_COMMAND.match
+    for m in _TAGS.finditer(s):
+        if m.end() - m.start() == len(_REMINDER_TAG):
+            reminders.append(m.start())
+        elif (c := command(s, m.start())) is not None:
+            commands.add(c.group(1))
+    return reminders, frozenset(commands)
 
 
 class _Walker:
@@ -172,9 +178,10 @@ class _Walker:
         self.spans: dict[str, tuple[int, int]] = {}
         self.good = 0
         self.mcp_names = self._mcp_names()
+        self.reminders, invoked = _scan_tags(self.s)  # reminders: sorted offsets
         self.known = Known(
             servers=frozenset(sp[0] for sp in map(self._split, self.mcp_names) if sp),
-            commands=frozenset(c.lstrip("/") for c in commands) | _invoked_commands(self.s),
+            commands=frozenset(c.lstrip("/") for c in commands) | invoked,
         )
         self.tool_uses: dict[str, tuple[str, Any]] = {}  # tool_use id -> (name, input)
         # tool name -> tool_item(); not for Agent/Task, whose item depends on the input.
@@ -189,13 +196,13 @@ class _Walker:
 
     def _mcp_names(self) -> set[str]:
         """Every ``"name": "mcp__…"`` value in the body (tool definitions and calls)."""
-        s, out, find = self.s, set(), self.s.find
-        i = find("mcp__")
-        while i != -1:  # str.find runs far faster than a regex scan for a literal
-            m = _MCP_NAME.match(s, i)
-            if m is not None and _NAME_KEY.search(s, max(0, i - 16), i):
+        s, out = self.s, set()
+        name, key = _MCP_NAME.match, _NAME_KEY.search
+        for hit in _MCP_PREFIX.finditer(s):  # sre's literal-prefix search: a little faster than a str.find loop
+            i = hit.start()
+            m = name(s, i)
+            if m is not None and key(s, max(0, i - 16), i):
                 out.add(m.group())
-            i = find("mcp__", i + 5)
         return out
 
     # -- primitives -----------------------------------------------------------------
@@ -251,7 +258,9 @@ class _Walker:
         s = self.s
         if s[pos] != "[":
             raise Malformed(pos)
-        p = skip_ws(s, pos + 1)
+        p = pos + 1
+        if s[p] in _BLANK:
+            p = skip_ws(s, p)
         if s[p] == "]":
             return p + 1
         i = 0
@@ -531,9 +540,14 @@ class _Walker:
                 break
         return text[:_SAMPLE_CHARS]
 
+    def has_reminder(self, start: int, end: int) -> bool:
+        """Whether a whole ``<system-reminder>`` tag lies in ``s[start:end]``."""
+        i = bisect.bisect_left(self.reminders, start)
+        return i < len(self.reminders) and self.reminders[i] + len(_REMINDER_TAG) <= end
+
     def tool_result_text(self, tool: ToolRef, start: int, end: int) -> None:
         """A tool result string; Claude Code may append ``<system-reminder>`` s to it."""
-        if self.s.find("<system-reminder>", start, end) == -1:
+        if not self.has_reminder(start, end):
             self.tool_io(tool[0], start, end, "result", tool[1], quoted=True)
             return
         text = rawjson.decode_string(self.b[start + 1 : end - 1])
@@ -582,7 +596,9 @@ class _Walker:
         s = self.s
         if s[pos] != "[":
             raise Malformed(pos)
-        p = skip_ws(s, pos + 1)
+        p = pos + 1
+        if s[p] in _BLANK:
+            p = skip_ws(s, p)
         if s[p] == "]":
             return p + 1
         fast = self.fast
@@ -618,47 +634,50 @@ class _Walker:
             return None
         kind = m.lastindex
         a = m.end()
+        # The value's end first, then the block's tail: nothing is recorded unless both read.
         if kind == _HEAD_TEXT:
             a -= 1  # the text's opening quote
             b = string_end(s, a)
+        elif kind == _HEAD_USE_NAME:
+            tool_input, b = value(s, a)
+        elif s[a] == '"':
+            b = string_end(s, a)
+        elif s[a] == "[":
+            b = skip_value(s, a)
+        else:
+            return None
+        if s.startswith("}", b):  # most blocks: no is_error, no cache_control
+            end, is_error, marker = b + 1, None, None
+        else:
             tail = _BLOCK_TAIL.match(s, b)
-            if tail is None or tail.group(1) is not None:
+            if tail is None:
+                return None
+            end, is_error, marker = tail.end(), tail.group(1), tail.group(2)
+
+        if kind == _HEAD_TEXT:
+            if is_error is not None:
                 return None
             if role == "assistant" and tool is None:
                 self.add(a + 1, b - 1, ASSISTANT, "text")
             else:
                 self.text(role, a, b, index, tool)
         elif kind == _HEAD_USE_NAME:
-            tool_input, b = value(s, a)
-            tail = _BLOCK_TAIL.match(s, b)
-            if tail is None or tail.group(1) is not None:
+            if is_error is not None:
                 return None
             name = m.group(_HEAD_USE_NAME)
             self.tool_uses[m.group(_HEAD_USE_ID)] = (name, tool_input)
             self.tool_io(name, a, b, "input", tool_input)
         else:  # a tool_result, whichever of its two usual key orders
             ref = self.tool_uses.get(m.group(kind)) or _UNKNOWN_TOOL
-            c = s[a]
-            if c == '"':
-                b = string_end(s, a)
-                tail = _BLOCK_TAIL.match(s, b)
-                if tail is None:
-                    return None
+            if s[a] == '"':
                 self.tool_result_text(ref, a, b)
-            elif c == "[":
-                tail = _BLOCK_TAIL.match(s, skip_value(s, a))  # look before walking: no half-done work
-                if tail is None:
-                    return None
-                self.blocks(role, a, index, ref)
             else:
-                return None
-            is_error = tail.group(1) == "true"
-            if is_error or (ref[0] == "Skill" and tool is None):
-                self.after_result(ref, tool, is_error)
-        if tail.group(2) is not None:
-            ttl = "1h" if '"1h"' in tail.group(2) else "5m"
-            self.breakpoints.append(Breakpoint(GROUP_MESSAGES, tail.end(), ttl))
-        return tail.end()
+                self.blocks(role, a, index, ref)
+            if is_error == "true" or (ref[0] == "Skill" and tool is None):
+                self.after_result(ref, tool, is_error == "true")
+        if marker is not None:
+            self.breakpoints.append(Breakpoint(GROUP_MESSAGES, end, "1h" if '"1h"' in marker else "5m"))
+        return end
 
     def after_result(self, ref: ToolRef, tool: ToolRef | None, is_error: bool) -> None:
         if ref[0] == "Skill" and tool is None:
@@ -808,13 +827,16 @@ def _partition(
     Gaps inside the walked structure become ``framing``/``structure``, split at
     ``cuts`` (group and breakpoint boundaries) so no region straddles one; unknown
     members (category None) stay gaps. Sizes are summed in region order, so the
-    items come out in first-seen order.
+    items come out in first-seen order. One pass, a handful of operations per
+    region: a 1 MB body has about a thousand.
     """
     regions: list[Region] = []
     append = regions.append
     sizes: dict[tuple[str, str], int] = {}
-    ncuts = len(cuts)
-    next_cut = 0  # index of the first cut after the cursor
+    structure = 0  # framing bytes, kept out of the dict until the end
+    cuts = [*cuts, max([limit, *cuts]) + 1]  # a sentinel no gap reaches: no bounds checks
+    next_cut = 0
+    cut = cuts[0]  # the first cut past the cursor, once a gap has moved it along
     cursor = 0
     for region in (*raw, (limit, limit, None, "")):  # the sentinel closes the last gap
         start, end, category, item = region
@@ -824,15 +846,19 @@ def _partition(
                 continue
             region = (start, end, category, item)
         if start > cursor:
+            while cut <= cursor:
+                next_cut += 1
+                cut = cuts[next_cut]
             a = cursor
-            while next_cut < ncuts and cuts[next_cut] <= a:
+            while cut < start:  # rare: the gap spans a group or breakpoint boundary
+                append(_new_tuple(Region, (a, cut, FRAMING, "structure")))
+                a = cut
                 next_cut += 1
-            while next_cut < ncuts and cuts[next_cut] < start:
-                append(_new_tuple(Region, (a, cuts[next_cut], FRAMING, "structure")))
-                a = cuts[next_cut]
-                next_cut += 1
+                cut = cuts[next_cut]
             append(_new_tuple(Region, (a, start, FRAMING, "structure")))
-            sizes[_STRUCTURE] = sizes.get(_STRUCTURE, 0) + (start - cursor)
+            if not structure:
+                sizes.setdefault(_STRUCTURE, 0)  # first seen here
+            structure += start - cursor
         if category is not None:
             if item == _PROMPT:
                 category, item = prompt
@@ -841,6 +867,8 @@ def _partition(
             key = (category, item)
             sizes[key] = sizes.get(key, 0) + (end - start)
         cursor = end
+    if structure:
+        sizes[_STRUCTURE] += structure
     return regions, sizes
 
 
