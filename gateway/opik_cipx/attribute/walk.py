@@ -18,6 +18,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from . import rawjson
+from .partition import PROMPT, partition
 from .rawjson import Malformed, skip_value, skip_ws, string_end, value
 from .sections import (
     BILLING_PREFIX,
@@ -73,7 +74,6 @@ FRAMING_KEYS = frozenset(
         "inference_geo",
     }
 )
-_PROMPT = "\x00prompt"  # placeholder item for system[2]; named once the call kind is known
 # One sre scan for the literal finds the candidates; the name is read with
 # _MCP_NAME and the `"name":` before it checked in Python on the few hits.
 _MCP_PREFIX = re.compile("mcp__")
@@ -89,6 +89,7 @@ _OBJ_CLOSE = re.compile(r"[ \t\n\r]*}")
 # Fast paths for the compact JSON Claude Code sends: one C-level match per message
 # or block instead of a member-by-member walk. Anything else takes the generic path.
 _MESSAGE_HEAD = re.compile(r'\{"role":"(user|assistant|system)","content":')
+_MESSAGE_BLOCKS = re.compile(r'\{"role":"(user|assistant|system)","content":\[')
 # One match tells the block kind (by ``lastindex``) and reaches its value.
 _BLOCK_HEAD = re.compile(
     r'\{"(?:type":"(?:(text)","text":"'
@@ -102,12 +103,12 @@ _BLANK = " \t\n\r"
 _AGENT_TOOLS = frozenset({"Agent", "Task"})
 ToolRef = tuple[str, Any]  # (tool name, its tool_use input)
 _UNKNOWN_TOOL: ToolRef = ("(unknown)", None)
+_ASSISTANT_TEXT = (ASSISTANT, "text")
 _SAMPLE_CHARS = 200
-# tool_io detail keys per kind, spelled once rather than formatted per call.
-_IO_KEYS = {
-    "input": ("inputs", "input_bytes", "input_sample"),
-    "result": ("results", "result_bytes", "result_sample"),
-}
+# tool_io's detail keys (count, bytes, sample) for a tool input and a tool result.
+IoKeys = tuple[str, str, str]
+INPUT: IoKeys = ("inputs", "input_bytes", "input_sample")
+RESULT: IoKeys = ("results", "result_bytes", "result_sample")
 
 
 def split_mcp_name(name: str, known: set[str] | frozenset[str] = frozenset()) -> tuple[str, str] | None:
@@ -340,7 +341,7 @@ class _Walker:
 
     def top_member(self, key: str, kstart: int, vstart: int) -> int:
         if key == "messages" and self.s[vstart] == "[":
-            end = self.arr(vstart, self.message)
+            end = self.messages(vstart)
             self.spans["messages"] = (vstart, end)
             return end
         if key == "system":
@@ -398,7 +399,7 @@ class _Walker:
             if text is not None and len(text) < 300 and "\n" not in text:  # a one-line identity sentence
                 self.add(start + 1, end - 1, SYSTEM, "identity", {"text": text})
                 return
-        self.add(start + 1, end - 1, SYSTEM, _PROMPT)
+        self.add(start + 1, end - 1, SYSTEM, PROMPT)
 
     # -- tools ----------------------------------------------------------------------
 
@@ -428,23 +429,57 @@ class _Walker:
 
     # -- messages -------------------------------------------------------------------
 
+    def messages(self, pos: int) -> int:
+        """The messages array: :meth:`arr` over :meth:`message`, with the usual compact message
+        (``{"role":…,"content":[`` blocks ``]}``) walked right here, without the calls per message."""
+        if not self.fast:
+            return self.arr(pos, self.message)
+        s = self.s
+        if s[pos] != "[":
+            raise Malformed(pos)
+        p = pos + 1
+        if s[p] in _BLANK:
+            p = skip_ws(s, p)
+        if s[p] == "]":
+            return p + 1
+        head = _MESSAGE_BLOCKS.match
+        index = 0
+        while True:
+            m = head(s, p)
+            if m is None:
+                end = self.message(index, p)
+            else:  # what message() and content() do for it
+                self.message_count = index + 1
+                role = m.group(1)
+                if role == "user":
+                    self.user_state.pending_skill = None
+                    self.user_state.expect_body = False
+                end = self.blocks(role, m.end() - 1, index, None)
+                end = end + 1 if s.startswith("}", end) else self.message_rest(p, end)
+            if end > self.good:
+                self.good = end
+            c = s[end]
+            if c in _BLANK:
+                p = skip_ws(s, end)
+                c = s[p]
+            else:
+                p = end
+            if c == ",":
+                p += 1
+                if s[p] in _BLANK:
+                    p = skip_ws(s, p)
+                index += 1
+            elif c == "]":
+                return p + 1
+            else:
+                raise Malformed(p)
+
     def message(self, index: int, pos: int) -> int:
         self.message_count = index + 1
         head = _MESSAGE_HEAD.match(self.s, pos) if self.fast else None
         if head is not None:
             end = self.content(head.group(1), head.end(), index)
-            if self.s.startswith("}", end):
-                return end + 1
-            sep = _OBJ_SEP.match(self.s, end)
-            if sep is None or sep.group(1) != ",":
-                raise Malformed(end)
-
-            def extra(key: str, kstart: int, vstart: int) -> int:
-                vend = skip_value(self.s, vstart)
-                self.unknown(kstart, vend)
-                return vend
-
-            return self.obj(pos, extra, resume=sep.end())
+            return end + 1 if self.s.startswith("}", end) else self.message_rest(pos, end)
         if self.s[pos] != "{":
             end = skip_value(self.s, pos)
             self.unknown(pos, end)
@@ -470,6 +505,19 @@ class _Walker:
         for vstart in deferred:
             self.content(role[0] or "", vstart, index)
         return end
+
+    def message_rest(self, pos: int, end: int) -> int:
+        """The members after a fast path's ``content`` (ending at ``end``): unknown, so unattributed."""
+        sep = _OBJ_SEP.match(self.s, end)
+        if sep is None or sep.group(1) != ",":
+            raise Malformed(end)
+
+        def extra(key: str, kstart: int, vstart: int) -> int:
+            vend = skip_value(self.s, vstart)
+            self.unknown(kstart, vend)
+            return vend
+
+        return self.obj(pos, extra, resume=sep.end())
 
     def content(self, role: str, pos: int, index: int) -> int:
         s = self.s
@@ -503,13 +551,13 @@ class _Walker:
             self.tool_items[tool] = found
         return found
 
-    def tool_io(self, tool: str, start: int, end: int, kind: str, params: Any = None, quoted: bool = False) -> None:
-        """Region and counts for a tool input or result; ``quoted``: a string token, quotes excluded."""
+    def tool_io(self, tool: str, start: int, end: int, kind: IoKeys, params: Any = None, quoted: bool = False) -> None:
+        """Region and counts for a tool input or result (``kind``: INPUT / RESULT); ``quoted``: a string token, quotes excluded."""
         token = (start, end)
         if quoted:
             start, end = start + 1, end - 1
-        category, item, base = self.tool_item(tool, params)
-        count_key, bytes_key, sample_key = _IO_KEYS[kind]
+        category, item, base = self.tool_items.get(tool) or self.tool_item(tool, params)
+        count_key, bytes_key, sample_key = kind
         key = (category, item)
         slot = self.details.get(key)
         if end > start:
@@ -540,19 +588,17 @@ class _Walker:
                 break
         return text[:_SAMPLE_CHARS]
 
-    def has_reminder(self, start: int, end: int) -> bool:
-        """Whether a whole ``<system-reminder>`` tag lies in ``s[start:end]``."""
-        i = bisect.bisect_left(self.reminders, start)
-        return i < len(self.reminders) and self.reminders[i] + len(_REMINDER_TAG) <= end
-
     def tool_result_text(self, tool: ToolRef, start: int, end: int) -> None:
         """A tool result string; Claude Code may append ``<system-reminder>`` s to it."""
-        if not self.has_reminder(start, end):
-            self.tool_io(tool[0], start, end, "result", tool[1], quoted=True)
+        # Is a whole <system-reminder> tag inside the token? Tags are few, results many: bisect.
+        reminders = self.reminders
+        i = bisect.bisect_left(reminders, start)
+        if i == len(reminders) or reminders[i] + len(_REMINDER_TAG) > end:
+            self.tool_io(tool[0], start, end, RESULT, tool[1], quoted=True)
             return
         text = rawjson.decode_string(self.b[start + 1 : end - 1])
         if text is None:
-            self.tool_io(tool[0], start, end, "result", tool[1], quoted=True)
+            self.tool_io(tool[0], start, end, RESULT, tool[1], quoted=True)
             return
         category, item, base = self.tool_item(*tool)
         sections = reminder_sections(text, REMINDERS, "other", self.known, outside=(category, item))
@@ -609,6 +655,11 @@ class _Walker:
             if end > self.good:
                 self.good = end
             c = s[end]
+            if c == ",":  # compact: the usual case first
+                p = end + 1
+                if s[p] in _BLANK:
+                    p = skip_ws(s, p)
+                continue
             if c in _BLANK:
                 p = skip_ws(s, end)
                 c = s[p]
@@ -637,11 +688,12 @@ class _Walker:
         # The value's end first, then the block's tail: nothing is recorded unless both read.
         if kind == _HEAD_TEXT:
             a -= 1  # the text's opening quote
-            b = string_end(s, a)
-        elif kind == _HEAD_USE_NAME:
+        if kind == _HEAD_USE_NAME:
             tool_input, b = value(s, a)
         elif s[a] == '"':
-            b = string_end(s, a)
+            # string_end(), inlined for the usual string: no backslash before the closing quote.
+            q = s.find('"', a + 1)
+            b = q + 1 if q > 0 and s[q - 1] != "\\" else string_end(s, a)
         elif s[a] == "[":
             b = skip_value(s, a)
         else:
@@ -658,7 +710,10 @@ class _Walker:
             if is_error is not None:
                 return None
             if role == "assistant" and tool is None:
-                self.add(a + 1, b - 1, ASSISTANT, "text")
+                if b - a > 2:  # add(), inlined: the most common region of a long conversation
+                    self.regions.append((a + 1, b - 1, ASSISTANT, "text"))
+                    if _ASSISTANT_TEXT not in self.details:
+                        self.details[_ASSISTANT_TEXT] = {}
             else:
                 self.text(role, a, b, index, tool)
         elif kind == _HEAD_USE_NAME:
@@ -666,7 +721,7 @@ class _Walker:
                 return None
             name = m.group(_HEAD_USE_NAME)
             self.tool_uses[m.group(_HEAD_USE_ID)] = (name, tool_input)
-            self.tool_io(name, a, b, "input", tool_input)
+            self.tool_io(name, a, b, INPUT, tool_input)
         else:  # a tool_result, whichever of its two usual key orders
             ref = self.tool_uses.get(m.group(kind)) or _UNKNOWN_TOOL
             if s[a] == '"':
@@ -739,7 +794,7 @@ class _Walker:
                     tool_input = None
                 if tool_id:
                     self.tool_uses[tool_id] = (name, tool_input)
-                self.tool_io(name, vstart, vend, "input", tool_input)
+                self.tool_io(name, vstart, vend, INPUT, tool_input)
                 handled.add("input")
         elif kind is not None and kind.endswith("tool_result"):
             ref = self.tool_ref(block.get("tool_use_id"))
@@ -754,13 +809,13 @@ class _Walker:
                 elif s[vstart] == '"':
                     self.tool_result_text(ref, vstart, vend)
                 else:
-                    self.tool_io(name, vstart, vend, "result", ref[1])
+                    self.tool_io(name, vstart, vend, RESULT, ref[1])
             if kind == "tool_result":
                 self.after_result(ref, tool, "is_error" in block and s.startswith("true", block["is_error"][1]))
         elif kind == "tool_reference" and tool is not None:
             for key, (kstart, vstart, vend) in block.items():
                 if key not in handled:
-                    self.tool_io(tool[0], vstart, vend, "result", tool[1])
+                    self.tool_io(tool[0], vstart, vend, RESULT, tool[1])
                     handled.add(key)
         elif kind in ("image", "document"):
             media = "document" if kind == "document" else "image"
@@ -814,64 +869,6 @@ def _cuts(spans: dict[str, tuple[int, int]], breakpoints: list[Breakpoint]) -> l
     return sorted(points)
 
 
-_END = operator.itemgetter(1)
-_new_tuple = tuple.__new__  # builds a Region without its Python-level __new__, which costs several times more
-_STRUCTURE = (FRAMING, "structure")
-
-
-def _partition(
-    raw: list[tuple[int, int, str | None, str]], limit: int, cuts: list[int], prompt: tuple[str, str]
-) -> tuple[list[Region], dict[tuple[str, str], int]]:
-    """The walker's sorted raw regions -> final regions up to ``limit``, and bytes per (category, item).
-
-    Gaps inside the walked structure become ``framing``/``structure``, split at
-    ``cuts`` (group and breakpoint boundaries) so no region straddles one; unknown
-    members (category None) stay gaps. Sizes are summed in region order, so the
-    items come out in first-seen order. One pass, a handful of operations per
-    region: a 1 MB body has about a thousand.
-    """
-    regions: list[Region] = []
-    append = regions.append
-    sizes: dict[tuple[str, str], int] = {}
-    structure = 0  # framing bytes, kept out of the dict until the end
-    cuts = [*cuts, max([limit, *cuts]) + 1]  # a sentinel no gap reaches: no bounds checks
-    next_cut = 0
-    cut = cuts[0]  # the first cut past the cursor, once a gap has moved it along
-    cursor = 0
-    for region in (*raw, (limit, limit, None, "")):  # the sentinel closes the last gap
-        start, end, category, item = region
-        if start < cursor:  # never overlap, whatever a future wire format does
-            start = cursor
-            if start >= end:
-                continue
-            region = (start, end, category, item)
-        if start > cursor:
-            while cut <= cursor:
-                next_cut += 1
-                cut = cuts[next_cut]
-            a = cursor
-            while cut < start:  # rare: the gap spans a group or breakpoint boundary
-                append(_new_tuple(Region, (a, cut, FRAMING, "structure")))
-                a = cut
-                next_cut += 1
-                cut = cuts[next_cut]
-            append(_new_tuple(Region, (a, start, FRAMING, "structure")))
-            if not structure:
-                sizes.setdefault(_STRUCTURE, 0)  # first seen here
-            structure += start - cursor
-        if category is not None:
-            if item == _PROMPT:
-                category, item = prompt
-                region = (start, end, category, item)
-            append(_new_tuple(Region, region))
-            key = (category, item)
-            sizes[key] = sizes.get(key, 0) + (end - start)
-        cursor = end
-    if structure:
-        sizes[_STRUCTURE] += structure
-    return regions, sizes
-
-
 def group_of(spans: dict[str, tuple[int, int]], pos: int) -> int:
     for name, group in (("tools", GROUP_TOOLS), ("system", GROUP_SYSTEM), ("messages", GROUP_MESSAGES)):
         span = spans.get(name)
@@ -915,15 +912,15 @@ def attribute_request(
     limit = walker.good if error is None else max([walker.good] + [r[1] for r in walker.regions])
     limit = min(limit, n)
     raw_regions = walker.regions
-    if raw_regions and max(map(_END, raw_regions)) > limit:
+    if raw_regions and max(map(operator.itemgetter(1), raw_regions)) > limit:
         raw_regions = [r for r in raw_regions if r[1] <= limit]
     raw_regions.sort()  # the walk appends in byte order almost everywhere: a near-linear sort
     details = walker.details
-    if prompt_category != SYSTEM and (SYSTEM, _PROMPT) in details:
-        details[(prompt_category, prompt_item)] = details.pop((SYSTEM, _PROMPT))
-    elif (SYSTEM, _PROMPT) in details:
-        details[(SYSTEM, prompt_item)] = details.pop((SYSTEM, _PROMPT))
-    regions, sizes = _partition(raw_regions, limit, _cuts(walker.spans, walker.breakpoints), (prompt_category, prompt_item))
+    if prompt_category != SYSTEM and (SYSTEM, PROMPT) in details:
+        details[(prompt_category, prompt_item)] = details.pop((SYSTEM, PROMPT))
+    elif (SYSTEM, PROMPT) in details:
+        details[(SYSTEM, prompt_item)] = details.pop((SYSTEM, PROMPT))
+    regions, sizes = partition(raw_regions, limit, _cuts(walker.spans, walker.breakpoints), (prompt_category, prompt_item))
 
     totals = {
         key: ItemTotal(key[0], key[1], size, detail=dict(details.get(key, {}))) for key, size in sizes.items()
