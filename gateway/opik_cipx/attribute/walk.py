@@ -81,7 +81,9 @@ _MCP_NAME = re.compile(r'mcp__[^"\\]+(?=")')
 _NAME_KEY = re.compile(r'"name"[ \t\n\r]*:[ \t\n\r]*"$')
 _INVOKED_COMMAND = re.compile(r"<command-name>/?([^<\s]+)</command-name>")
 _REMINDER_TAG = "<system-reminder>"
+_TAG_NAMES = (_REMINDER_TAG, "<command-name>")
 _TAGS = re.compile(r"<(?:system-reminder|command-name)>")
+_TAG_HOPS = 256  # '<' visited one by one before the tag scan hands over to sre
 # One match per object member: optional blanks, the key, the colon, blanks up to the value.
 _MEMBER = re.compile(r'[ \t\n\r]*"([^"\\]*(?:\\.[^"\\]*)*)"[ \t\n\r]*:[ \t\n\r]*', re.S)
 _OBJ_SEP = re.compile(r"[ \t\n\r]*([,}])")
@@ -144,19 +146,38 @@ def split_mcp_name(name: str, known: set[str] | frozenset[str] = frozenset()) ->
 def _scan_tags(s: str) -> tuple[list[int], frozenset[str]]:
     """Offsets of every ``<system-reminder>`` tag, and the names in every ``<command-name>`` tag.
 
-    One sre scan finds both (its search for the literal ``<`` prefix runs at
-    ``str.find`` speed), instead of a ``str.find`` per tool result plus
+    One pass over the body for both, instead of a search per tool result plus
     ``in`` and ``findall`` over the body for commands. A command match never
     contains another tag, so these are exactly the names ``findall`` finds.
+
+    ``str.find`` (memchr) hops from ``<`` to ``<`` while they are few, as in
+    prose and logs; past ``_TAG_HOPS`` of them (code, markup) the rest is one
+    sre scan, whose ``<`` prefix search is slower than memchr but has no
+    Python step per ``<``. Either way, the same tags.
     """
     reminders: list[int] = []
     commands: set[str] = set()
     command = _INVOKED_COMMAND.match
-    for m in _TAGS.finditer(s):
-        if m.end() - m.start() == len(_REMINDER_TAG):
-            reminders.append(m.start())
-        elif (c := command(s, m.start())) is not None:
-            commands.add(c.group(1))
+    find, at = s.find, s.startswith
+    i = find("<")
+    for _ in range(_TAG_HOPS):
+        if i == -1:
+            break
+        if not at(_TAG_NAMES, i):
+            i = find("<", i + 1)
+        elif s[i + 1] == "s":
+            reminders.append(i)
+            i = find("<", i + len(_REMINDER_TAG))
+        else:
+            if (c := command(s, i)) is not None:
+                commands.add(c.group(1))
+            i = find("<", i + len("<command-name>"))
+    else:
+        for m in _TAGS.finditer(s, i) if i != -1 else ():
+            if m.end() - m.start() == len(_REMINDER_TAG):
+                reminders.append(m.start())
+            elif (c := command(s, m.start())) is not None:
+                commands.add(c.group(1))
     return reminders, frozenset(commands)
 
 
