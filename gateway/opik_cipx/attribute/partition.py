@@ -45,15 +45,16 @@ def partition(raw: list[RawRegion], limit: int, cuts: list[int], prompt: Key) ->
                 continue
             region = (start, end, category, item)
         if start > cursor:
-            while cut <= cursor:
-                next_cut += 1
-                cut = cuts[next_cut]
             a = cursor
-            while cut < start:  # rare: the gap spans a group or breakpoint boundary
-                append(_new(Region, (a, cut, FRAMING, "structure")))
-                a = cut
-                next_cut += 1
-                cut = cuts[next_cut]
+            if cut < start:  # rare: a cut behind the cursor, or the gap spans one
+                while cut <= a:
+                    next_cut += 1
+                    cut = cuts[next_cut]
+                while cut < start:
+                    append(_new(Region, (a, cut, FRAMING, "structure")))
+                    a = cut
+                    next_cut += 1
+                    cut = cuts[next_cut]
             append(_new(Region, (a, start, FRAMING, "structure")))
             if not structure:
                 sizes.setdefault(STRUCTURE, 0)  # first seen here: keeps the items' order

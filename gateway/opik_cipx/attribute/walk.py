@@ -91,7 +91,7 @@ _OBJ_CLOSE = re.compile(r"[ \t\n\r]*}")
 # Fast paths for the compact JSON Claude Code sends: one C-level match per message
 # or block instead of a member-by-member walk. Anything else takes the generic path.
 _MESSAGE_HEAD = re.compile(r'\{"role":"(user|assistant|system)","content":')
-_MESSAGE_BLOCKS = re.compile(r'\{"role":"(user|assistant|system)","content":\[')
+_MESSAGE_BLOCKS = re.compile(r'\{"role":"(user|assistant|system)","content":\[(?=\{)')
 # One match tells the block kind (by ``lastindex``) and reaches its value.
 _BLOCK_HEAD = re.compile(
     r'\{"(?:type":"(?:(text)","text":"'
@@ -101,6 +101,7 @@ _BLOCK_HEAD = re.compile(
 )
 _HEAD_TEXT, _HEAD_USE_ID, _HEAD_USE_NAME = 1, 2, 3  # groups 4 and 5: a tool_result's tool_use_id
 _BLOCK_TAIL = re.compile(r'(?:,"is_error":(true|false))?(?:,"cache_control":(\{[^{}"]*(?:"[^"\\]*"[^{}"]*)*\}))?\}')
+_NO_ERROR_TAIL = ',"is_error":false}'
 _BLANK = " \t\n\r"
 _AGENT_TOOLS = frozenset({"Agent", "Task"})
 ToolRef = tuple[str, Any]  # (tool name, its tool_use input)
@@ -475,11 +476,17 @@ class _Walker:
                 if role == "user":
                     self.user_state.pending_skill = None
                     self.user_state.expect_body = False
-                end = self.blocks(role, m.end() - 1, index, None)
+                end = self.block_run(role, m.end(), index, None)  # the head ends at the first block
                 end = end + 1 if s.startswith("}", end) else self.message_rest(p, end)
             if end > self.good:
                 self.good = end
             c = s[end]
+            if c == ",":  # compact: the usual case first
+                p = end + 1
+                if s[p] in _BLANK:
+                    p = skip_ws(s, p)
+                index += 1
+                continue
             if c in _BLANK:
                 p = skip_ws(s, end)
                 c = s[p]
@@ -609,12 +616,14 @@ class _Walker:
                 break
         return text[:_SAMPLE_CHARS]
 
+    def has_reminder(self, start: int, end: int) -> bool:
+        """Whether a whole ``<system-reminder>`` tag lies in ``s[start:end]`` (tags are few: bisect)."""
+        i = bisect.bisect_left(self.reminders, start)
+        return i < len(self.reminders) and self.reminders[i] + len(_REMINDER_TAG) <= end
+
     def tool_result_text(self, tool: ToolRef, start: int, end: int) -> None:
         """A tool result string; Claude Code may append ``<system-reminder>`` s to it."""
-        # Is a whole <system-reminder> tag inside the token? Tags are few, results many: bisect.
-        reminders = self.reminders
-        i = bisect.bisect_left(reminders, start)
-        if i == len(reminders) or reminders[i] + len(_REMINDER_TAG) > end:
+        if not self.has_reminder(start, end):
             self.tool_io(tool[0], start, end, RESULT, tool[1], quoted=True)
             return
         text = rawjson.decode_string(self.b[start + 1 : end - 1])
@@ -668,6 +677,11 @@ class _Walker:
             p = skip_ws(s, p)
         if s[p] == "]":
             return p + 1
+        return self.block_run(role, p, index, tool)
+
+    def block_run(self, role: str, p: int, index: int, tool: ToolRef | None) -> int:
+        """The blocks of a content array from its first one at ``p`` to past its ``]``."""
+        s = self.s
         fast = self.fast
         while True:
             end = self.fast_block(role, p, index, tool) if fast else None
@@ -721,6 +735,8 @@ class _Walker:
             return None
         if s.startswith("}", b):  # most blocks: no is_error, no cache_control
             end, is_error, marker = b + 1, None, None
+        elif s.startswith(_NO_ERROR_TAIL, b):  # how Claude Code ends many tool results
+            end, is_error, marker = b + len(_NO_ERROR_TAIL), "false", None
         else:
             tail = _BLOCK_TAIL.match(s, b)
             if tail is None:
@@ -745,10 +761,12 @@ class _Walker:
             self.tool_io(name, a, b, INPUT, tool_input)
         else:  # a tool_result, whichever of its two usual key orders
             ref = self.tool_uses.get(m.group(kind)) or _UNKNOWN_TOOL
-            if s[a] == '"':
-                self.tool_result_text(ref, a, b)
-            else:
+            if s[a] != '"':
                 self.blocks(role, a, index, ref)
+            elif self.has_reminder(a, b):
+                self.tool_result_text(ref, a, b)
+            else:  # tool_result_text() for the usual result without reminders
+                self.tool_io(ref[0], a, b, RESULT, ref[1], quoted=True)
             if is_error == "true" or (ref[0] == "Skill" and tool is None):
                 self.after_result(ref, tool, is_error == "true")
         if marker is not None:
