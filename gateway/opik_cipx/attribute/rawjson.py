@@ -13,6 +13,7 @@ through :func:`char_to_byte_offsets`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import json.decoder
 import json.scanner
@@ -117,7 +118,7 @@ def char_to_byte_offsets(raw: bytes, char_offsets: Sequence[int]) -> list[int]:
         return []
     if (
         char_offsets[0] >= 0
-        and all(a <= b for a, b in zip(char_offsets, char_offsets[1:]))
+        and all(a <= b for a, b in itertools.pairwise(char_offsets))
         and (raw.isascii() or _ESCAPED_NON_ASCII.search(raw) is None)
     ):
         out = _by_escapes(raw, char_offsets)

@@ -49,7 +49,6 @@ from .types import (
     Attribution,
     Breakpoint,
     ItemTotal,
-    Region,
 )
 
 # Top-level keys that carry settings rather than context; each is one framing item.
@@ -580,7 +579,10 @@ class _Walker:
         return found
 
     def tool_io(self, tool: str, start: int, end: int, kind: IoKeys, params: Any = None, quoted: bool = False) -> None:
-        """Region and counts for a tool input or result (``kind``: INPUT / RESULT); ``quoted``: a string token, quotes excluded."""
+        """Region and counts for a tool input or result (``kind``: INPUT / RESULT).
+
+        ``quoted``: the value is a string token, whose quotes stay out of the region.
+        """
         token = (start, end)
         if quoted:
             start, end = start + 1, end - 1
@@ -959,7 +961,8 @@ def attribute_request(
         details[(prompt_category, prompt_item)] = details.pop((SYSTEM, PROMPT))
     elif (SYSTEM, PROMPT) in details:
         details[(SYSTEM, prompt_item)] = details.pop((SYSTEM, PROMPT))
-    regions, sizes = partition(raw_regions, limit, _cuts(walker.spans, walker.breakpoints), (prompt_category, prompt_item))
+    cuts = _cuts(walker.spans, walker.breakpoints)
+    regions, sizes = partition(raw_regions, limit, cuts, (prompt_category, prompt_item))
 
     totals = {
         key: ItemTotal(key[0], key[1], size, detail=dict(details.get(key, {}))) for key, size in sizes.items()
