@@ -13,6 +13,7 @@ through :func:`char_to_byte_offsets`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import json.decoder
 import json.scanner
@@ -47,17 +48,17 @@ def string_end(s: str, pos: int) -> int:
     if s[pos] != '"':
         raise Malformed(pos)
     find = s.find
-    q = pos + 1
-    while True:
-        q = find('"', q)
-        if q == -1:
-            raise Malformed(pos)
-        k = q - 1
+    q = find('"', pos + 1)
+    while q != -1:
+        if s[q - 1] != "\\":  # the common case: no backslash to count
+            return q + 1
+        k = q - 2
         while s[k] == "\\":
             k -= 1
         if (q - 1 - k) % 2 == 0:
             return q + 1
-        q += 1
+        q = find('"', q + 1)
+    raise Malformed(pos)
 
 
 def value(s: str, pos: int) -> tuple[Any, int]:
@@ -95,13 +96,14 @@ def decode_string(raw: bytes) -> str | None:
 
 # One char of decoded text per match, except plain runs, which are many chars.
 # A surrogate pair escape decodes to one char (json joins the pair).
-_PIECE = re.compile(
-    rb"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
-    rb"|\\u[0-9a-fA-F]{4}"
-    rb"|\\."
-    rb"|[^\\]+",
-    re.S,
+_ESCAPES = (
+    r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+    r"|\\u[0-9a-fA-F]{4}"
+    r"|\\."
 )
+_PIECE = re.compile((_ESCAPES + r"|[^\\]+").encode(), re.S)
+_ESCAPE = re.compile(_ESCAPES, re.S)  # the same escapes, in decoded-UTF-8 text
+_ESCAPED_NON_ASCII = re.compile(rb"\\[\x80-\xff]")
 
 
 def char_to_byte_offsets(raw: bytes, char_offsets: Sequence[int]) -> list[int]:
@@ -112,9 +114,65 @@ def char_to_byte_offsets(raw: bytes, char_offsets: Sequence[int]) -> list[int]:
     always land on a piece boundary, never inside an escape sequence or inside a
     UTF-8 multi-byte sequence.
     """
-    out: list[int] = []
     if not char_offsets:
-        return out
+        return []
+    if (
+        char_offsets[0] >= 0
+        and all(a <= b for a, b in itertools.pairwise(char_offsets))
+        and (raw.isascii() or _ESCAPED_NON_ASCII.search(raw) is None)
+    ):
+        out = _by_escapes(raw, char_offsets)
+        if out is not None:
+            return out
+    return _by_pieces(raw, char_offsets)
+
+
+def _by_escapes(raw: bytes, char_offsets: Sequence[int]) -> list[int] | None:
+    """:func:`char_to_byte_offsets` visiting only the escapes; None when it cannot tell.
+
+    Outside escapes one char of decoded text is one char of ``raw`` decoded as
+    UTF-8 (an escape's bytes are ASCII, so a multi-byte sequence never spans
+    one): an offset is the target plus the extra chars of the escapes before
+    it, then converted to bytes. Each escape's chars are counted once, where
+    :func:`_by_pieces` decodes every plain run between them.
+    """
+    ascii_only = raw.isascii()
+    text = raw.decode("latin-1") if ascii_only else raw.decode("utf-8", "surrogateescape")
+    out: list[int] = []
+    want = iter(char_offsets)
+    target = next(want)
+    extra = 0  # chars of `text` beyond one per decoded char, in the escapes so far
+    end = 0
+    for m in _ESCAPE.finditer(text):
+        start, end = m.span()
+        while target + extra <= start:  # at or before this escape
+            out.append(target + extra)
+            target = next(want, None)
+            if target is None:
+                return out if ascii_only else _to_bytes(text, out)
+        extra += end - start - 1
+    if end < len(text) and text.endswith("\\"):
+        return None  # a lone backslash at the end: counted as no char at all; leave it to _by_pieces
+    while target is not None:
+        out.append(min(target + extra, len(text)))
+        target = next(want, None)
+    return out if ascii_only else _to_bytes(text, out)
+
+
+def _to_bytes(text: str, offsets: list[int]) -> list[int]:
+    """Offsets into ``text`` (sorted) -> offsets into its UTF-8 (surrogateescape) bytes."""
+    out: list[int] = []
+    chars = size = 0
+    for offset in offsets:
+        size += len(text[chars:offset].encode("utf-8", "surrogateescape"))
+        chars = offset
+        out.append(size)
+    return out
+
+
+def _by_pieces(raw: bytes, char_offsets: Sequence[int]) -> list[int]:
+    """:func:`char_to_byte_offsets`, piece by piece: the general case."""
+    out: list[int] = []
     want = iter(char_offsets)
     target = next(want, None)
     chars = 0

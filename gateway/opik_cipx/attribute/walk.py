@@ -12,11 +12,13 @@ the last well-formed position keeps its regions and the rest is unattributed.
 from __future__ import annotations
 
 import bisect
+import operator
 import re
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from . import rawjson
+from .partition import PROMPT, partition
 from .rawjson import Malformed, skip_value, skip_ws, string_end, value
 from .sections import (
     BILLING_PREFIX,
@@ -47,7 +49,6 @@ from .types import (
     Attribution,
     Breakpoint,
     ItemTotal,
-    Region,
 )
 
 # Top-level keys that carry settings rather than context; each is one framing item.
@@ -72,12 +73,16 @@ FRAMING_KEYS = frozenset(
         "inference_geo",
     }
 )
-_PROMPT = "\x00prompt"  # placeholder item for system[2]; named once the call kind is known
-# Starts with a literal so sre can skip ahead with a fast search; the `"name":`
-# before it is checked in Python on the few hits.
+# One sre scan for the literal finds the candidates; the name is read with
+# _MCP_NAME and the `"name":` before it checked in Python on the few hits.
+_MCP_PREFIX = re.compile("mcp__")
 _MCP_NAME = re.compile(r'mcp__[^"\\]+(?=")')
 _NAME_KEY = re.compile(r'"name"[ \t\n\r]*:[ \t\n\r]*"$')
 _INVOKED_COMMAND = re.compile(r"<command-name>/?([^<\s]+)</command-name>")
+_REMINDER_TAG = "<system-reminder>"
+_TAG_NAMES = (_REMINDER_TAG, "<command-name>")
+_TAGS = re.compile(r"<(?:system-reminder|command-name)>")
+_TAG_HOPS = 256  # '<' visited one by one before the tag scan hands over to sre
 # One match per object member: optional blanks, the key, the colon, blanks up to the value.
 _MEMBER = re.compile(r'[ \t\n\r]*"([^"\\]*(?:\\.[^"\\]*)*)"[ \t\n\r]*:[ \t\n\r]*', re.S)
 _OBJ_SEP = re.compile(r"[ \t\n\r]*([,}])")
@@ -85,16 +90,27 @@ _OBJ_CLOSE = re.compile(r"[ \t\n\r]*}")
 # Fast paths for the compact JSON Claude Code sends: one C-level match per message
 # or block instead of a member-by-member walk. Anything else takes the generic path.
 _MESSAGE_HEAD = re.compile(r'\{"role":"(user|assistant|system)","content":')
-_TEXT_HEAD = '{"type":"text","text":"'
-_RESULT_HEAD = re.compile(
-    r'\{"(?:tool_use_id":"([^"\\]*)","type":"tool_result"|type":"tool_result","tool_use_id":"([^"\\]*)"),"content":'
+_MESSAGE_BLOCKS = re.compile(r'\{"role":"(user|assistant|system)","content":\[(?=\{)')
+# One match tells the block kind (by ``lastindex``) and reaches its value.
+_BLOCK_HEAD = re.compile(
+    r'\{"(?:type":"(?:(text)","text":"'
+    r'|tool_use","id":"([^"\\]*)","name":"([^"\\]*)","input":'
+    r'|tool_result","tool_use_id":"([^"\\]*)","content":)'
+    r'|tool_use_id":"([^"\\]*)","type":"tool_result","content":)'
 )
-_USE_HEAD = re.compile(r'\{"type":"tool_use","id":"([^"\\]*)","name":"([^"\\]*)","input":')
+_HEAD_TEXT, _HEAD_USE_ID, _HEAD_USE_NAME = 1, 2, 3  # groups 4 and 5: a tool_result's tool_use_id
 _BLOCK_TAIL = re.compile(r'(?:,"is_error":(true|false))?(?:,"cache_control":(\{[^{}"]*(?:"[^"\\]*"[^{}"]*)*\}))?\}')
+_NO_ERROR_TAIL = ',"is_error":false}'
 _BLANK = " \t\n\r"
 _AGENT_TOOLS = frozenset({"Agent", "Task"})
 ToolRef = tuple[str, Any]  # (tool name, its tool_use input)
+_UNKNOWN_TOOL: ToolRef = ("(unknown)", None)
+_ASSISTANT_TEXT = (ASSISTANT, "text")
 _SAMPLE_CHARS = 200
+# tool_io's detail keys (count, bytes, sample) for a tool input and a tool result.
+IoKeys = tuple[str, str, str]
+INPUT: IoKeys = ("inputs", "input_bytes", "input_sample")
+RESULT: IoKeys = ("results", "result_bytes", "result_sample")
 
 
 def split_mcp_name(name: str, known: set[str] | frozenset[str] = frozenset()) -> tuple[str, str] | None:
@@ -127,7 +143,48 @@ def split_mcp_name(name: str, known: set[str] | frozenset[str] = frozenset()) ->
     return max(candidates, key=support)
 
 
+def _scan_tags(s: str) -> tuple[list[int], frozenset[str]]:
+    """Offsets of every ``<system-reminder>`` tag, and the names in every ``<command-name>`` tag.
+
+    One pass over the body for both, instead of a search per tool result plus
+    ``in`` and ``findall`` over the body for commands. A command match never
+    contains another tag, so these are exactly the names ``findall`` finds.
+
+    ``str.find`` (memchr) hops from ``<`` to ``<`` while they are few, as in
+    prose and logs; past ``_TAG_HOPS`` of them (code, markup) the rest is one
+    sre scan, whose ``<`` prefix search is slower than memchr but has no
+    Python step per ``<``. Either way, the same tags.
+    """
+    reminders: list[int] = []
+    commands: set[str] = set()
+    command = _INVOKED_COMMAND.match
+    find, at = s.find, s.startswith
+    i = find("<")
+    for _ in range(_TAG_HOPS):
+        if i == -1:
+            break
+        if not at(_TAG_NAMES, i):
+            i = find("<", i + 1)
+        elif s[i + 1] == "s":
+            reminders.append(i)
+            i = find("<", i + len(_REMINDER_TAG))
+        else:
+            if (c := command(s, i)) is not None:
+                commands.add(c.group(1))
+            i = find("<", i + len("<command-name>"))
+    else:
+        for m in _TAGS.finditer(s, i) if i != -1 else ():
+            if m.end() - m.start() == len(_REMINDER_TAG):
+                reminders.append(m.start())
+            elif (c := command(s, m.start())) is not None:
+                commands.add(c.group(1))
+    return reminders, frozenset(commands)
+
+
 class _Walker:
+    # The compact-JSON fast paths; tests turn them off to check they agree with the general walk.
+    fast = True
+
     def __init__(
         self, body: bytes, headers: Mapping[str, str] | None, path: str | None, commands: Collection[str]
     ) -> None:
@@ -143,12 +200,14 @@ class _Walker:
         self.spans: dict[str, tuple[int, int]] = {}
         self.good = 0
         self.mcp_names = self._mcp_names()
+        self.reminders, invoked = _scan_tags(self.s)  # reminders: sorted offsets
         self.known = Known(
             servers=frozenset(sp[0] for sp in map(self._split, self.mcp_names) if sp),
-            commands=frozenset(c.lstrip("/") for c in commands)
-            | frozenset(_INVOKED_COMMAND.findall(self.s) if "<command-name>" in self.s else ()),
+            commands=frozenset(c.lstrip("/") for c in commands) | invoked,
         )
         self.tool_uses: dict[str, tuple[str, Any]] = {}  # tool_use id -> (name, input)
+        # tool name -> tool_item(); not for Agent/Task, whose item depends on the input.
+        self.tool_items: dict[str, tuple[str, str, dict[str, Any]]] = {}
         self.pending_samples: dict[tuple[str, str, str], tuple[int, int]] = {}
         self.user_state = UserState()
         self.billing_subagent = False
@@ -159,13 +218,13 @@ class _Walker:
 
     def _mcp_names(self) -> set[str]:
         """Every ``"name": "mcp__…"`` value in the body (tool definitions and calls)."""
-        s, out, find = self.s, set(), self.s.find
-        i = find("mcp__")
-        while i != -1:  # str.find runs far faster than a regex scan for a literal
-            m = _MCP_NAME.match(s, i)
-            if m is not None and _NAME_KEY.search(s, max(0, i - 16), i):
+        s, out = self.s, set()
+        name, key = _MCP_NAME.match, _NAME_KEY.search
+        for hit in _MCP_PREFIX.finditer(s):  # sre's literal-prefix search: a little faster than a str.find loop
+            i = hit.start()
+            m = name(s, i)
+            if m is not None and key(s, max(0, i - 16), i):
                 out.add(m.group())
-            i = find("mcp__", i + 5)
         return out
 
     # -- primitives -----------------------------------------------------------------
@@ -178,7 +237,10 @@ class _Walker:
             return
         self.regions.append((start, end, category, item))
         if category is not None:
-            slot = self.details.setdefault((category, item), {})
+            key = (category, item)
+            slot = self.details.get(key)
+            if slot is None:
+                slot = self.details[key] = {}
             if detail:
                 slot.update(detail)
 
@@ -218,7 +280,9 @@ class _Walker:
         s = self.s
         if s[pos] != "[":
             raise Malformed(pos)
-        p = skip_ws(s, pos + 1)
+        p = pos + 1
+        if s[p] in _BLANK:
+            p = skip_ws(s, p)
         if s[p] == "]":
             return p + 1
         i = 0
@@ -298,7 +362,7 @@ class _Walker:
 
     def top_member(self, key: str, kstart: int, vstart: int) -> int:
         if key == "messages" and self.s[vstart] == "[":
-            end = self.arr(vstart, self.message)
+            end = self.messages(vstart)
             self.spans["messages"] = (vstart, end)
             return end
         if key == "system":
@@ -356,7 +420,7 @@ class _Walker:
             if text is not None and len(text) < 300 and "\n" not in text:  # a one-line identity sentence
                 self.add(start + 1, end - 1, SYSTEM, "identity", {"text": text})
                 return
-        self.add(start + 1, end - 1, SYSTEM, _PROMPT)
+        self.add(start + 1, end - 1, SYSTEM, PROMPT)
 
     # -- tools ----------------------------------------------------------------------
 
@@ -386,23 +450,63 @@ class _Walker:
 
     # -- messages -------------------------------------------------------------------
 
+    def messages(self, pos: int) -> int:
+        """The messages array: :meth:`arr` over :meth:`message`, with the usual compact message
+        (``{"role":…,"content":[`` blocks ``]}``) walked right here, without the calls per message."""
+        if not self.fast:
+            return self.arr(pos, self.message)
+        s = self.s
+        if s[pos] != "[":
+            raise Malformed(pos)
+        p = pos + 1
+        if s[p] in _BLANK:
+            p = skip_ws(s, p)
+        if s[p] == "]":
+            return p + 1
+        head = _MESSAGE_BLOCKS.match
+        index = 0
+        while True:
+            m = head(s, p)
+            if m is None:
+                end = self.message(index, p)
+            else:  # what message() and content() do for it
+                self.message_count = index + 1
+                role = m.group(1)
+                if role == "user":
+                    self.user_state.pending_skill = None
+                    self.user_state.expect_body = False
+                end = self.block_run(role, m.end(), index, None)  # the head ends at the first block
+                end = end + 1 if s.startswith("}", end) else self.message_rest(p, end)
+            if end > self.good:
+                self.good = end
+            c = s[end]
+            if c == ",":  # compact: the usual case first
+                p = end + 1
+                if s[p] in _BLANK:
+                    p = skip_ws(s, p)
+                index += 1
+                continue
+            if c in _BLANK:
+                p = skip_ws(s, end)
+                c = s[p]
+            else:
+                p = end
+            if c == ",":
+                p += 1
+                if s[p] in _BLANK:
+                    p = skip_ws(s, p)
+                index += 1
+            elif c == "]":
+                return p + 1
+            else:
+                raise Malformed(p)
+
     def message(self, index: int, pos: int) -> int:
         self.message_count = index + 1
-        head = _MESSAGE_HEAD.match(self.s, pos)
+        head = _MESSAGE_HEAD.match(self.s, pos) if self.fast else None
         if head is not None:
             end = self.content(head.group(1), head.end(), index)
-            if self.s.startswith("}", end):
-                return end + 1
-            sep = _OBJ_SEP.match(self.s, end)
-            if sep is None or sep.group(1) != ",":
-                raise Malformed(end)
-
-            def extra(key: str, kstart: int, vstart: int) -> int:
-                vend = skip_value(self.s, vstart)
-                self.unknown(kstart, vend)
-                return vend
-
-            return self.obj(pos, extra, resume=sep.end())
+            return end + 1 if self.s.startswith("}", end) else self.message_rest(pos, end)
         if self.s[pos] != "{":
             end = skip_value(self.s, pos)
             self.unknown(pos, end)
@@ -429,6 +533,19 @@ class _Walker:
             self.content(role[0] or "", vstart, index)
         return end
 
+    def message_rest(self, pos: int, end: int) -> int:
+        """The members after a fast path's ``content`` (ending at ``end``): unknown, so unattributed."""
+        sep = _OBJ_SEP.match(self.s, end)
+        if sep is None or sep.group(1) != ",":
+            raise Malformed(end)
+
+        def extra(key: str, kstart: int, vstart: int) -> int:
+            vend = skip_value(self.s, vstart)
+            self.unknown(kstart, vend)
+            return vend
+
+        return self.obj(pos, extra, resume=sep.end())
+
     def content(self, role: str, pos: int, index: int) -> int:
         s = self.s
         if s[pos] == '"':
@@ -439,39 +556,51 @@ class _Walker:
             if role == "user":
                 self.user_state.pending_skill = None
                 self.user_state.expect_body = False
-            return self.arr(pos, lambda i, p: self.block(role, p, index, None))
+            return self.blocks(role, pos, index, None)
         end = skip_value(s, pos)
         self.unknown(pos, end)
         return end
 
     def tool_item(self, tool: str, params: Any = None) -> tuple[str, str, dict[str, Any]]:
+        """(category, item, base detail) of a tool's calls and results; the detail is shared: copy to keep it."""
         if tool in _AGENT_TOOLS:
             # A subagent's brief and answer are the custom agent's cost, not a tool's.
             kind = params.get("subagent_type") if isinstance(params, dict) else None
             kind = kind if isinstance(kind, str) and kind else "general-purpose"
             return AGENTS, f"{kind}/io", {"agent": kind, "tool": tool}
-        split = self._split(tool)
-        if split:
-            return MCP, f"{split[0]}/io:{split[1]}", {"server": split[0], "tool": split[1]}
-        return TOOL_IO, tool, {"tool": tool}
+        found = self.tool_items.get(tool)
+        if found is None:
+            split = self._split(tool)
+            if split:
+                found = (MCP, f"{split[0]}/io:{split[1]}", {"server": split[0], "tool": split[1]})
+            else:
+                found = (TOOL_IO, tool, {"tool": tool})
+            self.tool_items[tool] = found
+        return found
 
-    def tool_io(
-        self, tool: str, start: int, end: int, kind: str, sample: str | None, params: Any = None, quoted: bool = False
-    ) -> None:
-        """Region and counts for a tool input or result; ``quoted``: a string token, quotes excluded."""
+    def tool_io(self, tool: str, start: int, end: int, kind: IoKeys, params: Any = None, quoted: bool = False) -> None:
+        """Region and counts for a tool input or result (``kind``: INPUT / RESULT).
+
+        ``quoted``: the value is a string token, whose quotes stay out of the region.
+        """
         token = (start, end)
         if quoted:
             start, end = start + 1, end - 1
-        category, item, base = self.tool_item(tool, params)
-        self.add(start, end, category, item, base)
-        slot = self.details[(category, item)] if end > start else self.details.setdefault((category, item), base)
-        slot[f"{kind}s"] = slot.get(f"{kind}s", 0) + 1
-        slot[f"{kind}_bytes"] = slot.get(f"{kind}_bytes", 0) + (end - start)
-        if sample is not None:
-            slot[f"{kind}_sample"] = sample[:_SAMPLE_CHARS]
-        elif end > start:
+        category, item, base = self.tool_items.get(tool) or self.tool_item(tool, params)
+        count_key, bytes_key, sample_key = kind
+        key = (category, item)
+        slot = self.details.get(key)
+        if end > start:
+            self.regions.append((start, end, category, item))
+            if slot is None:
+                slot = self.details[key] = {}
+            slot.update(base)
             # Only the latest sample is kept: decode it once, at the end.
-            self.pending_samples[(category, item, f"{kind}_sample")] = token
+            self.pending_samples[(category, item, sample_key)] = token
+        elif slot is None:
+            slot = self.details[key] = dict(base)
+        slot[count_key] = slot.get(count_key, 0) + 1
+        slot[bytes_key] = slot.get(bytes_key, 0) + (end - start)
 
     def sample(self, start: int, end: int) -> str:
         """Up to 200 chars of a value's text, decoding only its head."""
@@ -489,14 +618,19 @@ class _Walker:
                 break
         return text[:_SAMPLE_CHARS]
 
+    def has_reminder(self, start: int, end: int) -> bool:
+        """Whether a whole ``<system-reminder>`` tag lies in ``s[start:end]`` (tags are few: bisect)."""
+        i = bisect.bisect_left(self.reminders, start)
+        return i < len(self.reminders) and self.reminders[i] + len(_REMINDER_TAG) <= end
+
     def tool_result_text(self, tool: ToolRef, start: int, end: int) -> None:
         """A tool result string; Claude Code may append ``<system-reminder>`` s to it."""
-        if self.s.find("<system-reminder>", start, end) == -1:
-            self.tool_io(tool[0], start, end, "result", None, tool[1], quoted=True)
+        if not self.has_reminder(start, end):
+            self.tool_io(tool[0], start, end, RESULT, tool[1], quoted=True)
             return
         text = rawjson.decode_string(self.b[start + 1 : end - 1])
         if text is None:
-            self.tool_io(tool[0], start, end, "result", None, tool[1], quoted=True)
+            self.tool_io(tool[0], start, end, RESULT, tool[1], quoted=True)
             return
         category, item, base = self.tool_item(*tool)
         sections = reminder_sections(text, REMINDERS, "other", self.known, outside=(category, item))
@@ -535,51 +669,111 @@ class _Walker:
         if text:
             self.text_regions(start, end, sections)
 
-    def block(self, role: str, pos: int, index: int, tool: ToolRef | None) -> int:
-        end = self.fast_block(role, pos, index, tool)
-        return end if end is not None else self.slow_block(role, pos, index, tool)
+    def blocks(self, role: str, pos: int, index: int, tool: ToolRef | None) -> int:
+        """A content (or tool result) array of blocks; :meth:`arr` with the per-block dispatch inlined."""
+        s = self.s
+        if s[pos] != "[":
+            raise Malformed(pos)
+        p = pos + 1
+        if s[p] in _BLANK:
+            p = skip_ws(s, p)
+        if s[p] == "]":
+            return p + 1
+        return self.block_run(role, p, index, tool)
+
+    def block_run(self, role: str, p: int, index: int, tool: ToolRef | None) -> int:
+        """The blocks of a content array from its first one at ``p`` to past its ``]``."""
+        s = self.s
+        fast = self.fast
+        while True:
+            end = self.fast_block(role, p, index, tool) if fast else None
+            if end is None:
+                end = self.slow_block(role, p, index, tool)
+            if end > self.good:
+                self.good = end
+            c = s[end]
+            if c == ",":  # compact: the usual case first
+                p = end + 1
+                if s[p] in _BLANK:
+                    p = skip_ws(s, p)
+                continue
+            if c in _BLANK:
+                p = skip_ws(s, end)
+                c = s[p]
+            else:
+                p = end
+            if c == ",":
+                p += 1
+                if s[p] in _BLANK:
+                    p = skip_ws(s, p)
+            elif c == "]":
+                return p + 1
+            else:
+                raise Malformed(p)
 
     def fast_block(self, role: str, pos: int, index: int, tool: ToolRef | None) -> int | None:
+        """A compact text / tool_use / tool_result block in a few C-level matches; None: not one.
+
+        Returns None only before any side effect, so :meth:`slow_block` can take over.
+        """
         s = self.s
-        if s.startswith(_TEXT_HEAD, pos):
-            a = pos + len(_TEXT_HEAD) - 1
-            b = string_end(s, a)
-            tail = _BLOCK_TAIL.match(s, b)
-            if tail is None or tail.group(1) is not None:
-                return None
-            self.text(role, a, b, index, tool)
-        elif (m := _RESULT_HEAD.match(s, pos)) is not None:
-            ref = self.tool_uses.get(m.group(1) or m.group(2) or "") or ("(unknown)", None)
-            a = m.end()
-            c = s[a]
-            if c == '"':
-                b = string_end(s, a)
-                tail = _BLOCK_TAIL.match(s, b)
-                if tail is None:
-                    return None
-                self.tool_result_text(ref, a, b)
-            elif c == "[":
-                tail = _BLOCK_TAIL.match(s, skip_value(s, a))  # look before walking: no half-done work
-                if tail is None:
-                    return None
-                self.arr(a, lambda i, p: self.block(role, p, index, ref))
-            else:
-                return None
-            self.after_result(ref, tool, tail.group(1) == "true")
-        elif (m := _USE_HEAD.match(s, pos)) is not None:
-            a = m.end()
+        m = _BLOCK_HEAD.match(s, pos)
+        if m is None:
+            return None
+        kind = m.lastindex
+        a = m.end()
+        # The value's end first, then the block's tail: nothing is recorded unless both read.
+        if kind == _HEAD_TEXT:
+            a -= 1  # the text's opening quote
+        if kind == _HEAD_USE_NAME:
             tool_input, b = value(s, a)
-            tail = _BLOCK_TAIL.match(s, b)
-            if tail is None or tail.group(1) is not None:
-                return None
-            self.tool_uses[m.group(1)] = (m.group(2), tool_input)
-            self.tool_io(m.group(2), a, b, "input", None, tool_input)
+        elif s[a] == '"':
+            # string_end(), inlined for the usual string: no backslash before the closing quote.
+            q = s.find('"', a + 1)
+            b = q + 1 if q > 0 and s[q - 1] != "\\" else string_end(s, a)
+        elif s[a] == "[":
+            b = skip_value(s, a)
         else:
             return None
-        if tail.group(2) is not None:
-            ttl = "1h" if '"1h"' in tail.group(2) else "5m"
-            self.breakpoints.append(Breakpoint(GROUP_MESSAGES, tail.end(), ttl))
-        return tail.end()
+        if s.startswith("}", b):  # most blocks: no is_error, no cache_control
+            end, is_error, marker = b + 1, None, None
+        elif s.startswith(_NO_ERROR_TAIL, b):  # how Claude Code ends many tool results
+            end, is_error, marker = b + len(_NO_ERROR_TAIL), "false", None
+        else:
+            tail = _BLOCK_TAIL.match(s, b)
+            if tail is None:
+                return None
+            end, is_error, marker = tail.end(), tail.group(1), tail.group(2)
+
+        if kind == _HEAD_TEXT:
+            if is_error is not None:
+                return None
+            if role == "assistant" and tool is None:
+                if b - a > 2:  # add(), inlined: the most common region of a long conversation
+                    self.regions.append((a + 1, b - 1, ASSISTANT, "text"))
+                    if _ASSISTANT_TEXT not in self.details:
+                        self.details[_ASSISTANT_TEXT] = {}
+            else:
+                self.text(role, a, b, index, tool)
+        elif kind == _HEAD_USE_NAME:
+            if is_error is not None:
+                return None
+            name = m.group(_HEAD_USE_NAME)
+            self.tool_uses[m.group(_HEAD_USE_ID)] = (name, tool_input)
+            self.tool_io(name, a, b, INPUT, tool_input)
+        else:  # a tool_result, whichever of its two usual key orders
+            ref = self.tool_uses.get(m.group(kind)) or _UNKNOWN_TOOL
+            if s[a] != '"':
+                self.blocks(role, a, index, ref)
+            elif self.has_reminder(a, b):
+                self.tool_result_text(ref, a, b)
+            else:  # tool_result_text() for the usual result without reminders
+                self.tool_io(ref[0], a, b, RESULT, ref[1], quoted=True)
+            if is_error == "true" or (ref[0] == "Skill" and tool is None):
+                self.after_result(ref, tool, is_error == "true")
+        if marker is not None:
+            self.breakpoints.append(Breakpoint(GROUP_MESSAGES, end, "1h" if '"1h"' in marker else "5m"))
+        return end
 
     def after_result(self, ref: ToolRef, tool: ToolRef | None, is_error: bool) -> None:
         if ref[0] == "Skill" and tool is None:
@@ -613,7 +807,7 @@ class _Walker:
                 return None
             ref = self.tool_ref(seen["tool_use_id"])
             walked.append(vstart)
-            return self.arr(vstart, lambda i, p: self.block(role, p, index, ref))
+            return self.blocks(role, vstart, index, ref)
 
         block, end = self.fields(pos, direct)
         kind = self.str_value(block.get("type"))
@@ -641,7 +835,7 @@ class _Walker:
                     tool_input = None
                 if tool_id:
                     self.tool_uses[tool_id] = (name, tool_input)
-                self.tool_io(name, vstart, vend, "input", None, tool_input)
+                self.tool_io(name, vstart, vend, INPUT, tool_input)
                 handled.add("input")
         elif kind is not None and kind.endswith("tool_result"):
             ref = self.tool_ref(block.get("tool_use_id"))
@@ -652,17 +846,17 @@ class _Walker:
                 handled.add("content")
                 if s[vstart] == "[":
                     if vstart not in walked:  # `direct` could not walk it in place
-                        self.arr(vstart, lambda i, p: self.block(role, p, index, ref))
+                        self.blocks(role, vstart, index, ref)
                 elif s[vstart] == '"':
                     self.tool_result_text(ref, vstart, vend)
                 else:
-                    self.tool_io(name, vstart, vend, "result", None, ref[1])
+                    self.tool_io(name, vstart, vend, RESULT, ref[1])
             if kind == "tool_result":
                 self.after_result(ref, tool, "is_error" in block and s.startswith("true", block["is_error"][1]))
         elif kind == "tool_reference" and tool is not None:
             for key, (kstart, vstart, vend) in block.items():
                 if key not in handled:
-                    self.tool_io(tool[0], vstart, vend, "result", None, tool[1])
+                    self.tool_io(tool[0], vstart, vend, RESULT, tool[1])
                     handled.add(key)
         elif kind in ("image", "document"):
             media = "document" if kind == "document" else "image"
@@ -689,7 +883,7 @@ class _Walker:
 
     def tool_ref(self, span: tuple[int, int, int] | None) -> ToolRef:
         tool_id = self.str_value(span) if span else None
-        return self.tool_uses.get(tool_id or "") or ("(unknown)", None)
+        return self.tool_uses.get(tool_id or "") or _UNKNOWN_TOOL
 
     # -- results --------------------------------------------------------------------
 
@@ -758,48 +952,22 @@ def attribute_request(
     n = walker.n
     limit = walker.good if error is None else max([walker.good] + [r[1] for r in walker.regions])
     limit = min(limit, n)
-    raw_regions = sorted(r for r in walker.regions if r[1] <= limit)
-    cuts = _cuts(walker.spans, walker.breakpoints)
-    regions: list[Region] = []
-
-    def framing(a: int, b: int) -> None:
-        # Split at group and breakpoint boundaries so no region straddles one.
-        i = bisect.bisect_right(cuts, a)
-        while i < len(cuts) and cuts[i] < b:
-            regions.append(Region(a, cuts[i], FRAMING, "structure"))
-            a = cuts[i]
-            i += 1
-        regions.append(Region(a, b, FRAMING, "structure"))
-
-    cursor = 0
+    raw_regions = walker.regions
+    if raw_regions and max(map(operator.itemgetter(1), raw_regions)) > limit:
+        raw_regions = [r for r in raw_regions if r[1] <= limit]
+    raw_regions.sort()  # the walk appends in byte order almost everywhere: a near-linear sort
     details = walker.details
-    if prompt_category != SYSTEM and (SYSTEM, _PROMPT) in details:
-        details[(prompt_category, prompt_item)] = details.pop((SYSTEM, _PROMPT))
-    elif (SYSTEM, _PROMPT) in details:
-        details[(SYSTEM, prompt_item)] = details.pop((SYSTEM, _PROMPT))
-    for start, end, category, item in raw_regions:
-        if start < cursor:  # never overlap, whatever a future wire format does
-            start = cursor
-            if start >= end:
-                continue
-        if start > cursor:
-            framing(cursor, start)
-        if category is not None:
-            if item == _PROMPT:
-                category, item = prompt_category, prompt_item
-            regions.append(Region(start, end, category, item))
-        cursor = end
-    if cursor < limit:
-        framing(cursor, limit)
+    if prompt_category != SYSTEM and (SYSTEM, PROMPT) in details:
+        details[(prompt_category, prompt_item)] = details.pop((SYSTEM, PROMPT))
+    elif (SYSTEM, PROMPT) in details:
+        details[(SYSTEM, prompt_item)] = details.pop((SYSTEM, PROMPT))
+    cuts = _cuts(walker.spans, walker.breakpoints)
+    regions, sizes = partition(raw_regions, limit, cuts, (prompt_category, prompt_item))
 
-    totals: dict[tuple[str, str], ItemTotal] = {}
-    for region in regions:
-        key = (region.category, region.item)
-        total = totals.get(key)
-        if total is None:
-            total = totals[key] = ItemTotal(region.category, region.item, detail=dict(details.get(key, {})))
-        total.bytes += region.size
-    covered = sum(t.bytes for t in totals.values())
+    totals = {
+        key: ItemTotal(key[0], key[1], size, detail=dict(details.get(key, {}))) for key, size in sizes.items()
+    }
+    covered = sum(sizes.values())
     unattributed = n - covered
     if unattributed:
         totals[(UNATTRIBUTED, "")] = ItemTotal(UNATTRIBUTED, "", unattributed, detail={"parse_error": error} if error else {})
