@@ -178,6 +178,8 @@ class Downstream(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._reject(501, "opik-cipx: protocol upgrades and CONNECT are not forwarded")
         except httptools.HttpParserError as exc:
+            if isinstance(exc, httptools.HttpParserCallbackError) and not self.too_large:
+                log.error("proxy: error handling a request", exc_info=exc)  # a bug here, not bad input
             if self.too_large:
                 self._reject(431, f"opik-cipx: request head larger than {MAX_HEAD // 1024} KiB")
             else:
@@ -463,6 +465,8 @@ class Call:
         try:
             self.parser.feed_data(data)  # type: ignore[union-attr]
         except httptools.HttpParserError as exc:
+            if isinstance(exc, httptools.HttpParserCallbackError):
+                log.error("proxy: error handling a response", exc_info=exc)  # a bug here, not bad input
             if not self.finished:
                 self._upstream_failed(f"upstream sent an invalid response: {exc}", exc)
 
