@@ -85,3 +85,45 @@ async def test_a_journal_reference_that_does_not_hold_the_call_is_resent_inline(
     (ex,) = await captured(gateway)
     assert ex.request_body == request_body() and ex.usage is not None
     assert gateway.capture is not None and gateway.capture.stats.errors == 0
+
+
+def test_the_worker_waits_for_a_lull_but_not_forever(tmp_path: Any) -> None:
+    import threading
+    import time
+
+    from opik_cipx.capture import HeaderList, Recorder
+    from opik_cipx.capture_worker import BusyFlag
+
+    proxy_side = BusyFlag(tmp_path / "busy", write=True)
+    worker_side = BusyFlag(tmp_path / "busy", write=False)
+    rec = Recorder("POST", "/v1/messages", HeaderList([]))
+    rec.finish()
+
+    proxy_side.set(True)
+    assert worker_side.busy
+    threading.Timer(0.2, proxy_side.set, args=(False,)).start()
+    t0 = time.perf_counter()
+    worker_side.wait_for_lull(rec, max_defer=10.0)
+    assert 0.15 < time.perf_counter() - t0 < 2.0  # resumed when the proxy went quiet
+
+    proxy_side.set(True)
+    rec.t_end = time.perf_counter()
+    t0 = time.perf_counter()
+    worker_side.wait_for_lull(rec, max_defer=0.3)  # steady traffic: a call still gets captured
+    assert 0.25 < time.perf_counter() - t0 < 2.0
+
+
+async def test_the_proxy_raises_the_busy_flag_only_while_a_call_is_in_flight(
+    gateway: Gateway, upstream: FakeAnthropic
+) -> None:
+    from tests.support.fake_anthropic import Turn
+
+    worker = gateway._worker
+    assert worker is not None and not worker.busy.busy
+    upstream.script = [Turn(text="slow", event_delay=0.1)]
+    async with aiohttp.ClientSession() as s:
+        async with s.post(gateway.url + "/v1/messages", data=request_body(), headers={"x-api-key": API_KEY}) as r:
+            await r.content.readuntil(b"\n\n")
+            assert worker.busy.busy
+            await r.read()
+    assert not worker.busy.busy

@@ -370,7 +370,7 @@ class CaptureSink:
         *,
         max_pending: int = 10_000,
         max_pending_bytes: int = 128 * 1024**2,
-        max_batch: int = 64,
+        max_batch: int = 16,
         on_error: Callable[[str, BaseException], None] | None = None,
         journal: Any = None,
     ) -> None:

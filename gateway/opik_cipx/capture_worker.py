@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mmap
 import os
 import pickle
 import struct
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -63,6 +65,44 @@ def _read_frame(inp: BinaryIO) -> bytes | None:
     if len(payload) < size:
         return None
     return payload
+
+
+# A call waits at most this long after it ended for the proxy to go quiet before it is captured.
+MAX_DEFER = 3.0
+
+
+class BusyFlag:
+    """One shared byte: 1 while the proxy is forwarding a call.
+
+    The worker checks it before each call it captures and waits while it is set,
+    so capture CPU lands between calls; SCHED_IDLE alone still let it slow calls on
+    a small machine (shared caches, cores). Shared memory: setting it costs no syscall.
+    """
+
+    def __init__(self, path: Path, *, write: bool) -> None:
+        flags = os.O_RDWR | os.O_CREAT if write else os.O_RDONLY
+        fd = os.open(path, flags, 0o600)
+        try:
+            if write:
+                os.ftruncate(fd, 1)
+            self._map = mmap.mmap(fd, 1, prot=mmap.PROT_READ | (mmap.PROT_WRITE if write else 0))
+        finally:
+            os.close(fd)
+
+    def set(self, busy: bool) -> None:
+        self._map[0] = 1 if busy else 0
+
+    @property
+    def busy(self) -> bool:
+        return self._map[0] == 1
+
+    def wait_for_lull(self, rec: Recorder, max_defer: float = MAX_DEFER) -> None:
+        deadline = (rec.t_end or time.perf_counter()) + max_defer
+        while self.busy and time.perf_counter() < deadline:
+            time.sleep(0.002)
+
+    def close(self) -> None:
+        self._map.close()
 
 
 class JournalRefError(ValueError):
@@ -163,13 +203,24 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
 
     frames = _JournalReader(settings.journal_path)
     try:
+        flag: BusyFlag | None = BusyFlag(settings.busy_flag_path, write=False)
+    except OSError as exc:
+        log.warning("no busy flag (%s): capturing without waiting for lulls", exc)
+        flag = None
+
+    def build(rec: Recorder) -> Captured:
+        if flag is not None:
+            flag.wait_for_lull(rec)
+        return prepare(rec, prices, commands_for)
+
+    try:
         while (batch := _read_batch(inp, frames)) is not None:
             if isinstance(batch, JournalRefError):
                 _write_frame(out, pickle.dumps({"resend_inline": str(batch)}, protocol=pickle.HIGHEST_PROTOCOL))
                 continue
             failures: list[Failure] = []
             try:
-                done = store_batch(spool, batch, lambda rec: prepare(rec, prices, commands_for), stages, failures)
+                done = store_batch(spool, batch, build, stages, failures)
                 reply: dict[str, Any] = {
                     "stored": [light(item.exchange) for item in done],
                     "failures": [(where, f"{type(exc).__name__}: {exc}") for where, exc in failures],
@@ -179,6 +230,8 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
             _write_frame(out, pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
     finally:
         frames.close()
+        if flag is not None:
+            flag.close()
         spool.close()
     return 0
 
@@ -209,6 +262,7 @@ class WorkerProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cipx-worker-io")
         self.restarts = 0
+        self.busy = BusyFlag(settings.busy_flag_path, write=True)
 
     @property
     def pid(self) -> int | None:
@@ -287,7 +341,9 @@ class WorkerProcess:
         self._proc = None
 
     async def stop(self, timeout: float = 10.0) -> None:
+        self.busy.set(False)  # nothing is being forwarded any more: finish without waiting
         await asyncio.get_running_loop().run_in_executor(self._io, self._stop, timeout)
+        self.busy.close()
         self._io.shutdown(wait=True)
 
 

@@ -169,6 +169,10 @@ class Settings(BaseSettings):
         return self.spool_dir / "capture.journal"
 
     @property
+    def busy_flag_path(self) -> Path:
+        return self.spool_dir / "proxy.busy"
+
+    @property
     def spool_path(self) -> Path:
         return self.spool_dir / "spool.sqlite3"
 

@@ -20,7 +20,7 @@ import asyncio
 import collections
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import httptools
 
@@ -78,7 +78,7 @@ def gateway_error(status: int, message: str, *, close: bool = False, kind: str =
             % (status, reason, len(body), b"Connection: close\r\n" if close else b"")) + body
 
 
-async def _no_seal(rec: Recorder) -> None:
+def _no_seal(rec: Recorder) -> None:
     return None
 
 
@@ -91,7 +91,7 @@ class Relay:
         record: Callable[[Recorder], None],
         *,
         head_timeout: float,
-        seal: Callable[[Recorder], Awaitable[None]] | None = None,
+        seal: Callable[[Recorder], None] | None = None,
         admin: Callable[[], asyncio.Protocol] | None = None,
     ) -> None:
         self.pool = pool
@@ -105,6 +105,19 @@ class Relay:
         self.connections: set[Downstream] = set()
         self.closing = False
         self._idle_event = asyncio.Event()
+        self.in_flight = 0  # calls being forwarded now
+        # Told when the proxy goes from idle to busy and back: capture keeps off the CPU meanwhile.
+        self.on_busy: Callable[[bool], None] | None = None
+
+    def call_started(self) -> None:
+        self.in_flight += 1
+        if self.in_flight == 1 and self.on_busy is not None:
+            self.on_busy(True)
+
+    def call_finished(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0 and self.on_busy is not None:
+            self.on_busy(False)
 
     def protocol(self) -> Downstream:
         return Downstream(self)
@@ -338,7 +351,7 @@ class Call:
         "down", "relay", "rec", "method", "target", "headers", "http11", "keep_alive",
         "request_done", "chunked_up", "conn", "parser", "connecting", "timer", "retried",
         "head_sent", "interim", "reason", "resp_headers", "mode", "remaining", "completing",
-        "finished", "upstream_reusable", "expect_continue", "length", "answered", "until_close",
+        "finished", "upstream_reusable", "expect_continue", "length", "answered", "until_close", "started",
     )
 
     def __init__(self, down: Downstream, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
@@ -365,6 +378,7 @@ class Call:
                 self.expect_continue = value.lower() == b"100-continue"
         self.answered = False
         self.until_close = False
+        self.started = False
         self.conn: Connection | None = None
         self.parser: httptools.HttpResponseParser | None = None
         self.connecting: asyncio.Task[None] | None = None
@@ -382,6 +396,8 @@ class Call:
 
     # the request side -------------------------------------------------------------------
     def start(self) -> None:
+        self.started = True
+        self.relay.call_started()
         loop = asyncio.get_running_loop()
         self.timer = loop.call_later(self.relay.head_timeout, self._head_timeout)
         if self.expect_continue and not self.request_done:
@@ -588,8 +604,6 @@ class Call:
         if self.finished:
             return
         self.rec.client_gone("client disconnected")
-        if self.completing:
-            return  # the seal is in flight; _finish will account for the rest
         self.upstream_reusable = False
         self._finish(keep_alive=False)
 
@@ -597,12 +611,7 @@ class Call:
     def _complete(self, tail: bytes) -> None:
         """The response is whole upstream: seal it into the journal, then send the last bytes."""
         self.completing = True
-        asyncio.get_running_loop().create_task(self._seal_and_send(tail))
-
-    async def _seal_and_send(self, tail: bytes) -> None:
-        await self.relay.seal(self.rec)
-        if self.finished:
-            return
+        self.relay.seal(self.rec)
         if tail:
             self.down.write(tail)
         self._finish(keep_alive=self.keep_alive)
@@ -652,6 +661,8 @@ class Call:
                 conn.abort()
         rec = self.rec
         rec.finish()
+        if self.started:
+            self.relay.call_finished()
         self.relay.record(rec)
         if self.request_done:
             self.down.call_done(self, keep_alive)

@@ -121,6 +121,8 @@ class Gateway:
             seal=self.journal.seal,
             admin=self._runner.server,
         )
+        if self._worker is not None:
+            self.relay.on_busy = self._worker.busy.set
         self._server = await asyncio.get_running_loop().create_server(
             self.relay.protocol, s.host, s.port, reuse_address=True
         )

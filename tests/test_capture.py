@@ -1,0 +1,51 @@
+"""CaptureSink without sockets: errors contained, backlog bounded."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from opik_cipx.capture import CaptureSink, HeaderList, Recorder
+
+
+def finished_call() -> Recorder:
+    rec = Recorder("POST", "/v1/messages", HeaderList([(b"x-api-key", b"k")]))
+    rec.body = b"{}"
+    rec.finish()
+    return rec
+
+
+class Store:
+    def __init__(self) -> None:
+        self.batches: list[list[Recorder]] = []
+
+    async def __call__(self, batch: list[Recorder]) -> tuple[list[Any], list[Any]]:
+        self.batches.append(batch)
+        return [], []
+
+
+async def run_sink(sink: CaptureSink) -> asyncio.Task[None]:
+    return asyncio.create_task(sink.run())
+
+
+async def test_a_store_that_raises_is_counted_not_raised() -> None:
+    async def broken(batch: list[Recorder]) -> Any:
+        raise OSError("disk full")
+
+    errors: list[str] = []
+    sink = CaptureSink(broken, [], on_error=lambda where, exc: errors.append(where))
+    task = await run_sink(sink)
+    sink.submit(finished_call())
+    assert await sink.drain(2.0)
+    assert sink.stats.errors == 1 and errors == ["store batch"]
+    task.cancel()
+
+
+async def test_past_the_byte_bound_calls_are_dropped_from_memory_not_blocking() -> None:
+    store = Store()
+    sink = CaptureSink(store, [], max_pending_bytes=10)  # not running: nothing drains
+    first, second = finished_call(), finished_call()
+    first.body = second.body = b"x" * 8
+    sink.submit(first)
+    sink.submit(second)
+    assert sink.pending == 1 and sink.stats.dropped == 1
