@@ -11,7 +11,7 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from opik_cipx import journal
-from opik_cipx.capture import Recorder, build_exchange
+from opik_cipx.capture import HeaderList, Recorder, build_exchange
 from opik_cipx.server import Gateway
 from tests.support.fake_anthropic import FakeAnthropic
 
@@ -132,3 +132,16 @@ def _write(path: Path, recs: list[Recorder]) -> Path:
         for rec in recs:
             fh.write(journal.dump(rec))
     return path
+
+
+def test_credentials_never_reach_the_journal_file(tmp_path: Path) -> None:
+    rec = Recorder("POST", "/v1/messages", HeaderList([(b"x-api-key", b"sk-ant-JOURNALSECRET"),
+                                                       (b"Authorization", b"Bearer OAUTHSECRET"),
+                                                       (b"Cookie", b"s=COOKIESECRET"), (b"anthropic-version", b"1")]))
+    rec.body = b"{}"
+    rec.finish()
+    raw = _write(tmp_path / "j", [rec]).read_bytes()
+    for secret in (b"JOURNALSECRET", b"OAUTHSECRET", b"COOKIESECRET"):
+        assert secret not in raw
+    (payload,) = journal.read_frames(tmp_path / "j")
+    assert journal.load(payload).request_headers.items() == [("anthropic-version", "1")]

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .capture import HeaderList, Recorder
+from .redact import is_secret_header
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ _PICKLE = 0x80  # the first byte of a pickle: frames written before the raw-byte
 def dump_parts(rec: Recorder) -> tuple[list[bytes], int]:
     """The frame for ``rec`` as buffers to write in order, and its total length."""
     state: dict[str, Any] = {name: getattr(rec, name) for name in _FIELDS}
-    state["request_headers"] = list(rec.request_headers.items())
+    # Credentials never reach the disk, not even in this short-lived file.
+    state["request_headers"] = [(n, v) for n, v in rec.request_headers.items() if not is_secret_header(n.lower())]
     body = rec.body_parts
     state["body_sizes"] = [len(part) for part in body]
     state["chunk_sizes"] = [len(chunk) for chunk in rec.chunks]
