@@ -116,19 +116,14 @@ class Relay:
 
     def call_finished(self) -> None:
         self.in_flight -= 1
-        if self.in_flight == 0 and self.on_busy is not None:
-            self.on_busy(False)
+        if self.in_flight == 0:
+            if self.on_busy is not None:
+                self.on_busy(False)
+            if self.closing:
+                self._idle_event.set()
 
     def protocol(self) -> Downstream:
         return Downstream(self)
-
-    def call_ended(self) -> None:
-        if self.closing and not self.busy:
-            self._idle_event.set()
-
-    @property
-    def busy(self) -> int:
-        return sum(1 for d in self.connections if d.active is not None)
 
     async def shutdown(self, grace: float) -> None:
         """Let calls in flight finish within ``grace``, then cut what is left; close idle connections."""
@@ -136,15 +131,15 @@ class Relay:
         for down in list(self.connections):
             if down.active is None:
                 down.close()
-        if self.busy:
+        if self.in_flight:
             self._idle_event.clear()
             try:
                 async with asyncio.timeout(grace):
-                    while self.busy:
+                    while self.in_flight:
                         await self._idle_event.wait()
                         self._idle_event.clear()
             except TimeoutError:
-                log.warning("shutdown: cutting %d calls still in flight after %.0fs", self.busy, grace)
+                log.warning("shutdown: cutting %d calls still in flight after %.0fs", self.in_flight, grace)
         for down in list(self.connections):
             down.abort()
         self.pool.close()
@@ -209,7 +204,6 @@ class Downstream(asyncio.Protocol):
         self.queue.clear()
         for call in dict.fromkeys(calls):
             call.client_lost()
-        self.relay.call_ended()
 
     def pause_writing(self) -> None:
         self.writing_paused = True
@@ -266,7 +260,6 @@ class Downstream(asyncio.Protocol):
         if call is not self.active:
             return
         self.active = None
-        self.relay.call_ended()
         if not keep_alive or self.relay.closing or self.closed:
             self.close()
             return
