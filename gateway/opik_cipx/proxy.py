@@ -78,10 +78,6 @@ def gateway_error(status: int, message: str, *, close: bool = False, kind: str =
             % (status, reason, len(body), b"Connection: close\r\n" if close else b"")) + body
 
 
-def _no_seal(rec: Recorder) -> None:
-    return None
-
-
 class Relay:
     """What every client connection shares: the upstream pool, the capture hooks, the admin app."""
 
@@ -91,7 +87,7 @@ class Relay:
         record: Callable[[Recorder], None],
         *,
         head_timeout: float,
-        seal: Callable[[Recorder], None] | None = None,
+        seal: Callable[[Recorder], None],
         admin: Callable[[], asyncio.Protocol] | None = None,
     ) -> None:
         self.pool = pool
@@ -99,7 +95,7 @@ class Relay:
         self.record = record
         # Makes a complete call durable (the capture journal) before the bytes that complete
         # it reach the client; must not raise. Costs time-to-last-byte only.
-        self.seal = seal or _no_seal
+        self.seal = seal
         self.head_timeout = head_timeout
         self.admin = admin  # builds the aiohttp protocol that serves /_cipx
         self.connections: set[Downstream] = set()
@@ -657,8 +653,6 @@ class Call:
         if self.started:
             self.relay.call_finished()
         self.relay.record(rec)
-        if self.request_done:
+        if self.request_done or not keep_alive:
             self.down.call_done(self, keep_alive)
-        elif not keep_alive:
-            self.down.call_done(self, False)
         # else: request_complete() hands the connection on once the request's last bytes are read

@@ -232,10 +232,6 @@ class Pool:
         except ValueError:
             pass
 
-    @property
-    def idle(self) -> int:
-        return len(self._idle)
-
     def close(self) -> None:
         for conn in list(self._idle):
             conn.abort()
