@@ -49,3 +49,26 @@ async def test_past_the_byte_bound_calls_are_dropped_from_memory_not_blocking() 
     sink.submit(first)
     sink.submit(second)
     assert sink.pending == 1 and sink.stats.dropped == 1
+
+
+async def test_a_store_that_reads_the_journal_gets_references_and_memory_is_freed() -> None:
+    store = Store()
+    sink = CaptureSink(store, [], max_pending_bytes=10, by_reference=True)
+    journaled, not_journaled = finished_call(), finished_call()
+    journaled.body = not_journaled.body = b"x" * 8
+    journaled.chunks = [b"data: {}\n\n"]
+    journaled.frame = (0, 100)  # where the journal wrote it
+    sink.submit(journaled)
+    sink.submit(not_journaled)  # its journal write failed: its bytes must stay
+    assert journaled.released and journaled.body_parts == [] and journaled.chunks == []
+    assert not not_journaled.released and not_journaled.body == b"x" * 8
+    # Released calls weigh nothing against the in-memory bound: both wait, none dropped.
+    assert sink.pending == 2 and sink.stats.dropped == 0
+
+
+async def test_without_by_reference_journaled_calls_keep_their_bytes() -> None:
+    sink = CaptureSink(Store(), [])
+    rec = finished_call()
+    rec.frame = (0, 100)
+    sink.submit(rec)
+    assert not rec.released and rec.body == b"{}"

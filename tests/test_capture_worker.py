@@ -72,11 +72,12 @@ async def test_a_journal_reference_that_does_not_hold_the_call_is_resent_inline(
 ) -> None:
     from opik_cipx import capture_worker
 
-    item = capture_worker._item
-
     def wrong_place(rec: Any) -> list[bytes]:
-        rec.frame = (rec.frame[0] + 1, rec.frame[1]) if rec.frame else None  # off by one byte
-        return item(rec)
+        assert rec.frame is not None and rec.released  # the parent holds only the reference
+        offset, length = rec.frame
+        # The child is told a place one byte off; the parent still knows the right one.
+        return [capture_worker._KIND.pack(capture_worker._REF),
+                capture_worker._REF_AT.pack(offset + 1, length, rec.id.encode("ascii"))]
 
     monkeypatch.setattr(capture_worker, "_item", wrong_place)
     async with aiohttp.ClientSession() as s:
@@ -85,6 +86,30 @@ async def test_a_journal_reference_that_does_not_hold_the_call_is_resent_inline(
     (ex,) = await captured(gateway)
     assert ex.request_body == request_body() and ex.usage is not None
     assert gateway.capture is not None and gateway.capture.stats.errors == 0
+
+
+async def test_a_call_the_journal_lost_is_reported_not_stored_empty(
+    gateway: Gateway, upstream: FakeAnthropic, monkeypatch: Any
+) -> None:
+    from opik_cipx import capture_worker
+
+    item = capture_worker._item
+
+    def truncated_under_it(rec: Any) -> list[bytes]:
+        assert gateway.journal is not None
+        os.truncate(gateway.journal.path, 0)  # e.g. the state directory was wiped by hand
+        return item(rec)
+
+    monkeypatch.setattr(capture_worker, "_item", truncated_under_it)
+    async with aiohttp.ClientSession() as s:
+        async with s.post(gateway.url + "/v1/messages", data=request_body(), headers={"x-api-key": API_KEY}) as r:
+            assert r.status == 200
+            await r.read()
+    assert gateway.capture is not None
+    assert await gateway.capture.drain(10)
+    assert gateway.capture.stats.captured == 0 and gateway.capture.stats.errors == 1
+    assert "no longer in the journal" in (gateway.capture.stats.last_error or "")
+    assert await gateway.spool.run(lambda sp: sp.last(5)) == []
 
 
 def test_the_worker_waits_for_a_lull_but_not_forever(tmp_path: Any) -> None:

@@ -61,7 +61,7 @@ class Recorder:
     __slots__ = (
         "id", "wall_start", "t_start", "method", "path", "request_headers", "body_parts",
         "status", "response_headers", "t_head", "chunks", "times", "t_end",
-        "forced_outcome", "error", "gateway_status", "frame", "journaled",
+        "forced_outcome", "error", "gateway_status", "frame", "journaled", "released",
     )
 
     def __init__(self, method: str, path: str, request_headers: Any) -> None:
@@ -86,6 +86,7 @@ class Recorder:
         # there, so the parent never pipes the bodies a second time.
         self.frame: tuple[int, int] | None = None
         self.journaled = False  # sealed into the journal before its response completed
+        self.released = False  # the bytes were dropped from memory: only the journal has them
 
     def response_head(self, status: int, raw_headers: tuple[tuple[bytes, bytes], ...]) -> None:
         self.t_head = time.perf_counter()
@@ -113,6 +114,12 @@ class Recorder:
     def finish(self) -> None:
         if self.t_end is None:
             self.t_end = time.perf_counter()
+
+    def release(self) -> None:
+        """Drop the bytes: the journal holds them (``frame``) and capture reads them from there."""
+        self.body_parts = []
+        self.chunks = []
+        self.released = True
 
     @property
     def body(self) -> bytes:
@@ -373,9 +380,14 @@ class CaptureSink:
         max_batch: int = 16,
         on_error: Callable[[str, BaseException], None] | None = None,
         journal: Any = None,
+        by_reference: bool = False,
     ) -> None:
         self._store = store
         self._journal = journal  # journal.Journal: makes the backlog survive kill -9
+        # The store reads journaled calls back from the journal (the capture worker does): their
+        # bytes need not wait in this process's memory. Freed at once, the next call's buffers
+        # reuse the same warm pages instead of faulting in fresh ones.
+        self._by_reference = by_reference
         self._after_stages = after_stages
         self._max_batch = max_batch
         self._on_error = on_error
@@ -393,6 +405,8 @@ class CaptureSink:
         try:
             if self._journal is not None and not rec.journaled:
                 self._journal.append(rec)
+            if self._by_reference and rec.frame is not None:
+                rec.release()
             size = rec.size
             if self._pending_bytes + size > self._max_pending_bytes and self._pending_bytes:
                 self.stats.dropped += 1

@@ -303,15 +303,34 @@ class WorkerProcess:
             try:
                 reply = self._exchange(items)
                 if "resend_inline" in reply:
-                    # The journal did not hold what we said (e.g. truncated meanwhile): send the bodies.
+                    # The child could not read what we said the journal holds: send the calls whole.
                     log.warning("capture worker: %s; sending the batch inline", reply["resend_inline"])
-                    reply = self._exchange([_inline(journal.dump(rec)) for rec in batch])
+                    items, lost = self._inline_batch(batch)
+                    reply = self._exchange(items) if items else {"stored": [], "failures": []}
+                    reply["failures"] = [*reply.get("failures", []), *lost]
                 return reply
             except (WorkerError, OSError) as exc:
                 if attempt == 2:
                     raise WorkerError(f"capture worker failed twice: {exc}") from exc
                 self._kill()
         raise AssertionError("unreachable")
+
+    def _inline_batch(self, batch: list[Recorder]) -> tuple[list[list[bytes]], list[tuple[str, str]]]:
+        """Each call's frame, read back from the journal here, else from memory if still held;
+        with the calls neither has any more (reported as failures, never stored half-empty)."""
+        items: list[list[bytes]] = []
+        lost: list[tuple[str, str]] = []
+        for rec in batch:
+            whole = rec
+            if rec.frame is not None and self._journal is not None:
+                try:
+                    whole = self._journal.read_back(rec)
+                except (OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+                    if rec.released:
+                        lost.append(("journal", f"call {rec.id} is no longer in the journal: {exc}"))
+                        continue
+            items.append(_inline(journal.dump(whole)))
+        return items, lost
 
     def _exchange(self, items: list[list[bytes]]) -> dict[str, Any]:
         proc = self._proc

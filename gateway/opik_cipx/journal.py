@@ -86,6 +86,7 @@ def load(payload: bytes) -> Recorder:
     rec.chunks = chunks
     rec.frame = None
     rec.journaled = False
+    rec.released = False
     rec.request_headers = HeaderList(state["request_headers"])
     return rec
 
@@ -198,6 +199,16 @@ class Journal:
                 if self._pending:
                     return
             os.ftruncate(self._fd, 0)
+
+    def read_back(self, rec: Recorder) -> Recorder:
+        """The call as journaled (``rec.frame``); raises OSError or ValueError if the file lost it."""
+        if rec.frame is None:
+            raise ValueError(f"call {rec.id} was never journaled")
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            return read_at(fd, *rec.frame, rec.id)
+        finally:
+            os.close(fd)
 
     def flush(self) -> None:
         """Wait for every append handed over so far (tests, shutdown)."""

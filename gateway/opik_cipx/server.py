@@ -98,6 +98,7 @@ class Gateway:
             [self._observe, shipper.after],
             on_error=lambda where, exc: shipper.telemetry.report(exc, f"capture.{where}"),
             journal=self.journal,
+            by_reference=self._worker is not None,
         )
         self._tasks.append(asyncio.create_task(self.capture.run(), name="cipx-capture"))
         await self._replay_journal(left_over)
