@@ -43,7 +43,7 @@ def _settings() -> Settings:
 def cmd_proxy(args: argparse.Namespace, settings: Settings) -> int:
     from .config import ensure_home
     from .daemon import GatewayLock, probe
-    from .server import install_uvloop, run
+    from .server import install_uvloop, keep_freed_memory, run
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -60,6 +60,7 @@ def cmd_proxy(args: argparse.Namespace, settings: Settings) -> int:
         print(f"opik-cipx: a gateway is already running (pid {holder or '?'}); `opik-cipx stop` first", file=sys.stderr)
         return 1
     install_uvloop()
+    keep_freed_memory()
     try:
         import asyncio
 
