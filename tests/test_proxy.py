@@ -534,3 +534,66 @@ async def test_admin_requests_are_served_on_the_same_port(gateway: Gateway) -> N
         # The same keep-alive connection: API calls are not forwarded from an admin connection.
         async with s.post(gateway.url + "/v1/messages", data=b"{}") as r:
             assert r.status == 421 and "new connection" in (await r.json())["error"]["message"]
+
+
+class _Wire(asyncio.Transport):
+    """A transport that keeps every write() apart, so a test can count them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.write(b"".join(list_of_data))
+
+    def is_reading(self) -> bool:
+        return True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+async def test_what_one_upstream_read_holds_reaches_the_client_in_one_write() -> None:
+    from opik_cipx.proxy import Relay
+    from opik_cipx.upstream import Connection, Pool, Target
+
+    pool = Pool(Target.parse("http://127.0.0.1:9"))
+    upstream_wire, client_wire = _Wire(), _Wire()
+    conn = Connection(pool)
+    conn.connection_made(upstream_wire)
+    pool._idle.append(conn)  # an open pooled connection: the call starts on it at once
+    relay = Relay(pool, lambda rec: None, head_timeout=30, seal=lambda rec: None)
+    down = relay.protocol()
+    down.connection_made(client_wire)
+    down.data_received(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+    assert upstream_wire.writes and upstream_wire.writes[-1].endswith(b"{}")
+
+    events = [b"event: ping\ndata: {}\n\n", b"event: content_block_delta\ndata: {\"i\":1}\n\n"]
+    chunk = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events)
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    conn.data_received(head + chunk)  # the head and two events, read at once
+    assert len(client_wire.writes) == 1
+    assert client_wire.writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and client_wire.writes[0].endswith(chunk)
+
+    # A later read goes out as soon as it is parsed: streaming is unchanged.
+    late = b"event: message_stop\ndata: {}\n\n"
+    conn.data_received(b"%x\r\n%s\r\n" % (len(late), late))
+    assert client_wire.writes[1] == b"%x\r\n%s\r\n" % (len(late), late)
+    conn.data_received(b"0\r\n\r\n")
+    assert client_wire.writes[2] == b"0\r\n\r\n" and len(client_wire.writes) == 3

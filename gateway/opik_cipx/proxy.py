@@ -341,6 +341,7 @@ class Call:
         "request_done", "chunked_up", "conn", "parser", "connecting", "timer", "retried",
         "head_sent", "interim", "reason", "resp_headers", "mode", "remaining", "completing",
         "finished", "upstream_reusable", "expect_continue", "length", "answered", "until_close", "started",
+        "out",
     )
 
     def __init__(self, down: Downstream, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
@@ -377,6 +378,9 @@ class Call:
         self.interim = False
         self.reason = b""
         self.resp_headers: list[tuple[bytes, bytes]] = []
+        # What one upstream read produced for the client: sent in one write when the read is
+        # parsed, not one write per chunk (a burst of SSE events costs one syscall, not ten).
+        self.out: list[bytes] = []
         self.mode = _NONE
         self.remaining = 0
         self.completing = False
@@ -474,6 +478,12 @@ class Call:
                 log.error("proxy: error handling a response", exc_info=exc)  # a bug here, not bad input
             if not self.finished:
                 self._upstream_failed(f"upstream sent an invalid response: {exc}", exc)
+        if self.out:
+            self._flush()
+
+    def _flush(self) -> None:
+        out, self.out = self.out, []
+        self.down.write(out[0] if len(out) == 1 else b"".join(out))
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
@@ -531,24 +541,23 @@ class Call:
             # this connection's parser is replaced by the next call's anyway.
             self._complete(head)
         else:
-            self.down.write(head)
+            self.out.append(head)
 
     def on_body(self, data: bytes) -> None:
         if self.finished or self.completing:
             return
         self.rec.chunk(data)
         mode = self.mode
-        # Straight to the transport: a client that went away has finished this call already.
         if mode == _LENGTH:
             self.remaining -= len(data)
             if self.remaining <= 0:
                 self._complete(data)  # the chunk that completes the body waits for the seal
                 return
-            self.down.transport.write(data)  # type: ignore[union-attr]
+            self.out.append(data)
         elif mode == _CHUNKED:
-            self.down.transport.write(b"%x\r\n%s\r\n" % (len(data), data))  # type: ignore[union-attr]
+            self.out += (b"%x\r\n" % len(data), data, b"\r\n")
         else:
-            self.down.transport.write(data)  # type: ignore[union-attr]
+            self.out.append(data)
 
     def on_message_complete(self) -> None:
         if self.interim:
@@ -602,7 +611,9 @@ class Call:
         self.completing = True
         self.relay.seal(self.rec)
         if tail:
-            self.down.write(tail)
+            self.out.append(tail)
+        if self.out:
+            self._flush()
         self._finish(keep_alive=self.keep_alive)
 
     def _fail(self, status: int, message: str) -> None:
@@ -621,6 +632,8 @@ class Call:
         # incomplete response rather than a clean, silently short one.
         self.rec.upstream_broke(message)
         self.upstream_reusable = False
+        if self.out:
+            self._flush()  # what did arrive is the client's, then the same break
         self.down.abort()
         self._finish(keep_alive=False)
 
