@@ -72,3 +72,26 @@ async def test_without_by_reference_journaled_calls_keep_their_bytes() -> None:
     rec.frame = (0, 100)
     sink.submit(rec)
     assert not rec.released and rec.body == b"{}"
+
+
+async def test_batches_wait_for_a_lull_in_forwarding_but_not_forever() -> None:
+    import time
+
+    store = Store()
+    sink = CaptureSink(store, [], max_defer=0.3)
+    task = await run_sink(sink)
+    sink.busy(True)  # a call is being forwarded
+    sink.submit(finished_call())
+    await asyncio.sleep(0.1)
+    assert store.batches == []  # held while the proxy is busy
+    sink.submit(finished_call())
+    sink.busy(False)
+    assert await sink.drain(2.0)
+    assert [len(b) for b in store.batches] == [2]  # released at the lull, as one batch
+
+    sink.busy(True)  # steady traffic: still captured once the first call has waited max_defer
+    t0 = time.perf_counter()
+    sink.submit(finished_call())
+    assert await sink.drain(2.0)
+    assert 0.2 < time.perf_counter() - t0 < 1.5 and len(store.batches) == 2
+    task.cancel()

@@ -334,6 +334,10 @@ def store_batch(
     return done
 
 
+# A finished call waits at most this long (from its end) for the proxy to go quiet before
+# capture starts on it: under steady traffic every call is still captured within seconds.
+MAX_DEFER = 3.0
+
 # Stores a batch somewhere off the event loop; returns what was stored and what failed.
 StoreBatch = Callable[[list[Recorder]], Awaitable[tuple[list[Captured], list[Failure]]]]
 
@@ -381,6 +385,7 @@ class CaptureSink:
         on_error: Callable[[str, BaseException], None] | None = None,
         journal: Any = None,
         by_reference: bool = False,
+        max_defer: float = MAX_DEFER,
     ) -> None:
         self._store = store
         self._journal = journal  # journal.Journal: makes the backlog survive kill -9
@@ -398,7 +403,19 @@ class CaptureSink:
         self._pending_bytes = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        # Clear while the proxy is forwarding a call (see busy()): batches wait for a lull, so
+        # the hand-off to the store (threads, pipes, the worker waking) stays off calls' paths.
+        self._quiet = asyncio.Event()
+        self._quiet.set()
+        self._max_defer = max_defer
         self.stats = CaptureStats()
+
+    def busy(self, busy: bool) -> None:
+        """The proxy went from idle to forwarding a call, or back."""
+        if busy:
+            self._quiet.clear()
+        else:
+            self._quiet.set()
 
     def submit(self, rec: Recorder) -> None:
         """Called from the hot path: never blocks, never raises."""
@@ -424,6 +441,7 @@ class CaptureSink:
     async def run(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            await self._lull(batch[0])
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
@@ -434,6 +452,18 @@ class CaptureSink:
                     self._queue.task_done()
                 if self._queue.empty():
                     self._idle.set()
+
+    async def _lull(self, first: Recorder) -> None:
+        """Wait until no call is being forwarded, or until ``first`` has waited ``max_defer``."""
+        if self._quiet.is_set():
+            return
+        left = (first.t_end or time.perf_counter()) + self._max_defer - time.perf_counter()
+        if left > 0:
+            try:
+                async with asyncio.timeout(left):
+                    await self._quiet.wait()
+            except TimeoutError:
+                pass
 
     async def _process(self, batch: list[Recorder]) -> None:
         failures: list[Failure] = []

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from . import journal
 from .commands import CommandIndex
-from .capture import Captured, Failure, Recorder, prepare, store_attribution, store_batch, store_exchange
+from .capture import MAX_DEFER, Captured, Failure, Recorder, prepare, store_attribution, store_batch, store_exchange
 from .model import Exchange
 
 if TYPE_CHECKING:
@@ -66,9 +66,6 @@ def _read_frame(inp: BinaryIO) -> bytes | None:
         return None
     return payload
 
-
-# A call waits at most this long after it ended for the proxy to go quiet before it is captured.
-MAX_DEFER = 3.0
 
 
 class BusyFlag:
@@ -291,8 +288,8 @@ class WorkerProcess:
         return done, failures
 
     def _roundtrip(self, batch: list[Recorder]) -> dict[str, Any]:
-        if self._journal is not None:
-            self._journal.flush()  # the journal thread has serialized every call in the batch
+        if self._journal is not None and not all(rec.journaled for rec in batch):
+            self._journal.flush()  # the journal thread has written every call in the batch
         items = [_item(rec) for rec in batch]
         for attempt in (1, 2):
             if self._proc is None or self._proc.poll() is not None:

@@ -122,8 +122,7 @@ class Gateway:
             seal=self.journal.seal,
             admin=self._runner.server,
         )
-        if self._worker is not None:
-            self.relay.on_busy = self._worker.busy.set
+        self.relay.on_busy = self._busy
         self._server = await asyncio.get_running_loop().create_server(
             self.relay.protocol, s.host, s.port, reuse_address=True
         )
@@ -151,6 +150,13 @@ class Gateway:
                 self.capture.submit(rec)
             await asyncio.get_running_loop().run_in_executor(None, self.journal.flush)
         journal.finish_replay(self.journal.path)
+
+    def _busy(self, busy: bool) -> None:
+        """The proxy started forwarding (or went idle): capture work waits for the lulls."""
+        if self.capture is not None:
+            self.capture.busy(busy)
+        if self._worker is not None:
+            self._worker.busy.set(busy)
 
     async def _observe(self, items: list[Captured]) -> None:
         for item in items:
