@@ -43,7 +43,8 @@ def _settings() -> Settings:
 def cmd_proxy(args: argparse.Namespace, settings: Settings) -> int:
     from .config import ensure_home
     from .daemon import GatewayLock, probe
-    from .server import install_uvloop, keep_freed_memory, run
+    from .memory import keep_freed_memory
+    from .server import install_uvloop, run
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

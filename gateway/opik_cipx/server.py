@@ -27,6 +27,7 @@ from .capture import Captured, CaptureSink, Recorder, in_thread, prepare, store_
 from .capture_worker import WorkerProcess
 from .commands import CommandIndex
 from .config import Settings, ensure_home
+from .memory import IDLE_TRIM_SECONDS, give_back_freed_memory
 from .metrics import Metrics, setup_metrics
 from .pricing import PriceTable, PricingFileError
 from .proxy import Relay
@@ -55,6 +56,7 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self.capture: CaptureSink | None = None
+        self._trim: asyncio.TimerHandle | None = None  # gives freed memory back after a burst
         self.metrics = Metrics()  # Prometheus counters, fed as a capture stage
         self.shipper: Shipper | None = None  # Opik spans: outbox + background shipper
         # What SessionStart hooks registered (cwd, env, git) by session id; see sessions.py.
@@ -157,6 +159,11 @@ class Gateway:
             self.capture.busy(busy)
         if self._worker is not None:
             self._worker.busy.set(busy)
+        if self._trim is not None:
+            self._trim.cancel()
+            self._trim = None
+        if not busy:
+            self._trim = asyncio.get_running_loop().call_later(IDLE_TRIM_SECONDS, give_back_freed_memory)
 
     async def _observe(self, items: list[Captured]) -> None:
         for item in items:
@@ -178,6 +185,9 @@ class Gateway:
         grace = self.settings.shutdown_grace
         if self._server is not None:
             self._server.close()  # stop accepting; connections are the relay's to end
+        if self._trim is not None:
+            self._trim.cancel()
+            self._trim = None
         if self.relay is not None:
             await self.relay.shutdown(grace)
         if self._runner is not None:
@@ -252,32 +262,6 @@ async def run(settings: Settings) -> None:
         await gateway.serve_forever()
     finally:
         await gateway.stop()
-
-
-# glibc mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_THRESHOLD = -3
-
-
-def keep_freed_memory(trim: int = 64 * 1024**2, mmap_at: int = 8 * 1024**2) -> bool:
-    """Keep freed heap memory for the next call instead of returning it to the kernel.
-
-    Every call allocates and frees its body's buffers (hundreds of KB). With glibc's
-    defaults those come from fresh mmap()s or a heap top that is trimmed after each
-    burst, so every call faulted in and zeroed new pages: about a sixth of the
-    proxy's CPU. Here buffers below ``mmap_at`` come from the heap, and up to ``trim``
-    bytes of free heap stay mapped; idle RSS is unchanged. False where the C library
-    has no ``mallopt`` (macOS, musl): nothing to tune there.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_at)) and bool(mallopt(_M_TRIM_THRESHOLD, trim))
 
 
 def install_uvloop() -> None:

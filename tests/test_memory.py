@@ -1,4 +1,4 @@
-"""Process-level tuning the gateway applies at start-up (server.py)."""
+"""The gateway's heap: freed buffers reused while busy, given back when idle (memory.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ _BURSTS = f"""
 import resource, sys
 sys.path.insert(0, {str(GATEWAY_SRC)!r})
 if sys.argv[1] == "tuned":
-    from opik_cipx.server import keep_freed_memory
+    from opik_cipx.memory import keep_freed_memory
     assert keep_freed_memory()
 for _ in range(3):  # the first bursts size the heap in either mode
     warm = [b"x" * 200_000 for _ in range(8)]
@@ -39,3 +39,26 @@ def test_freed_body_buffers_are_reused_instead_of_faulted_in_again() -> None:
     # fault in and zero fresh pages. Tuned, a burst reuses what the last one freed.
     assert faults_per_burst("default") > 100
     assert faults_per_burst("tuned") < 5
+
+
+_PEAK_THEN_IDLE = f"""
+import sys
+sys.path.insert(0, {str(GATEWAY_SRC)!r})
+from opik_cipx.memory import give_back_freed_memory, keep_freed_memory
+assert keep_freed_memory()
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+burst = [b"x" * 1_000_000 for _ in range(64)]  # a burst of large calls
+keep = burst[::8]  # a few survive it, pinning the heap's top
+del burst
+before = rss()
+assert give_back_freed_memory()
+print(before - rss())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_after_a_burst_freed_memory_goes_back_to_the_kernel() -> None:
+    out = subprocess.run([sys.executable, "-c", _PEAK_THEN_IDLE], capture_output=True, text=True, check=True)
+    assert int(out.stdout) > 30 * 1024**2  # most of the 56 MB the burst freed
