@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ def test_a_torn_last_frame_is_ignored(tmp_path: Path) -> None:
     assert len(list(journal.read_frames(path))) == 1
 
 
-def test_journal_truncates_only_when_every_call_is_confirmed(tmp_path: Path) -> None:
+def test_journal_empties_only_when_every_call_is_confirmed(tmp_path: Path) -> None:
     j = journal.Journal(tmp_path / "j")
     recs = [recorder(i) for i in range(3)]
     for rec in recs:
@@ -79,14 +80,53 @@ def test_journal_truncates_only_when_every_call_is_confirmed(tmp_path: Path) -> 
     assert len(list(journal.read_frames(j.path))) == 3
     j.confirm([recs[2].id])
     j.flush()
-    assert j.path.stat().st_size == 0
+    assert list(journal.read_frames(j.path)) == []
     # Confirmed before its append ran: never written at all.
     late = recorder(9)
     j.confirm([late.id])
     j.append(late)
     j.flush()
-    assert j.path.stat().st_size == 0
+    assert list(journal.read_frames(j.path)) == []
     j.close()
+    assert j.path.stat().st_size == 0  # a clean stop leaves nothing behind
+
+
+def test_a_rewound_journal_reuses_its_file_and_never_replays_what_it_held(tmp_path: Path) -> None:
+    j = journal.Journal(tmp_path / "j")
+    old = [recorder(i) for i in range(4)]
+    for rec in old:
+        j.seal(rec)
+    size = j.path.stat().st_size
+    j.confirm([rec.id for rec in old])
+    j.flush()
+    new = recorder(7)
+    j.seal(new)
+    assert new.frame is not None and new.frame[0] == 0  # written over the first old frame
+    assert j.path.stat().st_size == size  # no new blocks
+    assert [journal.load(p).id for p in journal.read_frames(j.path)] == [new.id]
+    assert journal.read_at(os.open(j.path, os.O_RDONLY), *new.frame, new.id).body == new.body
+
+
+def test_a_torn_frame_over_a_rewound_journal_hides_the_stale_frames_behind_it(tmp_path: Path) -> None:
+    j = journal.Journal(tmp_path / "j")
+    old = [recorder(i) for i in range(4)]
+    for rec in old:
+        j.seal(rec)
+    before = j.path.read_bytes()
+    j.confirm([rec.id for rec in old])
+    j.flush()
+    new = recorder(8)
+    j.seal(new)  # the same size as old[0]: it lands exactly on it
+    assert new.frame == old[0].frame
+    end = new.frame[1]
+    # Killed mid-write: the frame's last bytes and its end mark never reached the file, so
+    # old[1], whole and well-formed, follows the torn frame.
+    data = bytearray(j.path.read_bytes())
+    data[end - 10 : end + 4] = before[end - 10 : end + 4]
+    j.path.write_bytes(bytes(data))
+    assert journal.load(bytes(data[end + 4 : end + old[1].frame[1]])).id == old[1].id
+    replayed = journal.take_over(j.path)
+    assert not {r.id for r in replayed} & {o.id for o in old}
 
 
 def test_take_over_keeps_an_interrupted_replay(tmp_path: Path) -> None:

@@ -50,6 +50,10 @@ class HeaderList:
     def __init__(self, items: list[tuple[bytes, bytes]] | list[tuple[str, str]]) -> None:
         self._items = items
 
+    def raw(self) -> list[tuple[bytes, bytes]] | list[tuple[str, str]]:
+        """The items as held: bytes as read off the wire (str only in tests and old journals)."""
+        return self._items
+
     def items(self) -> list[tuple[str, str]]:
         return [(n.decode("latin-1"), v.decode("latin-1")) if isinstance(n, bytes) else (n, v)  # type: ignore[union-attr]
                 for n, v in self._items]

@@ -8,18 +8,26 @@ each call once it is committed; when every journaled call is confirmed the file
 is truncated. At start-up, calls still in the file and missing from the spool
 are captured again.
 
-Frames: 4-byte big-endian length, then a pickle of the recorder's plain fields.
-The file is only ever read back by this module, on this machine, from a 0600
+Frames: 4-byte big-endian length, then the frame (see ``dump_parts``); a zero
+length ends the journal. Once every call in it is stored the journal is rewound
+rather than truncated: the next frames overwrite pages the file already has,
+which costs a third of writing fresh ones (no block allocation). Each frame
+carries the journal's generation, bumped at every rewind, so frames left over
+from before a rewind are never read as current, not even behind a torn write.
+The file is truncated when it has grown large, at least hourly, and at a clean
+stop. It is only ever read back by this module, on this machine, from a 0600
 file in the 0700 state directory.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pickle
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,32 +39,53 @@ from .redact import is_secret_header
 log = logging.getLogger(__name__)
 
 _LEN = struct.Struct(">I")
+_GEN = struct.Struct(">Q")
+_END = _LEN.pack(0)  # written after every frame: where the journal ends until the next one
 # The recorder fields that make a call, besides the bytes; times are perf_counter values,
 # used only as differences.
 _FIELDS = ("id", "wall_start", "t_start", "method", "path", "status", "response_headers",
            "t_head", "times", "t_end", "forced_outcome", "error", "gateway_status")
-# A frame is: total length, then _V2, the length of the pickled fields, the fields, then the
-# request body and the response chunks as raw bytes. The bytes are never copied into a pickle:
-# they go to the file straight from the buffers the proxy read them into.
+# A frame is: total length, then _V3, the journal's generation, the length of the pickled
+# fields, the fields, then the request body and the response chunks as raw bytes. The bytes
+# are never copied into a pickle: they go to the file straight from the buffers the proxy
+# read them into. _V2 frames (no generation) and whole-pickle frames are older layouts.
+_V3 = b"\x03"
 _V2 = b"\x02"
 _PICKLE = 0x80  # the first byte of a pickle: frames written before the raw-bytes layout
 
 
-def dump_parts(rec: Recorder) -> tuple[list[bytes], int]:
+@functools.lru_cache(maxsize=1024)  # bounded: header names are few, but chosen by the client
+def _secret(name: bytes | str) -> bool:
+    return is_secret_header(name.decode("latin-1") if isinstance(name, bytes) else name)
+
+
+def _headers(headers: Any) -> list[tuple[Any, Any]]:
+    """Request headers as the proxy read them, credentials left out: they never reach the disk,
+    not even in this short-lived file."""
+    items = headers.raw() if isinstance(headers, HeaderList) else headers.items()
+    return [(n, v) for n, v in items if not _secret(n)]
+
+
+def dump_parts(rec: Recorder, generation: int = 0) -> tuple[list[bytes], int]:
     """The frame for ``rec`` as buffers to write in order, and its total length."""
     state: dict[str, Any] = {name: getattr(rec, name) for name in _FIELDS}
-    # Credentials never reach the disk, not even in this short-lived file.
-    state["request_headers"] = [(n, v) for n, v in rec.request_headers.items() if not is_secret_header(n.lower())]
+    state["request_headers"] = _headers(rec.request_headers)
     body = rec.body_parts
     state["body_sizes"] = [len(part) for part in body]
     state["chunk_sizes"] = [len(chunk) for chunk in rec.chunks]
     meta = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
-    size = 1 + _LEN.size + len(meta) + sum(state["body_sizes"]) + sum(state["chunk_sizes"])
-    return [_LEN.pack(size), _V2, _LEN.pack(len(meta)), meta, *body, *rec.chunks], _LEN.size + size
+    size = 1 + _GEN.size + _LEN.size + len(meta) + sum(state["body_sizes"]) + sum(state["chunk_sizes"])
+    head = _LEN.pack(size) + _V3 + _GEN.pack(generation) + _LEN.pack(len(meta))
+    return [head, meta, *body, *rec.chunks], _LEN.size + size
 
 
 def dump(rec: Recorder) -> bytes:
     return b"".join(dump_parts(rec)[0])
+
+
+def generation_of(payload: bytes) -> int | None:
+    """A frame's journal generation; None for the older layouts, which had none."""
+    return _GEN.unpack_from(payload, 1)[0] if payload[:1] == _V3 and len(payload) >= 1 + _GEN.size else None
 
 
 def load(payload: bytes) -> Recorder:
@@ -64,11 +93,16 @@ def load(payload: bytes) -> Recorder:
         state = pickle.loads(payload)  # noqa: S301 - our own 0600 file, written by this module
         body, chunks = state["body"], state["chunks"]
     else:
-        if payload[:1] != _V2:
-            raise ValueError(f"unknown journal frame version {payload[:1]!r}")
-        (meta_len,) = _LEN.unpack_from(payload, 1)
-        pos = 1 + _LEN.size + meta_len
-        state = pickle.loads(payload[1 + _LEN.size : pos])  # noqa: S301 - our own 0600 file
+        version = payload[:1]
+        if version == _V3:
+            start = 1 + _GEN.size
+        elif version == _V2:
+            start = 1
+        else:
+            raise ValueError(f"unknown journal frame version {version!r}")
+        (meta_len,) = _LEN.unpack_from(payload, start)
+        pos = start + _LEN.size + meta_len
+        state = pickle.loads(payload[start + _LEN.size : pos])  # noqa: S301 - our own 0600 file
         view = memoryview(payload)
         body_len = sum(state["body_sizes"])
         body = bytes(view[pos : pos + body_len])
@@ -106,28 +140,59 @@ def read_at(fd: int, offset: int, length: int, expect_id: str) -> Recorder:
 
 
 def read_frames(path: Path) -> Iterator[bytes]:
-    """Every complete frame; a torn last frame (killed mid-write) is ignored."""
+    """Every current frame, up to the end mark. A torn last frame (killed mid-write) is ignored,
+    and so is everything from a frame of another generation on: the rest of a rewound journal."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return
+    for _, payload in _frames(data, str(path)):
+        yield payload
+
+
+def _frames(data: bytes, where: str) -> Iterator[tuple[int, bytes]]:
+    """(offset, payload) of each current frame in ``data``."""
     pos = 0
+    current: int | None = None
     while pos + _LEN.size <= len(data):
         (size,) = _LEN.unpack_from(data, pos)
+        if size == 0:
+            return  # the end mark
         start = pos + _LEN.size
         if start + size > len(data):
-            log.warning("journal %s: ignoring a torn last record (%d bytes)", path, len(data) - pos)
+            log.warning("journal %s: ignoring a torn last record (%d bytes)", where, len(data) - pos)
             return
-        yield data[start : start + size]
+        payload = data[start : start + size]
+        generation = generation_of(payload)
+        if current is None:
+            current = generation  # older layouts (None) can only come first
+        elif generation != current:
+            return  # left over from before the last rewind
+        yield pos, payload
         pos = start + size
 
 
+# Truncated rather than rewound past this size, or when the last truncate is older than
+# TRUNCATE_EVERY seconds: stale frames neither hold much disk nor linger for long.
+REWIND_LIMIT = 64 * 1024**2
+TRUNCATE_EVERY = 3600.0
+
+
 class Journal:
-    """Appends finished calls on its own thread; truncates once all are confirmed stored."""
+    """Appends finished calls; rewinds once all are confirmed stored."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        # Where the next frame goes, and the generation frames are stamped with. A file that
+        # already holds frames (normally take_over() has moved it aside) is continued.
+        self._end = 0
+        self._generation = int.from_bytes(os.urandom(_GEN.size), "big")
+        existing = os.pread(self._fd, os.fstat(self._fd).st_size, 0)
+        for offset, payload in _frames(existing, str(path)):
+            self._end = offset + _LEN.size + len(payload)
+            self._generation = generation_of(payload) or self._generation
+        self._truncated_at = time.monotonic()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cipx-journal")
         self._lock = threading.Lock()
         # Held across "where does the frame land" and the write, and across "is everything
@@ -166,10 +231,11 @@ class Journal:
                 return
             self._pending.add(rec.id)
         try:
-            parts, size = dump_parts(rec)
             with self._file_lock:
-                offset = os.fstat(self._fd).st_size
-                write_all(self._fd, parts)
+                parts, size = dump_parts(rec, self._generation)
+                offset = self._end
+                write_all(self._fd, [*parts, _END], offset)
+                self._end = offset + size
             rec.frame = (offset, size)
             self.appended += 1
         except Exception as exc:  # noqa: BLE001 - a full disk must not break capture itself
@@ -198,7 +264,16 @@ class Journal:
             with self._lock:
                 if self._pending:
                     return
-            os.ftruncate(self._fd, 0)
+            if self._end == 0:
+                return
+            now = time.monotonic()
+            if self._end > REWIND_LIMIT or now - self._truncated_at > TRUNCATE_EVERY:
+                os.ftruncate(self._fd, 0)
+                self._truncated_at = now
+            else:
+                os.pwrite(self._fd, _END, 0)  # empty from here on; stale frames stay unreadable
+            self._end = 0
+            self._generation = (self._generation + 1) % 2 ** (8 * _GEN.size)
 
     def read_back(self, rec: Recorder) -> Recorder:
         """The call as journaled (``rec.frame``); raises OSError or ValueError if the file lost it."""
@@ -223,10 +298,16 @@ class Journal:
         os.close(self._fd)
 
 
-def write_all(fd: int, parts: list[bytes]) -> None:
+def write_all(fd: int, parts: list[bytes], offset: int | None = None) -> None:
+    """Write every byte of ``parts`` in order: at ``offset``, else at the fd's position."""
     views = [memoryview(p) for p in parts if p]
     while views:
-        n = os.writev(fd, views[:512])  # IOV_MAX is 1024 on Linux; stay well under it
+        # IOV_MAX is 1024 on Linux; stay well under it.
+        if offset is None:
+            n = os.writev(fd, views[:512])
+        else:
+            n = os.pwritev(fd, views[:512], offset)
+            offset += n
         while n and views:
             if n >= len(views[0]):
                 n -= len(views[0])
