@@ -24,8 +24,20 @@ def total_dict(t: ItemTotal) -> dict[str, Any]:
 
 
 def summary(attr: Attribution, commands: tuple[str, ...] = ()) -> dict[str, Any]:
-    """What is stored per call: the totals, and the command names a re-analysis must reuse."""
-    return {"commands": list(commands), **totals(attr)}
+    """What is stored per call: the totals, and the command names a re-analysis must reuse.
+
+    A user prompt's text is left out (its length stays): every call of a session
+    carries all of its earlier prompts, so storing their text with each call grew a
+    session's rows with the square of its length. The text is in the stored body;
+    a re-analysis (``reanalyze``) finds it there.
+    """
+    out = {"commands": list(commands), **totals(attr)}
+    for side in ("items", "output_items"):
+        for item in out[side]:
+            detail = item["detail"]
+            if isinstance(detail, dict) and "text" in detail:
+                item["detail"] = {k: v for k, v in detail.items() if k != "text"}
+    return out
 
 
 def totals(attr: Attribution) -> dict[str, Any]:
