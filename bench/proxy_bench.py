@@ -30,6 +30,8 @@ from typing import Any
 import aiohttp
 import psutil
 
+from opik_cipx.memory import IDLE_TRIM_SECONDS
+
 ROOT = Path(__file__).resolve().parent.parent
 KB = 1024
 DELTA = b"event: content_block_delta"
@@ -233,6 +235,8 @@ def main() -> None:
             captured = status(proxied)["capture"]["captured"]
             tp = None if args.no_throughput else asyncio.run(throughput(direct, proxied, 32, 3 if args.quick else 6))
             rss_after = gw_proc.memory_info().rss / 2**20
+            time.sleep(IDLE_TRIM_SECONDS + 5)  # the gateway gives freed memory back once idle
+            rss_rested = gw_proc.memory_info().rss / 2**20
         finally:
             for proc in (gateway, upstream):
                 proc.terminate()
@@ -248,7 +252,8 @@ def main() -> None:
         ratio = tp["proxied"] / tp["direct"]
         print(f"stream throughput at c=32: direct {tp['direct'] / 2**20:.1f} MiB/s, "
               f"proxied {tp['proxied'] / 2**20:.1f} MiB/s, ratio {ratio:.3f}")
-    print(f"gateway RSS: idle {rss_idle:.1f} MiB, after run {rss_after:.1f} MiB")
+    print(f"gateway RSS: idle {rss_idle:.1f} MiB, after run {rss_after:.1f} MiB, "
+          f"{IDLE_TRIM_SECONDS + 5:g} s later {rss_rested:.1f} MiB")
     print(f"capture (worker process, between rounds{'' if not args.flood else ' and during them: --flood'}): "
           f"{captured} calls, {capture_cpu / max(captured, 1) * 1000:.2f} ms CPU per call on average")
 
