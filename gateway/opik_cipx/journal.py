@@ -2,11 +2,11 @@
 
 Building, analyzing and storing a call takes milliseconds of CPU; a flood of
 calls builds a backlog that a ``kill -9`` would lose. So each finished call is
-first appended to this file, raw (no parsing), by a dedicated thread: a write
-to the page cache survives the process being killed. The spool worker confirms
-each call once it is committed; when every journaled call is confirmed the file
-is truncated. At start-up, calls still in the file and missing from the spool
-are captured again.
+first appended to this file, raw (no parsing), before the bytes that complete its
+response are sent: a write to the page cache survives the process being killed.
+The spool worker confirms each call once it is committed; when every journaled
+call is confirmed the journal is emptied. At start-up, calls still in the file
+and missing from the spool are captured again.
 
 Frames: 4-byte big-endian length, then the frame (see ``dump_parts``); a zero
 length ends the journal. Once every call in it is stored the journal is rewound

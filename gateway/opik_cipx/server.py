@@ -185,11 +185,12 @@ class Gateway:
         grace = self.settings.shutdown_grace
         if self._server is not None:
             self._server.close()  # stop accepting; connections are the relay's to end
+        if self.relay is not None:
+            await self.relay.shutdown(grace)
+            self.relay.on_busy = None
         if self._trim is not None:
             self._trim.cancel()
             self._trim = None
-        if self.relay is not None:
-            await self.relay.shutdown(grace)
         if self._runner is not None:
             # Waits up to shutdown_timeout for admin handlers, then closes their connections.
             await self._runner.cleanup()
