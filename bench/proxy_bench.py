@@ -171,7 +171,9 @@ def start(cmd: list[str], env: dict[str, str], port_file: Path) -> subprocess.Po
     deadline = time.monotonic() + 20
     while not (port_file.exists() and port_file.read_text().strip()):
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"failed to start {cmd}: {proc.stderr.read().decode() if proc.stderr else ''}")
+            proc.kill()
+            err = proc.communicate()[1]
+            raise SystemExit(f"failed to start {cmd}: {err.decode() if err else ''}")
         time.sleep(0.05)
     return proc
 
@@ -204,15 +206,16 @@ def main() -> None:
         script = tmp / "script.json"
         long_stream_script(script)
         up_port = tmp / "upstream.port"
-        upstream = start([sys.executable, "-m", "tests.support.fake_anthropic", "--port", "0",
-                          "--port-file", str(up_port), "--script", str(script)], env, up_port)
-        direct = f"http://127.0.0.1:{up_port.read_text().strip()}"
-        env["CIPX_UPSTREAM_URL"] = direct
-        gw_port = tmp / "cipx" / "port"
-        gateway = start([sys.executable, "-m", "opik_cipx.cli", "proxy"], env, gw_port)
-        proxied = f"http://127.0.0.1:{gw_port.read_text().strip()}"
-        gw_proc = psutil.Process(gateway.pid)
+        procs: list[subprocess.Popen[bytes]] = []  # ended however the run ends
         try:
+            procs.append(start([sys.executable, "-m", "tests.support.fake_anthropic", "--port", "0",
+                                "--port-file", str(up_port), "--script", str(script)], env, up_port))
+            direct = f"http://127.0.0.1:{up_port.read_text().strip()}"
+            env["CIPX_UPSTREAM_URL"] = direct
+            gw_port = tmp / "cipx" / "port"
+            procs.append(start([sys.executable, "-m", "opik_cipx.cli", "proxy"], env, gw_port))
+            proxied = f"http://127.0.0.1:{gw_port.read_text().strip()}"
+            gw_proc = psutil.Process(procs[-1].pid)
             time.sleep(0.5)
             rss_idle = gw_proc.memory_info().rss / 2**20
             capture_cpu0 = sum(sum(k.cpu_times()[:2]) for k in gw_proc.children(recursive=True))
@@ -238,7 +241,7 @@ def main() -> None:
             time.sleep(IDLE_TRIM_SECONDS + 5)  # the gateway gives freed memory back once idle
             rss_rested = gw_proc.memory_info().rss / 2**20
         finally:
-            for proc in (gateway, upstream):
+            for proc in reversed(procs):
                 proc.terminate()
                 proc.wait(timeout=20)
 
