@@ -21,7 +21,6 @@ file in the 0700 state directory.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import pickle
@@ -54,16 +53,11 @@ _V2 = b"\x02"
 _PICKLE = 0x80  # the first byte of a pickle: frames written before the raw-bytes layout
 
 
-@functools.lru_cache(maxsize=1024)  # bounded: header names are few, but chosen by the client
-def _secret(name: bytes | str) -> bool:
-    return is_secret_header(name.decode("latin-1") if isinstance(name, bytes) else name)
-
-
 def _headers(headers: Any) -> list[tuple[Any, Any]]:
     """Request headers as the proxy read them, credentials left out: they never reach the disk,
     not even in this short-lived file."""
     items = headers.raw() if isinstance(headers, HeaderList) else headers.items()
-    return [(n, v) for n, v in items if not _secret(n)]
+    return [(n, v) for n, v in items if not is_secret_header(n.decode("latin-1") if isinstance(n, bytes) else n)]
 
 
 def dump_parts(rec: Recorder, generation: int = 0) -> tuple[list[bytes], int]:

@@ -6,6 +6,7 @@ built, so they can never reach the spool, a log, the viewer or Opik.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 
@@ -18,6 +19,7 @@ _SECRET_NAME = re.compile(r"api[-_]?key|auth|token|secret|password|cookie|sessio
 _KEEP_PREFIXES = ("anthropic-ratelimit-", "x-claude-code-")
 
 
+@functools.lru_cache(maxsize=1024)  # names repeat on every call; bounded, as clients choose them
 def is_secret_header(name: str) -> bool:
     low = name.lower()
     if low in SECRET_HEADERS:
