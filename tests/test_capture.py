@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 from opik_cipx.capture import CaptureSink, HeaderList, Recorder
@@ -95,3 +96,11 @@ async def test_batches_wait_for_a_lull_in_forwarding_but_not_forever() -> None:
     assert await sink.drain(2.0)
     assert 0.2 < time.perf_counter() - t0 < 1.5 and len(store.batches) == 2
     task.cancel()
+
+
+def test_call_ids_are_distinct_version_4_uuids() -> None:
+    ids = [finished_call().id for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for raw in ids[:50]:
+        parsed = uuid.UUID(raw)
+        assert parsed.hex == raw and parsed.version == 4 and parsed.variant == uuid.RFC_4122

@@ -57,16 +57,29 @@ _LAST_CHUNK = b"0\r\n\r\n"
 
 def end_to_end(headers: Iterable[tuple[bytes, bytes]], drop: frozenset[bytes]) -> list[tuple[bytes, bytes]]:
     """Headers minus hop-by-hop ones and any the Connection header names (RFC 9110 7.6.1)."""
+    # One pass that keeps the caller's pairs: this runs twice per call on the hot path, and
+    # the Connection header almost always names only fields dropped anyway (keep-alive, close).
     out = []
-    named: frozenset[bytes] | set[bytes] = frozenset()
-    for name, value in headers:
-        low = name.lower()
+    named: set[bytes] = set()
+    for pair in headers:
+        low = pair[0].lower()
         if low in drop:
             if low == b"connection":
-                named = {*named, *(t.strip() for t in value.lower().split(b",") if t.strip())}
+                named.update(t.strip() for t in pair[1].lower().split(b","))
             continue
-        out.append((low, name, value))
-    return [(n, v) for low, n, v in out if low not in named]
+        out.append(pair)
+    named -= drop
+    named.discard(b"")
+    if named:
+        out = [pair for pair in out if pair[0].lower() not in named]
+    return out
+
+
+def header_block(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """``name: value\r\n`` lines, each pair exactly as received."""
+    if not headers:
+        return b""
+    return b"\r\n".join(map(b": ".join, headers)) + b"\r\n"
 
 
 def gateway_error(status: int, message: str, *, close: bool = False, kind: str = "api_error") -> bytes:
@@ -220,11 +233,15 @@ class Downstream(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
-        self._grow_head(len(url))
+        self.head_size += len(url)
+        if self.head_size > MAX_HEAD:
+            self._head_too_large()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
-        self._grow_head(len(name) + len(value))
+        self.head_size += len(name) + len(value)
+        if self.head_size > MAX_HEAD:
+            self._head_too_large()
 
     def on_headers_complete(self) -> None:
         p = self.parser
@@ -288,11 +305,9 @@ class Downstream(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.abort()
 
-    def _grow_head(self, n: int) -> None:
-        self.head_size += n
-        if self.head_size > MAX_HEAD:
-            self.too_large = True
-            raise ValueError("request head too large")  # stops the parser; data_received answers 431
+    def _head_too_large(self) -> None:
+        self.too_large = True
+        raise ValueError("request head too large")  # stops the parser; data_received answers 431
 
     def _reject(self, status: int, message: str) -> None:
         log.warning("%s", message)
@@ -419,9 +434,8 @@ class Call:
     def _request_head(self) -> bytes:
         target = self.relay.pool.target
         lines = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (self.method, target.request_target(self.target),
-                                                      target.host_header)]
-        for name, value in end_to_end(self.headers, _REQUEST_DROP):
-            lines.append(b"%s: %s\r\n" % (name, value))
+                                                      target.host_header),
+                 header_block(end_to_end(self.headers, _REQUEST_DROP))]
         if self.chunked_up:
             lines.append(b"Transfer-Encoding: chunked\r\n")
         elif self.length is not None:
@@ -526,9 +540,7 @@ class Call:
             self.keep_alive = False
         self.mode = mode
         drop = _RESPONSE_DROP if mode in (_NONE, _LENGTH) else _RESPONSE_DROP | {b"content-length"}
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, self.reason)]
-        for name, value in end_to_end(raw, drop):
-            lines.append(b"%s: %s\r\n" % (name, value))
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, self.reason), header_block(end_to_end(raw, drop))]
         if mode == _CHUNKED:
             lines.append(b"Transfer-Encoding: chunked\r\n")
         if not self.keep_alive:
