@@ -9,15 +9,21 @@ the same requests alternately direct and proxied, and prints:
 * stream throughput ratio proxied/direct at the highest concurrency,
 * the gateway's RSS idle and after the run.
 
-Usage: python bench/proxy_bench.py [--requests N] [--quick]
+With ``--nginx``, nginx (buffering off, no capture) forwards the same calls in
+the same rounds: what any extra hop costs on this machine, for comparison.
+
+Usage: python bench/proxy_bench.py [--requests N] [--quick] [--nginx]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -94,8 +100,10 @@ async def capture_settled(session: aiohttp.ClientSession, proxied: str, timeout:
     return time.perf_counter() - t0
 
 
-async def latency(direct: str, proxied: str, size: int, conc: int, n: int, *, flood: bool = False) -> dict[str, list[float]]:
-    """Rounds of ``conc`` simultaneous calls, alternately direct and proxied.
+async def latency(direct: str, proxied: str, size: int, conc: int, n: int, *, flood: bool = False,
+                  reference: str | None = None) -> dict[str, list[Sample]]:
+    """Rounds of ``conc`` simultaneous calls, alternately direct and proxied (and through
+    the ``reference`` proxy, when given: ``--nginx``).
 
     Unless ``flood``, each round starts once the gateway has captured the calls
     before it. Capture is deferred work: it waits until no call is in flight, and
@@ -103,26 +111,30 @@ async def latency(direct: str, proxied: str, size: int, conc: int, n: int, *, fl
     Without the pause the capture of earlier rounds runs during later ones: it
     then slows the direct rounds as much as the proxied ones, and what is measured
     is this machine's two cores shared four ways, not the proxy. The pause and the
-    capture's own cost are reported beside the table.
+    capture's own cost are reported beside the table. Reference rounds pause the same way.
     """
     body = claude_like_body(size)
-    out: dict[str, list[Sample]] = {"direct": [], "proxied": []}
-    connector = lambda: aiohttp.TCPConnector(limit=conc)  # noqa: E731
-    async with aiohttp.ClientSession(connector=connector()) as sd, aiohttp.ClientSession(connector=connector()) as sp, \
-            aiohttp.ClientSession() as admin:
-        # Warm both paths (connection pools, the gateway's upstream pool).
-        await asyncio.gather(*(one_call(sd, direct, body) for _ in range(conc)))
-        await asyncio.gather(*(one_call(sp, proxied, body) for _ in range(conc)))
+    urls = {"direct": direct, "proxied": proxied}
+    if reference is not None:
+        urls["reference"] = reference
+    out: dict[str, list[Sample]] = {name: [] for name in urls}
+    async with contextlib.AsyncExitStack() as stack:
+        sessions = {name: await stack.enter_async_context(
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conc))) for name in urls}
+        admin = await stack.enter_async_context(aiohttp.ClientSession())
+        # Warm every path (connection pools, the proxies' upstream pools).
+        for name, url in urls.items():
+            await asyncio.gather(*(one_call(sessions[name], url, body) for _ in range(conc)))
+        names = list(urls)
         for i in range(n // conc):
-            # Alternate which path goes first in each round so neither always gets the idle CPU.
-            order = [("direct", sd, direct), ("proxied", sp, proxied)]
-            if i % 2:
-                order.reverse()
-            for name, session, url in order:
+            # Rotate which path goes first in each round so none always gets the idle CPU.
+            k = i % len(names)
+            for name in names[k:] + names[:k]:
                 if not flood:
                     await capture_settled(admin, proxied)
-                out[name].extend(await asyncio.gather(*(one_call(session, url, body) for _ in range(conc))))
-    return out  # type: ignore[return-value]
+                out[name].extend(await asyncio.gather(*(one_call(sessions[name], urls[name], body)
+                                                        for _ in range(conc))))
+    return out
 
 
 async def throughput(direct: str, proxied: str, conc: int, rounds: int) -> dict[str, float]:
@@ -178,6 +190,59 @@ def start(cmd: list[str], env: dict[str, str], port_file: Path) -> subprocess.Po
     return proc
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_nginx(tmp: Path, upstream: str) -> tuple[subprocess.Popen[bytes], str]:
+    """nginx as a reference proxy: no capture, buffering off both ways, keep-alive upstream.
+
+    One worker process, like the gateway's one event loop. What it adds is what
+    forwarding alone costs on this machine (an extra hop, its CPU beside the
+    client's and the upstream's), so it calibrates the targets.
+    """
+    exe = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx")
+                                        if os.access(p, os.X_OK)), None)
+    if exe is None:
+        raise SystemExit("--nginx: no nginx found (Debian: apt-get install nginx-light)")
+    port = free_port()
+    prefix = tmp / "nginx"
+    prefix.mkdir()
+    conf = prefix / "nginx.conf"
+    conf.write_text(f"""daemon off; master_process off; worker_processes 1;
+pid {prefix}/nginx.pid; error_log {prefix}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {prefix}/body; proxy_temp_path {prefix}/proxy;
+  client_max_body_size 64m;
+  upstream fake {{ server {upstream.removeprefix("http://")}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://fake; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_buffering off; proxy_request_buffering off;
+    }}
+  }}
+}}
+""")
+    proc = subprocess.Popen([exe, "-p", str(prefix), "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                err = proc.communicate()[1]
+                raise SystemExit(f"nginx did not start: {err.decode() if err else ''}") from None
+            time.sleep(0.05)
+
+
 def long_stream_script(path: Path) -> None:
     # Requests with the x-bench-long header get a ~1 MB streamed answer; others a short one.
     long_text = "token " * 170_000
@@ -194,6 +259,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="50,200,1024", help="request body sizes in KB")
     parser.add_argument("--conc", default="1,8,32", help="concurrency levels")
     parser.add_argument("--no-throughput", action="store_true", help="skip the c=32 long-stream throughput phase")
+    parser.add_argument("--nginx", action="store_true",
+                        help="also forward through nginx (no capture), interleaved, as a reference")
     parser.add_argument("--flood", action="store_true",
                         help="start each round at once, without waiting for the gateway to capture the last one")
     args = parser.parse_args()
@@ -216,6 +283,10 @@ def main() -> None:
             procs.append(start([sys.executable, "-m", "opik_cipx.cli", "proxy"], env, gw_port))
             proxied = f"http://127.0.0.1:{gw_port.read_text().strip()}"
             gw_proc = psutil.Process(procs[-1].pid)
+            reference = None
+            if args.nginx:
+                nginx, reference = start_nginx(tmp, direct)
+                procs.append(nginx)
             time.sleep(0.5)
             rss_idle = gw_proc.memory_info().rss / 2**20
             capture_cpu0 = sum(sum(k.cpu_times()[:2]) for k in gw_proc.children(recursive=True))
@@ -223,7 +294,8 @@ def main() -> None:
             for size in (int(k) * KB for k in args.sizes.split(",")):
                 for conc in (int(c) for c in args.conc.split(",")):
                     wait_for_capture(proxied)
-                    res = asyncio.run(latency(direct, proxied, size, conc, max(n, conc * 4), flood=args.flood))
+                    res = asyncio.run(latency(direct, proxied, size, conc, max(n, conc * 4), flood=args.flood,
+                                              reference=reference))
                     d, p = res["direct"], res["proxied"]
                     row = [f"{size // KB} KB", str(conc)]
                     for attr in ("ttfb", "ttfd"):
@@ -231,6 +303,9 @@ def main() -> None:
                         pv = [getattr(s, attr) for s in p]
                         for q in (50, 99):
                             row.append(f"{percentile(pv, q) - percentile(dv, q):+.2f}")
+                    if reference is not None:
+                        dv, rv = [s.ttfb for s in d], [s.ttfb for s in res["reference"]]
+                        row += [f"{percentile(rv, q) - percentile(dv, q):+.2f}" for q in (50, 99)]
                     row.append(f"{percentile([s.ttfb for s in d], 50):.2f}")
                     rows.append(row)
             wait_for_capture(proxied)
@@ -245,7 +320,10 @@ def main() -> None:
                 proc.terminate()
                 proc.wait(timeout=20)
 
-    header = ["body", "conc", "+TTFB p50 ms", "+TTFB p99 ms", "+TTFD p50 ms", "+TTFD p99 ms", "direct TTFB p50 ms"]
+    header = ["body", "conc", "+TTFB p50 ms", "+TTFB p99 ms", "+TTFD p50 ms", "+TTFD p99 ms"]
+    if args.nginx:
+        header += ["nginx +TTFB p50 ms", "nginx +TTFB p99 ms"]
+    header.append("direct TTFB p50 ms")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:
