@@ -185,3 +185,28 @@ def test_credentials_never_reach_the_journal_file(tmp_path: Path) -> None:
         assert secret not in raw
     (payload,) = journal.read_frames(tmp_path / "j")
     assert journal.load(payload).request_headers.items() == [("anthropic-version", "1")]
+
+
+@pytest.mark.parametrize("per_call", [1, 7, 4096])
+def test_write_all_finishes_short_writes_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, per_call: int) -> None:
+    # The kernel may write less than asked (signals, full disks, pipes): every byte must still
+    # land once and in order, across more buffers than one pwritev takes.
+    parts = [b"", *(bytes([65 + i % 26]) * (1 + i % 9) for i in range(1500)), b"tail"]
+    real = os.pwritev
+    calls: list[int] = []
+
+    def short(fd: int, buffers: list[Any], offset: int) -> int:
+        assert len(buffers) <= 512
+        assert len(calls) < 20_000, "write_all is not making progress"
+        calls.append(len(buffers))
+        return real(fd, [b"".join(bytes(b) for b in buffers)[:per_call]], offset)
+
+    monkeypatch.setattr(journal.os, "pwritev", short)
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        journal.write_all(fd, parts, 10)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"\0" * 10 + b"".join(parts)
+    assert len(calls) > 2  # more than one batch, or short writes, were taken

@@ -21,6 +21,7 @@ file in the 0700 state directory.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import pickle
@@ -57,7 +58,12 @@ def _headers(headers: Any) -> list[tuple[Any, Any]]:
     """Request headers as the proxy read them, credentials left out: they never reach the disk,
     not even in this short-lived file."""
     items = headers.raw() if isinstance(headers, HeaderList) else headers.items()
-    return [(n, v) for n, v in items if not is_secret_header(n.decode("latin-1") if isinstance(n, bytes) else n)]
+    return [(n, v) for n, v in items if not (_is_secret_raw(n) if isinstance(n, bytes) else is_secret_header(n))]
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_secret_raw(name: bytes) -> bool:
+    return is_secret_header(name.decode("latin-1"))
 
 
 def dump_parts(rec: Recorder, generation: int = 0) -> tuple[list[bytes], int]:
@@ -294,21 +300,21 @@ class Journal:
 
 def write_all(fd: int, parts: list[bytes], offset: int | None = None) -> None:
     """Write every byte of ``parts`` in order: at ``offset``, else at the fd's position."""
-    views = [memoryview(p) for p in parts if p]
-    while views:
-        # IOV_MAX is 1024 on Linux; stay well under it.
-        if offset is None:
-            n = os.writev(fd, views[:512])
-        else:
-            n = os.pwritev(fd, views[:512], offset)
+    pending = [p for p in parts if p]
+    while pending:
+        batch = pending[:512]  # IOV_MAX is 1024 on Linux; stay well under it
+        n = os.writev(fd, batch) if offset is None else os.pwritev(fd, batch, offset)
+        if offset is not None:
             offset += n
-        while n and views:
-            if n >= len(views[0]):
-                n -= len(views[0])
-                views.pop(0)
-            else:
-                views[0] = views[0][n:]
-                n = 0
+        if n == sum(map(len, batch)):  # the usual case: no per-buffer bookkeeping
+            pending = pending[len(batch):]
+            continue
+        done = 0
+        while n >= len(pending[done]):
+            n -= len(pending[done])
+            done += 1
+        pending = pending[done:]
+        pending[0] = memoryview(pending[0])[n:]
 
 
 def take_over(path: Path) -> list[Recorder]:
