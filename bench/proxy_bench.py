@@ -218,6 +218,7 @@ http {{
   access_log off;
   client_body_temp_path {prefix}/body; proxy_temp_path {prefix}/proxy;
   client_max_body_size 64m;
+  client_body_buffer_size 256k;  # request bodies read in pieces as large as the gateway's reads
   upstream fake {{ server {upstream.removeprefix("http://")}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{port};
