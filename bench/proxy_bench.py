@@ -12,7 +12,10 @@ the same requests alternately direct and proxied, and prints:
 With ``--nginx``, nginx (buffering off, no capture) forwards the same calls in
 the same rounds: what any extra hop costs on this machine, for comparison.
 
-Usage: python bench/proxy_bench.py [--requests N] [--quick] [--nginx]
+With ``--pin`` (Linux), the client and the fake upstream run on one half of the
+CPUs and the proxies (the gateway, its capture worker, nginx) on the other.
+
+Usage: python bench/proxy_bench.py [--requests N] [--quick] [--nginx] [--pin]
 """
 
 from __future__ import annotations
@@ -244,6 +247,25 @@ http {{
             time.sleep(0.05)
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Keep a process, its threads and its children on ``cpus`` (Linux)."""
+    for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+        for thread in proc.threads():
+            with contextlib.suppress(OSError):  # a thread that just ended
+                os.sched_setaffinity(thread.id, cpus)
+
+
+def split_cpus() -> tuple[set[int], set[int]]:
+    """This machine's CPUs in two halves: one for the client and the fake upstream, one for the proxies."""
+    if not hasattr(os, "sched_getaffinity"):
+        raise SystemExit("--pin: needs Linux (sched_setaffinity)")
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--pin: needs at least two CPUs")
+    half = len(cpus) // 2
+    return set(cpus[:half]), set(cpus[half:])
+
+
 def long_stream_script(path: Path) -> None:
     # Requests with the x-bench-long header get a ~1 MB streamed answer; others a short one.
     long_text = "token " * 170_000
@@ -262,6 +284,8 @@ def main() -> None:
     parser.add_argument("--no-throughput", action="store_true", help="skip the c=32 long-stream throughput phase")
     parser.add_argument("--nginx", action="store_true",
                         help="also forward through nginx (no capture), interleaved, as a reference")
+    parser.add_argument("--pin", action="store_true",
+                        help="client and fake upstream on half the CPUs, the proxies on the other half")
     parser.add_argument("--flood", action="store_true",
                         help="start each round at once, without waiting for the gateway to capture the last one")
     args = parser.parse_args()
@@ -289,6 +313,14 @@ def main() -> None:
                 nginx, reference = start_nginx(tmp, direct)
                 procs.append(nginx)
             time.sleep(0.5)
+            if args.pin:
+                # As on a workstation: the real upstream is remote and Claude Code is mostly
+                # waiting, so the proxy's CPU does not compete with theirs.
+                near, far = split_cpus()
+                pin(os.getpid(), near)
+                pin(procs[0].pid, near)
+                for proc in procs[1:]:
+                    pin(proc.pid, far)
             rss_idle = gw_proc.memory_info().rss / 2**20
             capture_cpu0 = sum(sum(k.cpu_times()[:2]) for k in gw_proc.children(recursive=True))
             rows = []
@@ -336,6 +368,8 @@ def main() -> None:
               f"proxied {tp['proxied'] / 2**20:.1f} MiB/s, ratio {ratio:.3f}")
     print(f"gateway RSS: idle {rss_idle:.1f} MiB, after run {rss_after:.1f} MiB, "
           f"{IDLE_TRIM_SECONDS + 5:g} s later {rss_rested:.1f} MiB")
+    if args.pin:
+        print(f"pinned: client and fake upstream on CPUs {sorted(near)}, proxies on CPUs {sorted(far)}")
     print(f"capture (worker process, between rounds{'' if not args.flood else ' and during them: --flood'}): "
           f"{captured} calls, {capture_cpu / max(captured, 1) * 1000:.2f} ms CPU per call on average")
 
