@@ -21,7 +21,6 @@ file in the 0700 state directory.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import pickle
@@ -58,12 +57,7 @@ def _headers(headers: Any) -> list[tuple[Any, Any]]:
     """Request headers as the proxy read them, credentials left out: they never reach the disk,
     not even in this short-lived file."""
     items = headers.raw() if isinstance(headers, HeaderList) else headers.items()
-    return [(n, v) for n, v in items if not (_is_secret_raw(n) if isinstance(n, bytes) else is_secret_header(n))]
-
-
-@functools.lru_cache(maxsize=1024)
-def _is_secret_raw(name: bytes) -> bool:
-    return is_secret_header(name.decode("latin-1"))
+    return [(n, v) for n, v in items if not is_secret_header(n)]
 
 
 def dump_parts(rec: Recorder, generation: int = 0) -> tuple[list[bytes], int]:

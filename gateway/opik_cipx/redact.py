@@ -20,7 +20,10 @@ _KEEP_PREFIXES = ("anthropic-ratelimit-", "x-claude-code-")
 
 
 @functools.lru_cache(maxsize=1024)  # names repeat on every call; bounded, as clients choose them
-def is_secret_header(name: str) -> bool:
+def is_secret_header(name: str | bytes) -> bool:
+    """Whether a header of this name carries a credential; bytes are names as read off the wire."""
+    if isinstance(name, bytes):
+        name = name.decode("latin-1")
     low = name.lower()
     if low in SECRET_HEADERS:
         return True
