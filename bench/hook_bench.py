@@ -30,8 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "gateway"))
 
-from opik_cipx import daemon  # noqa: E402
 from opik_cipx.config import Settings  # noqa: E402
+from opik_cipx.ops import daemon  # noqa: E402
 
 LAUNCHER = ROOT / "plugin" / "cipx-launch"
 

@@ -26,13 +26,13 @@ sys.path.insert(0, str(ROOT / "gateway"))
 sys.path.insert(0, str(ROOT))
 
 from opik_cipx.config import Settings  # noqa: E402
-from opik_cipx.enablement import Enablement  # noqa: E402
-from opik_cipx.outbox import Outbox  # noqa: E402
-from opik_cipx.shipper import Shipper  # noqa: E402
-from opik_cipx.span import analyze, llm_span, session_trace_id, SessionContext  # noqa: E402
-from opik_cipx.identity import Identity  # noqa: E402
-from opik_cipx.spool import AsyncSpool  # noqa: E402
-from opik_cipx.uuid7 import uuid7_at  # noqa: E402
+from opik_cipx.ship.enablement import Enablement  # noqa: E402
+from opik_cipx.ship.identity import Identity  # noqa: E402
+from opik_cipx.ship.outbox import Outbox  # noqa: E402
+from opik_cipx.ship.shipper import Shipper  # noqa: E402
+from opik_cipx.ship.span import SessionContext, analyze, llm_span, session_trace_id  # noqa: E402
+from opik_cipx.ship.uuid7 import uuid7_at  # noqa: E402
+from opik_cipx.store.spool import AsyncSpool  # noqa: E402
 
 TARGET_S = 10.0
 
@@ -53,7 +53,7 @@ def template_span() -> dict[str, object]:
 
 
 def fill(spool_path: Path, n: int, max_bytes: int) -> int:
-    from opik_cipx.spool import Spool, connect
+    from opik_cipx.store.spool import Spool, connect
 
     base = template_span()
     spool = Spool(connect(spool_path))

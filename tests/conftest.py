@@ -33,7 +33,7 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def gateway_env(isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """Environment for a daemonized gateway started by a test; stopped (by its pidfile) after."""
-    from opik_cipx import daemon
+    from opik_cipx.ops import daemon
 
     monkeypatch.setenv("CIPX_PORT", "0")
     monkeypatch.setenv("CIPX_UPSTREAM_URL", "http://127.0.0.1:9")

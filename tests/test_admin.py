@@ -8,9 +8,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-
-from opik_cipx import admin
-from opik_cipx.admin import STATUS_DEGRADED, STATUS_DOWN, STATUS_OK, render_status
+from opik_cipx.ops import admin
+from opik_cipx.ops.status import STATUS_DEGRADED, STATUS_DOWN, STATUS_OK, render_status
 
 JSON = {"Content-Type": "application/json"}
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-
 from opik_cipx.attribute import (
     Attribution,
     allocate,

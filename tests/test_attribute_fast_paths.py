@@ -23,10 +23,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-
 from opik_cipx.attribute import Attribution, attribute_request, rawjson, walk
-
-from .test_attribute import cc_body
+from tests.test_attribute import cc_body
 
 FIXTURES = Path(__file__).parent / "fixtures" / "claude_code"
 RECORDINGS = sorted(p for p in FIXTURES.glob("*/*.json") if not p.name.endswith(".meta.json"))

@@ -14,11 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from opik_cipx.attribute import Attribution, allocate, attribute_request
 from opik_cipx.model import Usage
-
-from .test_attribute import FakeRates, assert_partition
+from tests.test_attribute import FakeRates, assert_partition
 
 FIXTURES = Path(__file__).parent / "fixtures" / "claude_code"
 RECORDINGS = sorted(p for p in FIXTURES.glob("*/*.json") if not p.name.endswith(".meta.json"))

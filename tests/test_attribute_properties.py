@@ -8,11 +8,15 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from opik_cipx.attribute import allocate, attribute_request, char_to_byte_offsets, decode_string, largest_remainder
+from opik_cipx.attribute import (
+    allocate,
+    attribute_request,
+    char_to_byte_offsets,
+    decode_string,
+    largest_remainder,
+)
 from opik_cipx.model import Usage
-
-from .test_attribute import FakeRates, assert_partition, cc_body
+from tests.test_attribute import FakeRates, assert_partition, cc_body
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from opik_cipx import attribution_store
 from opik_cipx.attribute import attribute_request
 from opik_cipx.attribute.types import USER_PROMPT
-from opik_cipx.capture import HeaderList, Recorder, build_exchange
-from opik_cipx.spool import Spool, connect
+from opik_cipx.capture.exchange import build_exchange
+from opik_cipx.proxy.recorder import HeaderList, Recorder
+from opik_cipx.store import attribution as attribution_store
+from opik_cipx.store.spool import Spool, connect
 
 
 def long_session_call(prompts: int) -> bytes:

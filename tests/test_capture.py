@@ -6,7 +6,8 @@ import asyncio
 import uuid
 from typing import Any
 
-from opik_cipx.capture import CaptureSink, HeaderList, Recorder
+from opik_cipx.capture.sink import CaptureSink
+from opik_cipx.proxy.recorder import HeaderList, Recorder
 
 
 def finished_call() -> Recorder:

@@ -8,8 +8,8 @@ import signal
 from typing import Any
 
 import aiohttp
-
 from opik_cipx.server import Gateway
+
 from tests.support.fake_anthropic import FakeAnthropic
 from tests.test_proxy import API_KEY, captured, request_body
 
@@ -52,7 +52,7 @@ async def test_worker_stops_with_the_gateway(upstream: FakeAnthropic, make_setti
 async def test_journaled_calls_reach_the_worker_by_reference_not_by_pipe(
     gateway: Gateway, upstream: FakeAnthropic, monkeypatch: Any
 ) -> None:
-    from opik_cipx import capture_worker
+    from opik_cipx.capture import worker as capture_worker
 
     sent: list[list[bytes]] = []
     item = capture_worker._item
@@ -70,7 +70,7 @@ async def test_journaled_calls_reach_the_worker_by_reference_not_by_pipe(
 async def test_a_journal_reference_that_does_not_hold_the_call_is_resent_inline(
     gateway: Gateway, upstream: FakeAnthropic, monkeypatch: Any
 ) -> None:
-    from opik_cipx import capture_worker
+    from opik_cipx.capture import worker as capture_worker
 
     def wrong_place(rec: Any) -> list[bytes]:
         assert rec.frame is not None and rec.released  # the parent holds only the reference
@@ -91,7 +91,7 @@ async def test_a_journal_reference_that_does_not_hold_the_call_is_resent_inline(
 async def test_a_call_the_journal_lost_is_reported_not_stored_empty(
     gateway: Gateway, upstream: FakeAnthropic, monkeypatch: Any
 ) -> None:
-    from opik_cipx import capture_worker
+    from opik_cipx.capture import worker as capture_worker
 
     item = capture_worker._item
 
@@ -116,8 +116,8 @@ def test_the_worker_waits_for_a_lull_but_not_forever(tmp_path: Any) -> None:
     import threading
     import time
 
-    from opik_cipx.capture import HeaderList, Recorder
-    from opik_cipx.capture_worker import BusyFlag
+    from opik_cipx.proxy.busy import BusyFlag
+    from opik_cipx.proxy.recorder import HeaderList, Recorder
 
     proxy_side = BusyFlag(tmp_path / "busy", write=True)
     worker_side = BusyFlag(tmp_path / "busy", write=False)

@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from opik_cipx import daemon
-from opik_cipx.claude_code import git_info, session_env, session_from_payload
+from opik_cipx.claude.hooks import git_info, session_env, session_from_payload
 from opik_cipx.config import Settings
+from opik_cipx.ops import daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,8 +94,8 @@ def test_session_start_starts_the_gateway_and_registers_the_session_silently(env
     assert doc is not None and doc["sessions"] == 1
     daemon.stop(settings)
     # The registration outlives the gateway: it is in the spool.
-    from opik_cipx.sessions import SessionTable
-    from opik_cipx.spool import Spool, connect
+    from opik_cipx.store.sessions import SessionTable
+    from opik_cipx.store.spool import Spool, connect
 
     spool = Spool(connect(settings.spool_path))
     try:

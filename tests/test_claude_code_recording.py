@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from multidict import CIMultiDict
 
+from tests.support.cc_project import MARKERS, MODELS, label
 from tests.support.claude_code import (
     REPO_ROOT,
     Workspace,
@@ -18,10 +20,13 @@ from tests.support.claude_code import (
     run_claude,
     run_claude_session,
 )
-from multidict import CIMultiDict
-
-from tests.support.cc_project import MARKERS, MODELS, label
-from tests.support.fake_anthropic import RecordedRequest, Rule, Rules, Turn, load_records
+from tests.support.fake_anthropic import (
+    RecordedRequest,
+    Rule,
+    Rules,
+    Turn,
+    load_records,
+)
 
 needs_cli = [pytest.mark.e2e, pytest.mark.skipif(claude_bin() is None, reason=claude_missing_reason())]
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "claude_code"

@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from opik_cipx import daemon
+from opik_cipx.claude.provision import doctor, setup_plan
 from opik_cipx.config import Settings
-from opik_cipx.provision import doctor, setup_plan
+from opik_cipx.ops import daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 

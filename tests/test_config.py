@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
-
 from opik_cipx.config import OPIK_CLOUD_URL, Settings, read_opik_config
+from pydantic import ValidationError
 
 INI = """\
 [opik]

@@ -16,10 +16,10 @@ import aiohttp
 import filelock
 import psutil
 import pytest
-
-from opik_cipx import daemon
 from opik_cipx.config import Settings
-from opik_cipx.spool import Spool, connect
+from opik_cipx.ops import daemon
+from opik_cipx.store.spool import Spool, connect
+
 from tests.support.fake_anthropic import Turn
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,14 +13,26 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from opik_cipx import attribution_store
-from opik_cipx.analysis import analyze, compaction_deltas
+from opik_cipx.attribute.analysis import analyze, compaction_deltas
 from opik_cipx.model import CallKind
 from opik_cipx.pricing import PriceTable
-from opik_cipx.spool import Spool, connect
-from tests.support.cc_project import COMMAND, MARKERS, build_project, markers_in, recording_rules, session_calls
-from tests.support.claude_code import REPO_ROOT, claude_bin, claude_missing_reason, run_claude_session
+from opik_cipx.store import attribution as attribution_store
+from opik_cipx.store.spool import Spool, connect
+
+from tests.support.cc_project import (
+    COMMAND,
+    MARKERS,
+    build_project,
+    markers_in,
+    recording_rules,
+    session_calls,
+)
+from tests.support.claude_code import (
+    REPO_ROOT,
+    claude_bin,
+    claude_missing_reason,
+    run_claude_session,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(claude_bin() is None, reason=claude_missing_reason())]
 

@@ -6,12 +6,12 @@ import json
 from typing import Any
 
 import pytest
-
-from opik_cipx import attribution_store
-from opik_cipx.analysis import SessionCall, analyze, compaction_deltas
+from opik_cipx.attribute.analysis import SessionCall, analyze, compaction_deltas
 from opik_cipx.cli import main
 from opik_cipx.pricing import PriceTable
 from opik_cipx.server import Gateway
+from opik_cipx.store import attribution as attribution_store
+
 from tests.support.fake_anthropic import FakeAnthropic
 from tests.support.replay import recorded, replay
 

@@ -152,7 +152,7 @@ def test_frozen_python_modules_include_no_test_or_dev_dependencies(extracted: Pa
     modules = set(exe.open_embedded_archive(pyz_name).toc)
     tops = {m.split(".")[0] for m in modules}
 
-    assert "opik_cipx.cli" in modules and "opik_cipx.server" in modules and "opik_cipx.daemon" in modules
+    assert "opik_cipx.cli" in modules and "opik_cipx.server" in modules and "opik_cipx.ops.daemon" in modules
     assert not tops & FORBIDDEN_TOP_LEVEL
 
 

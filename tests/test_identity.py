@@ -6,8 +6,12 @@ import time
 from pathlib import Path
 
 import pytest
-
-from opik_cipx.identity import Identity, IdentitySource, identity_from_claude_json, render_project
+from opik_cipx.ship.identity import (
+    Identity,
+    IdentitySource,
+    identity_from_claude_json,
+    render_project,
+)
 
 ACCOUNT = {
     "oauthAccount": {

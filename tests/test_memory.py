@@ -16,7 +16,7 @@ _BURSTS = f"""
 import resource, sys
 sys.path.insert(0, {str(GATEWAY_SRC)!r})
 if sys.argv[1] == "tuned":
-    from opik_cipx.memory import keep_freed_memory
+    from opik_cipx.proxy.heap import keep_freed_memory
     assert keep_freed_memory()
 for _ in range(3):  # the first bursts size the heap in either mode
     warm = [b"x" * 200_000 for _ in range(8)]
@@ -53,7 +53,7 @@ def test_freed_body_buffers_are_reused_instead_of_faulted_in_again() -> None:
 _PEAK_THEN_IDLE = f"""
 import sys
 sys.path.insert(0, {str(GATEWAY_SRC)!r})
-from opik_cipx.memory import give_back_freed_memory, keep_freed_memory
+from opik_cipx.proxy.heap import give_back_freed_memory, keep_freed_memory
 assert keep_freed_memory()
 def rss():
     with open("/proc/self/statm") as f:

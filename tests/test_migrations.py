@@ -5,9 +5,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-
-from opik_cipx import migrations
-from opik_cipx.migrations import MIGRATIONS, Migration, migrate, transaction
+from opik_cipx.store import migrations
+from opik_cipx.store.migrations import MIGRATIONS, Migration, migrate, transaction
 
 
 def _open(path: Path, *, autocommit: bool = True) -> sqlite3.Connection:

@@ -7,9 +7,15 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from opik_cipx.ship.opik_client import (
+    OpikClient,
+    Verdict,
+    classify,
+    mask_key,
+    retry_after,
+)
+from opik_cipx.ship.uuid7 import uuid7_at
 
-from opik_cipx.opik_client import OpikClient, Verdict, classify, mask_key, retry_after
-from opik_cipx.uuid7 import uuid7_at
 from tests.support.opik_server import OpikContractServer
 
 

@@ -5,11 +5,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opik_cipx.ship.identity import Identity
+from opik_cipx.ship.outbox import DISABLED, Item, Outbox
+from opik_cipx.ship.span import SessionContext, analyze
+from opik_cipx.store.spool import Spool, connect
 
-from opik_cipx.identity import Identity
-from opik_cipx.outbox import DISABLED, Item, Outbox
-from opik_cipx.span import SessionContext, analyze
-from opik_cipx.spool import Spool, connect
 from tests.test_span import PRICES, T0, assistant_blocks, make_exchange
 
 

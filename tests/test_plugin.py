@@ -13,13 +13,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from opik_cipx import daemon
+from opik_cipx.claude.provision import render_launcher
 from opik_cipx.config import Settings
-from opik_cipx.provision import render_launcher
-from opik_cipx.sessions import SessionTable
-from opik_cipx.spool import Spool, connect
-from tests.support.claude_code import Workspace, claude_bin, claude_env, claude_missing_reason, run_claude_session, run_in_netns
+from opik_cipx.ops import daemon
+from opik_cipx.store.sessions import SessionTable
+from opik_cipx.store.spool import Spool, connect
+
+from tests.support.claude_code import (
+    Workspace,
+    claude_bin,
+    claude_env,
+    claude_missing_reason,
+    run_claude_session,
+    run_in_netns,
+)
 from tests.support.fake_anthropic import Turn
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,11 +9,25 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-
 from opik_cipx.config import Settings
-from opik_cipx.privacy import LiveOptions, redact_record, sampled
-from opik_cipx.span import TraceState, analyze, complete_tool_span, llm_span, session_trace, tool_spans
-from tests.test_span import PRICES, T0, UPDATED, assistant_blocks, context, make_exchange
+from opik_cipx.ship.privacy import LiveOptions, redact_record, sampled
+from opik_cipx.ship.span import (
+    TraceState,
+    analyze,
+    complete_tool_span,
+    llm_span,
+    session_trace,
+    tool_spans,
+)
+
+from tests.test_span import (
+    PRICES,
+    T0,
+    UPDATED,
+    assistant_blocks,
+    context,
+    make_exchange,
+)
 
 APPLIED = "2026-06-01T12:00:00.000Z"
 

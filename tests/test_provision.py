@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import sys
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-
-from opik_cipx import provision
+from opik_cipx.claude import provision
+from opik_cipx.claude.provision import (
+    MARKER,
+    ProvisionError,
+    setup_plan,
+    uninstall_plan,
+)
 from opik_cipx.cli import main
 from opik_cipx.config import Settings
-from opik_cipx.provision import MARKER, ProvisionError, setup_plan, uninstall_plan
 
 # Four-space indent, no trailing newline, unicode, key order that is not sorted: a re-serialising
 # uninstall would not give these bytes back.
@@ -160,7 +164,7 @@ def test_the_written_hook_script_runs_the_binary_and_exits_0_without_it(claude: 
 def test_frozen_binary_names_the_stable_entry_point_not_its_versioned_bundle(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from opik_cipx import provision
+    from opik_cipx.claude import provision
 
     bundle = tmp_path / ".opik-cipx-releases" / "0.2.0-1" / "opik-cipx"
     bundle.parent.mkdir(parents=True)

@@ -11,10 +11,10 @@ from typing import Any
 import aiohttp
 import anthropic
 import pytest
-
 from opik_cipx.model import CallKind, Exchange, Outcome
-from opik_cipx.proxy import end_to_end, HOP_BY_HOP
+from opik_cipx.proxy.relay import HOP_BY_HOP, end_to_end
 from opik_cipx.server import Gateway
+
 from tests.support.fake_anthropic import FakeAnthropic, Turn
 
 API_KEY = "sk-ant-test-SECRET-4b1d"
@@ -307,7 +307,7 @@ async def test_a_capture_stage_that_raises_does_not_touch_the_call(upstream: Fak
 
 
 async def test_a_build_that_raises_does_not_touch_the_call(upstream: FakeAnthropic, make_settings: Any, monkeypatch: Any) -> None:
-    import opik_cipx.capture as capture
+    import opik_cipx.capture.exchange as capture
 
     def broken(*a: Any, **k: Any) -> Any:
         raise ValueError("parser bug")
@@ -570,8 +570,8 @@ class _Wire(asyncio.Transport):
 
 
 async def test_what_one_upstream_read_holds_reaches_the_client_in_one_write() -> None:
-    from opik_cipx.proxy import Relay
-    from opik_cipx.upstream import Connection, Pool, Target
+    from opik_cipx.proxy.relay import Relay
+    from opik_cipx.proxy.upstream import Connection, Pool, Target
 
     pool = Pool(Target.parse("http://127.0.0.1:9"))
     upstream_wire, client_wire = _Wire(), _Wire()

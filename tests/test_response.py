@@ -12,9 +12,8 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from opik_cipx.model import Outcome
-from opik_cipx.response import (
+from opik_cipx.wire.response import (
     ResponseSummary,
     StreamReader,
     decode_content,

@@ -6,10 +6,14 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-
-from opik_cipx.migrations import applied
-from opik_cipx.sessions import InvalidSession, SessionInfo, SessionStore, SessionTable
-from opik_cipx.spool import AsyncSpool, Spool, connect
+from opik_cipx.store.migrations import applied
+from opik_cipx.store.sessions import (
+    InvalidSession,
+    SessionInfo,
+    SessionStore,
+    SessionTable,
+)
+from opik_cipx.store.spool import AsyncSpool, Spool, connect
 
 
 def migrated(path: Path) -> sqlite3.Connection:

@@ -10,9 +10,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-
 from opik_cipx.config import Settings
 from opik_cipx.server import Gateway
+
 from tests.support.fake_anthropic import FakeAnthropic, Turn
 from tests.support.opik_server import OpikContractServer
 
@@ -187,7 +187,7 @@ async def test_session_environment_enables_and_places_spans_under_a_parent_trace
     gateway_factory: Any, opik: OpikContractServer, tmp_path: Any
 ) -> None:
     parent, root = "0190f0a0-0000-7000-8000-0000000000aa", "0190f0a0-0000-7000-8000-0000000000bb"
-    from opik_cipx.sessions import SessionInfo
+    from opik_cipx.store.sessions import SessionInfo
 
     gw = await gateway_factory()
     # As the SessionStart hook registers it (stored, so the capture worker sees it too).

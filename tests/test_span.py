@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from opik_cipx.identity import Identity
 from opik_cipx.model import CallKind, Exchange, Outcome, Usage
 from opik_cipx.pricing import PriceTable
-from opik_cipx.span import (
+from opik_cipx.ship.identity import Identity
+from opik_cipx.ship.span import (
     SessionContext,
     TraceState,
     analyze,
@@ -22,7 +21,7 @@ from opik_cipx.span import (
     session_trace_id,
     tool_spans,
 )
-from opik_cipx.uuid7 import is_uuid7, timestamp_ms
+from opik_cipx.ship.uuid7 import is_uuid7, timestamp_ms
 
 FIXTURES = Path(__file__).parent / "fixtures" / "claude_code"
 PRICES = PriceTable.builtin()

@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from opik_cipx.model import CallKind, Cost, Exchange, Outcome, Usage
-from opik_cipx.spool import (
+from opik_cipx.store.spool import (
     MAX_CHUNK,
     MIN_CHUNK,
     SLICE,

@@ -7,9 +7,8 @@ import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from opik_cipx import sse
-from opik_cipx.sse import SSEDecoder, SSEEvent
+from opik_cipx.wire import sse
+from opik_cipx.wire.sse import SSEDecoder, SSEEvent
 
 
 def decode_all(chunks: list[bytes]) -> list[SSEEvent]:

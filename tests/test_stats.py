@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from opik_cipx import stats
-from opik_cipx.analysis import analyze
+from opik_cipx.attribute.analysis import analyze
 from opik_cipx.cli import main
 from opik_cipx.config import Settings
 from opik_cipx.model import CallKind, Cost, Exchange, Usage
 from opik_cipx.pricing import PriceTable
+from opik_cipx.report import stats
 from opik_cipx.server import Gateway
-from opik_cipx.spool import Spool, connect
+from opik_cipx.store.spool import Spool, connect
+
 from tests.support.fake_anthropic import FakeAnthropic
 from tests.support.replay import FIXTURES, replay
 

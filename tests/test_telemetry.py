@@ -6,8 +6,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-
-from opik_cipx.telemetry import Dsn, Telemetry, scrub
+from opik_cipx.ship.telemetry import Dsn, Telemetry, scrub
 
 
 def test_scrub_removes_keys_tokens_emails_and_home_paths() -> None:

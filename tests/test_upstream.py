@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 import trustme
-
 from opik_cipx.model import Outcome
+from opik_cipx.proxy.upstream import Target
 from opik_cipx.server import Gateway
-from opik_cipx.upstream import Target
+
 from tests.support.fake_anthropic import FakeAnthropic, Turn
 from tests.support.http_proxy import HttpProxy
 from tests.support.raw_upstream import Answer, RawUpstream

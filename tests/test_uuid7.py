@@ -4,8 +4,7 @@ import uuid
 
 from hypothesis import given
 from hypothesis import strategies as st
-
-from opik_cipx.uuid7 import is_uuid7, timestamp_ms, uuid7, uuid7_at
+from opik_cipx.ship.uuid7 import is_uuid7, timestamp_ms, uuid7, uuid7_at
 
 
 @given(st.integers(min_value=0, max_value=2**48 - 1), st.text(max_size=40))

@@ -19,13 +19,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-
-from opik_cipx import attribution_store
-from opik_cipx.analysis import analyze
+from opik_cipx.attribute.analysis import analyze
 from opik_cipx.cli import main
 from opik_cipx.server import Gateway
-from opik_cipx.spool import Spool, connect
+from opik_cipx.store import attribution as attribution_store
+from opik_cipx.store.spool import Spool, connect
 from opik_cipx.viewer import queries, read_token, token_path, viewer_url
+
 from tests.support.fake_anthropic import FakeAnthropic
 from tests.support.replay import recorded, replay
 

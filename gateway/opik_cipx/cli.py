@@ -42,8 +42,8 @@ def _settings() -> Settings:
 
 def cmd_proxy(args: argparse.Namespace, settings: Settings) -> int:
     from .config import ensure_home
-    from .daemon import GatewayLock, probe
-    from .memory import keep_freed_memory
+    from .ops.daemon import GatewayLock, probe
+    from .proxy.heap import keep_freed_memory
     from .server import install_uvloop, run
 
     logging.basicConfig(
@@ -77,8 +77,8 @@ def cmd_proxy(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
     import json
 
-    from .explain import ExplainError, explain, open_spool, render_text, to_json
     from .pricing import PriceTable, PricingFileError
+    from .report.explain import ExplainError, explain, open_spool, render_text, to_json
 
     try:
         prices = PriceTable.load(settings.pricing_file)
@@ -107,7 +107,7 @@ def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_ensure_running(args: argparse.Namespace, settings: Settings) -> int:
-    from .daemon import DaemonError, ensure_running
+    from .ops.daemon import DaemonError, ensure_running
 
     try:
         live = ensure_running(settings, timeout=args.timeout)
@@ -120,7 +120,7 @@ def cmd_ensure_running(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
-    from .daemon import DaemonError, stop
+    from .ops.daemon import DaemonError, stop
 
     try:
         result = stop(settings, timeout=args.timeout)
@@ -136,7 +136,7 @@ def cmd_hook(args: argparse.Namespace, settings: None) -> int:
     import os
     import signal
 
-    from .claude_code import bound_for, run_hook
+    from .claude.hooks import bound_for, run_hook
 
     # Hard bound: whatever is stuck (stdin never closed, a lock, a dead port), leave in time.
     signal.signal(signal.SIGALRM, lambda *_: os._exit(0))
@@ -158,7 +158,7 @@ def cmd_hook(args: argparse.Namespace, settings: None) -> int:
 
 def _log_to_file(settings: Settings) -> None:
     from .config import ensure_home
-    from .daemon import LOG_NAME
+    from .ops.daemon import LOG_NAME
 
     ensure_home(settings)
     handler = logging.FileHandler(settings.logs_dir / LOG_NAME)
@@ -171,7 +171,7 @@ def _log_to_file(settings: Settings) -> None:
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     import json
 
-    from .admin import collect_status, render_status
+    from .ops.status import collect_status, render_status
 
     code, doc = collect_status(settings, timeout=args.timeout)
     print(json.dumps({"exit_code": code, **doc}, indent=2) if args.json else render_status(code, doc))
@@ -182,7 +182,7 @@ def cmd_setup(args: argparse.Namespace, settings: Settings) -> int:
     import json
     from pathlib import Path
 
-    from .provision import ProvisionError, Targets, settings_snippet, setup_plan
+    from .claude.provision import ProvisionError, Targets, settings_snippet, setup_plan
 
     try:
         plan = setup_plan(settings, apply_settings=args.apply, binary=Path(args.binary) if args.binary else None)
@@ -201,8 +201,8 @@ def cmd_setup(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_uninstall(args: argparse.Namespace, settings: Settings) -> int:
-    from .daemon import DaemonError, stop
-    from .provision import ProvisionError, uninstall_plan
+    from .claude.provision import ProvisionError, uninstall_plan
+    from .ops.daemon import DaemonError, stop
 
     def stop_gateway() -> str:
         try:
@@ -226,7 +226,7 @@ def cmd_uninstall(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
-    from .daemon import DaemonError, stop
+    from .ops.daemon import DaemonError, stop
 
     if not args.yes:
         if not sys.stdin.isatty():
@@ -254,7 +254,7 @@ def cmd_logs(args: argparse.Namespace, settings: Settings) -> int:
     import time
     from collections import deque
 
-    from .daemon import LOG_NAME
+    from .ops.daemon import LOG_NAME
 
     path = settings.logs_dir / LOG_NAME
     if not path.exists():
@@ -282,7 +282,7 @@ def cmd_logs(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     import json
 
-    from .provision import doctor
+    from .claude.provision import doctor
 
     checks = doctor(settings)
     failed = any(c.status == "fail" for c in checks)
@@ -383,7 +383,7 @@ def cmd_viewer(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
-    from . import stats
+    from .report import stats
 
     try:
         win = stats.window(args.window, args.since)
@@ -400,7 +400,7 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _add_viewer_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from .stats import GROUPS, WINDOWS
+    from .report.stats import GROUPS, WINDOWS
 
     p = sub.add_parser("viewer", help="print the local viewer's URL (with this start's token)")
     p.add_argument("--open", action="store_true", help="also open it in a browser")
@@ -416,7 +416,7 @@ def _add_viewer_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
 
 
 def cmd_capture_worker(args: argparse.Namespace, settings: Settings | None) -> int:
-    from .capture_worker import main as worker_main
+    from .capture.worker import main as worker_main
 
     return worker_main()
 

@@ -68,7 +68,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from opik_cipx.model import Cost, Usage
+from .model import Cost, Usage
 
 __all__ = [
     "BUILTIN",

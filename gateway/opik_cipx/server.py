@@ -21,20 +21,23 @@ from typing import Any
 
 from aiohttp import web
 
-from .admin import setup_admin
-from . import journal
-from .capture import Captured, CaptureSink, Recorder, in_thread, prepare, store_attribution, store_exchange
-from .capture_worker import WorkerProcess
-from .commands import CommandIndex
+from .attribute.analysis import Captured
+from .capture.commands import CommandIndex
+from .capture.sink import CaptureSink
+from .capture.stages import in_thread, prepare, store_attribution, store_exchange
+from .capture.worker import WorkerProcess
 from .config import Settings, ensure_home
-from .memory import IDLE_TRIM_SECONDS, give_back_freed_memory
-from .metrics import Metrics, setup_metrics
+from .ops.admin import setup_admin
+from .ops.metrics import Metrics, setup_metrics
 from .pricing import PriceTable, PricingFileError
-from .proxy import Relay
-from .upstream import Pool, Target
-from .shipper import Shipper
-from .sessions import SessionStore
-from .spool import AsyncSpool
+from .proxy import journal
+from .proxy.heap import IDLE_TRIM_SECONDS, give_back_freed_memory
+from .proxy.recorder import Recorder
+from .proxy.relay import Relay
+from .proxy.upstream import Pool, Target
+from .ship.shipper import Shipper
+from .store.sessions import SessionStore
+from .store.spool import AsyncSpool
 from .viewer import setup_viewer
 
 log = logging.getLogger(__name__)

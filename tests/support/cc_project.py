@@ -21,7 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.support.claude_code import REPO_ROOT, SessionResult, Workspace, claude_bin, claude_missing_reason, run_claude_session
+from tests.support.claude_code import (
+    REPO_ROOT,
+    SessionResult,
+    Workspace,
+    claude_bin,
+    claude_missing_reason,
+    run_claude_session,
+)
 from tests.support.fake_anthropic import RecordedRequest, Rule, Rules, Turn
 
 SUFFIX = "7f3a"

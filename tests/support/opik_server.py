@@ -29,6 +29,7 @@ import yaml
 from aiohttp import web
 from jsonschema import Draft202012Validator
 
+
 def _spec_path() -> Path:
     """shared/ sits beside the checkout (CI clones main next to it); /work/shared on dev machines."""
     relative = Path("contracts") / "opik-openapi.yaml"

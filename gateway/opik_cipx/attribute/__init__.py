@@ -36,13 +36,7 @@ Categories and their items (decisions worth knowing when reading a breakdown):
 
 from .allocate import allocate, largest_remainder
 from .rawjson import char_to_byte_offsets, decode_string
-from .types import (
-    CATEGORIES,
-    Attribution,
-    Breakpoint,
-    ItemTotal,
-    Region,
-)
+from .types import CATEGORIES, Attribution, Breakpoint, ItemTotal, Region
 from .walk import attribute_request, classify_call, split_mcp_name
 
 __all__ = [

@@ -31,14 +31,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from ..model import Usage
-from .types import (
-    CATEGORIES,
-    GROUP_NAMES,
-    OUTPUT,
-    UNATTRIBUTED,
-    Attribution,
-    ItemTotal,
-)
+from .types import CATEGORIES, GROUP_NAMES, OUTPUT, UNATTRIBUTED, Attribution, ItemTotal
 from .walk import group_of
 
 

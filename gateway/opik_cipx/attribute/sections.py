@@ -16,7 +16,17 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .types import AGENTS, COMPACTION, HOOKS, MCP, MEMORY, REMINDERS, SKILLS, SLASH_COMMANDS, USER_PROMPT
+from .types import (
+    AGENTS,
+    COMPACTION,
+    HOOKS,
+    MCP,
+    MEMORY,
+    REMINDERS,
+    SKILLS,
+    SLASH_COMMANDS,
+    USER_PROMPT,
+)
 
 
 @dataclass(slots=True)

@@ -10,11 +10,12 @@ import json
 import sqlite3
 from typing import Any
 
-from .. import attribution_store, stats
-from ..analysis import analyze, compaction_deltas, response_content
-from ..explain import to_json
+from ..attribute.analysis import analyze, compaction_deltas, response_content
 from ..pricing import PriceTable
-from ..spool import Spool
+from ..report import stats
+from ..report.explain import to_json
+from ..store import attribution as attribution_store
+from ..store.spool import Spool
 
 MAX_PAGE = 500
 CALL_KINDS = ("main", "subagent", "compaction", "title", "side", "count_tokens", "other")

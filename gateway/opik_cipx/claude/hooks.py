@@ -24,9 +24,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from . import daemon
-from .config import Settings
-from .sessions import SessionInfo
+from ..config import Settings
+from ..ops import daemon
+from ..store.sessions import SessionInfo
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from typing import Any
 import filelock
 import psutil
 
-from .config import Settings, ensure_home
+from ..config import Settings, ensure_home
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import DEFAULT_PORT, Settings
+from ..config import DEFAULT_PORT, Settings
 
 MARKER = "# opik-cipx managed hook -- written by `opik-cipx setup`, removed by `opik-cipx uninstall`"
 PLUGIN_ID = "opik-cipx@opik-enterprise"
@@ -533,8 +533,8 @@ def doctor(
     managed: tuple[Path, ...] = MANAGED_SETTINGS,
 ) -> list[Check]:
     """Every check that explains why calls are or are not captured, each with its fix."""
-    from . import admin
-    from .pricing import PriceTable, PricingFileError
+    from ..ops import status
+    from ..pricing import PriceTable, PricingFileError
 
     env = dict(os.environ if environ is None else environ)
     targets = Targets.of(settings, home)
@@ -546,10 +546,10 @@ def doctor(
     except PricingFileError as exc:
         checks.append(Check("config", "warn", f"pricing overrides ignored: {exc}", f"fix or remove {settings.pricing_file}"))
 
-    code, doc = admin.collect_status(settings)
-    if code == admin.STATUS_OK:
+    code, doc = status.collect_status(settings)
+    if code == status.STATUS_OK:
         checks.append(Check("gateway", "ok", f"running, pid {doc.get('pid')}, port {doc.get('port')}"))
-    elif code == admin.STATUS_DOWN:
+    elif code == status.STATUS_DOWN:
         checks.append(Check("gateway", "fail", "not running", "opik-cipx ensure-running (the plugin's SessionStart hook does this)"))
         port = settings.port or DEFAULT_PORT
         if not _port_free(port):
@@ -561,8 +561,8 @@ def doctor(
 
     checks.append(_spool_check(settings))
 
-    shipper = doc.get("shipper") if code != admin.STATUS_DOWN else None
-    if code == admin.STATUS_DOWN:
+    shipper = doc.get("shipper") if code != status.STATUS_DOWN else None
+    if code == status.STATUS_DOWN:
         checks.append(Check("opik", "warn", "unknown while the gateway is down", "opik-cipx ensure-running"))
     elif shipper is None:
         checks.append(Check("opik", "warn", "shipper not running: spans stay in the local spool"))
@@ -605,7 +605,7 @@ def doctor(
                             f"claude plugin install {PLUGIN_ID}, or opik-cipx setup --apply"))
 
     # The running gateway's port is the truth; the configured one when it is down.
-    want = f"http://127.0.0.1:{doc['port']}" if code != admin.STATUS_DOWN and doc.get("port") else base_url(settings)
+    want = f"http://127.0.0.1:{doc['port']}" if code != status.STATUS_DOWN and doc.get("port") else base_url(settings)
     sources: list[tuple[str, str]] = []
     for path, d in managed_docs:
         value = (d.get("env") or {}).get("ANTHROPIC_BASE_URL") if isinstance(d.get("env"), dict) else None

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .config import Settings, read_config_toml
+from ..config import Settings, read_config_toml
 
 log = logging.getLogger(__name__)
 

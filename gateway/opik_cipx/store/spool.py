@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from opik_cipx.migrations import migrate, transaction
-from opik_cipx.model import CallKind, Cost, Exchange, Outcome, Usage
+from ..model import CallKind, Cost, Exchange, Outcome, Usage
+from .migrations import migrate, transaction
 
 T = TypeVar("T")
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 
 import httptools
 
-from .capture import HeaderList, Recorder
+from .recorder import HeaderList, Recorder
 from .upstream import Connection, Pool, UpstreamError
 
 log = logging.getLogger(__name__)

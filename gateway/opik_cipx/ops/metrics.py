@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .model import Exchange
-from .viewer.security import host_allowed, refuse
+from ..model import Exchange
+from ..viewer.security import host_allowed, refuse
 
 if TYPE_CHECKING:
-    from .server import Gateway
+    from ..server import Gateway
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Upper bounds in seconds for the time to the upstream's first response byte: Anthropic's

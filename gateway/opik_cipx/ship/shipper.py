@@ -28,20 +28,19 @@ from typing import Any
 
 import aiohttp
 
-from . import analysis
-from .analysis import response_content
-from .attribution_store import stored_commands
-from .capture import Captured
-from .config import Settings
+from ..attribute import analysis
+from ..attribute.analysis import Captured, response_content
+from ..config import Settings
+from ..model import Exchange
+from ..pricing import PriceTable
+from ..store.attribution import stored_commands
+from ..store.spool import AsyncSpool, Spool
 from .enablement import Enablement, SessionLookup
 from .identity import IdentitySource, claude_json_path, render_project
-from .model import Exchange
 from .opik_client import OpikClient, SendResult, Verdict, mask_key
 from .outbox import DISABLED, MAX_BATCH_ITEMS, NO_DESTINATION, SAMPLED_OUT, Item, Outbox
-from .pricing import PriceTable
 from .privacy import LiveOptions, iso_now, sampled
 from .span import CallFacts, SessionContext, call_facts
-from .spool import AsyncSpool, Spool
 from .telemetry import Telemetry
 
 log = logging.getLogger(__name__)

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from . import __version__
-from .sessions import InvalidSession, SessionInfo
-from .spool import Spool
+from .. import __version__
+from ..store.sessions import InvalidSession, SessionInfo
+from ..store.spool import Spool
 
 if TYPE_CHECKING:
-    from .server import Gateway
+    from ..server import Gateway
 
 log = logging.getLogger(__name__)
 
@@ -181,137 +181,3 @@ def setup_admin(app: web.Application, gateway: Gateway) -> None:
     app.router.add_post(f"{PREFIX}/sessions", sessions)
     # Anything else under the prefix is ours too: never let it reach the upstream.
     app.router.add_route("*", PREFIX + "/{tail:.*}", not_found)
-
-
-# --- the client side: what `opik-cipx status` asks and prints ----------------------------------
-
-# Exit codes of `opik-cipx status`, for scripts.
-STATUS_OK = 0  # running, answering, no problems
-STATUS_DOWN = 1  # no gateway holds the lock
-STATUS_DEGRADED = 2  # running but wedged (not answering), unidentifiable, or reporting problems
-STATUS_TIMEOUT = 2.0
-
-
-def collect_status(settings: Any, timeout: float = STATUS_TIMEOUT) -> tuple[int, dict[str, Any]]:
-    """Probe the lock and pidfile, then ask the gateway itself; never trust just one of them."""
-    from . import daemon
-
-    live = daemon.probe(settings)
-    doc: dict[str, Any] = {"state": str(live.state), "pid": live.pid, "port": live.port, "problems": []}
-    if live.state is daemon.State.STOPPED:
-        doc["stale_pidfile"] = live.stale_pidfile
-        return STATUS_DOWN, doc
-    if live.state is daemon.State.UNVERIFIED:
-        doc["problems"].append(
-            "the gateway lock is held but the pidfile names no live gateway (still starting, or wedged); "
-            "see `opik-cipx logs`"
-        )
-        return STATUS_DEGRADED, doc
-    if live.port is None:
-        doc["problems"].append(f"pid {live.pid} holds the lock but has written no port file (starting, or failed to bind)")
-        return STATUS_DEGRADED, doc
-    remote = daemon.get_json(live.port, f"{PREFIX}/status", timeout)
-    if remote is None:
-        doc["problems"].append(
-            f"pid {live.pid} is alive but port {live.port} did not answer within {timeout:g}s (wedged); "
-            "`opik-cipx stop` then `opik-cipx ensure-running`"
-        )
-        return STATUS_DEGRADED, doc
-    if remote.get("pid") != live.pid:
-        doc["problems"].append(f"port {live.port} is answered by pid {remote.get('pid')}, not the gateway (pid {live.pid})")
-        return STATUS_DEGRADED, doc
-    doc.update({k: v for k, v in remote.items() if k != "problems"})
-    doc["state"] = "running"
-    doc["problems"] = list(remote.get("problems") or [])
-    return (STATUS_DEGRADED if doc["problems"] else STATUS_OK), doc
-
-
-def _ago(at: Any) -> str:
-    if not isinstance(at, (int, float)) or not at:
-        return "-"
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
-    return f"{stamp} ({_duration(time.time() - at)} ago)"
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d{hours}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
-def _size(n: Any) -> str:
-    if not isinstance(n, (int, float)):
-        return "-"
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
-
-
-def render_status(code: int, doc: dict[str, Any]) -> str:
-    pid, port = doc.get("pid"), doc.get("port")
-    if code == STATUS_DOWN:
-        lines = ["opik-cipx: not running"]
-        if doc.get("stale_pidfile"):
-            lines.append("  (a pidfile from a gateway that died was left behind; `opik-cipx ensure-running` replaces it)")
-        return "\n".join(lines)
-    if "uptime_s" not in doc:
-        head = f"opik-cipx: NOT HEALTHY (pid {pid or '?'}, port {port or '?'})"
-        return "\n".join([head, *(f"  problem: {p}" for p in doc.get("problems", []))])
-    state = "running" if code == STATUS_OK else "running, DEGRADED"
-    rows: list[tuple[str, str]] = [
-        ("version", str(doc.get("version"))),
-        ("upstream", str(doc.get("upstream"))),
-    ]
-    shipper = doc.get("shipper")
-    capture = doc.get("capture") or {}
-    spool = doc.get("spool") or {}
-    if shipper is None:
-        rows.append(("Opik", "shipper: not running (everything stays in the local spool)"))
-        shipped = rejected = "-"
-        ship_dropped = 0
-    else:
-        dest = shipper.get("destination")
-        if dest:
-            rows.append(
-                ("Opik", f"{dest.get('base_url')} workspace={dest.get('workspace')} project={dest.get('project')} "
-                         f"key={dest.get('api_key_masked') or '-'}")
-            )
-        else:
-            rows.append(("Opik", "no destination configured (local spool only)"))
-        rows.append(("enabled", "on by default" if shipper.get("enabled_default") else "off unless a session opts in"))
-        rows.append(("queue", f"{shipper.get('queue_depth', '-')} spans, outbox {_size(shipper.get('outbox_bytes'))}"))
-        last = shipper.get("last_shipped") or {}
-        rows.append(("last shipped", f"{_ago(last.get('at'))} span {last.get('span_id')}" if last.get("at") else "never"))
-        err = shipper.get("last_error") or {}
-        rows.append(("last Opik error", f"{_ago(err.get('at'))}: {err.get('message')}" if err.get("at") else "none"))
-        rows.append(("content", "captured" if shipper.get("capture_content", True) else "not shipped (privacy mode)"))
-        if shipper.get("sample_rate") is not None:
-            rows.append(("sample rate", str(shipper.get("sample_rate"))))
-        rows.append(("telemetry", "on" if shipper.get("telemetry") == "on" else "off"))
-        shipped, rejected = shipper.get("shipped", "-"), shipper.get("rejected", "-")
-        ship_dropped = shipper.get("dropped") or 0
-    rows.append(("spool", f"{_size(spool.get('bytes'))} on disk, {spool.get('calls', '-')} calls ({spool.get('llm_calls', '-')} LLM)"))
-    unattributed = spool.get("unattributed_bytes")
-    rows.append(
-        (
-            "counters",
-            f"captured {capture.get('captured', '-')}, shipped {shipped}, "
-            f"dropped {int(capture.get('dropped') or 0) + int(ship_dropped)}, rejected {rejected}, "
-            f"unattributed {'-' if unattributed is None else _size(unattributed)}",
-        )
-    )
-    rows.append(("sessions", f"{doc.get('sessions', '-')} registered"))
-    width = max(len(k) for k, _ in rows)
-    lines = [f"opik-cipx: {state} (pid {pid}, port {port}, up {_duration(doc.get('uptime_s') or 0)})"]
-    lines += [f"  {k.ljust(width)}  {v}" for k, v in rows]
-    lines += [f"  problem: {p}" for p in doc.get("problems", [])]
-    return "\n".join(lines)

@@ -11,11 +11,11 @@ import json
 import sqlite3
 from typing import Any
 
-from .analysis import SessionCall, analyze
-from .attribute import Attribution, ItemTotal
+from ..attribute import Attribution, ItemTotal
+from ..attribute.analysis import SessionCall, analyze
+from ..model import Exchange
+from ..pricing import PriceTable
 from .migrations import transaction
-from .model import Exchange
-from .pricing import PriceTable
 
 
 def total_dict(t: ItemTotal) -> dict[str, Any]:

@@ -7,13 +7,13 @@ Pure: an Exchange and a price table in, an Attribution out.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from .attribute import Attribution, allocate, attribute_request
-from .model import Exchange
-from .pricing import PriceTable
-from .response import read_response
+from ..model import Exchange
+from ..pricing import PriceTable
+from ..wire.response import read_response
+from . import Attribution, allocate, attribute_request
 
 
 def response_content(ex: Exchange) -> list[dict[str, Any]]:
@@ -47,6 +47,17 @@ def analyze(
             inference_geo=usage.inference_geo,
         )
     return allocate(attr, usage, rates, response_content(ex) if content is None else content)
+
+
+@dataclass(slots=True)
+class Captured:
+    """One finished call as the stages see it: the Exchange and, for LLM calls, its analysis."""
+
+    exchange: Exchange
+    attribution: Attribution | None = None
+    content: list[dict[str, Any]] = field(default_factory=list)  # the response's content blocks
+    commands: tuple[str, ...] = ()  # the session's custom slash commands attribution used
+
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,8 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .capture import HeaderList, Recorder
-from .redact import is_secret_header
+from ..wire.redact import is_secret_header
+from .recorder import HeaderList, Recorder
 
 log = logging.getLogger(__name__)
 

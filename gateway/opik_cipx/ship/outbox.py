@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from .migrations import transaction
+from ..store.migrations import transaction
 from .privacy import iso_now, redact_metadata, redact_record
 from .span import (
     CallFacts,

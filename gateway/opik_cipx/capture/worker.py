@@ -30,13 +30,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from . import journal
+from ..attribute.analysis import Captured
+from ..model import Exchange
+from ..proxy import journal
+from ..proxy.busy import MAX_DEFER, BusyFlag
+from ..proxy.recorder import Recorder
 from .commands import CommandIndex
-from .capture import MAX_DEFER, Captured, Failure, Recorder, prepare, store_attribution, store_batch, store_exchange
-from .model import Exchange
+from .stages import Failure, prepare, store_attribution, store_batch, store_exchange
 
 if TYPE_CHECKING:
-    from .config import Settings
+    from ..config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -66,40 +69,6 @@ def _read_frame(inp: BinaryIO) -> bytes | None:
         return None
     return payload
 
-
-
-class BusyFlag:
-    """One shared byte: 1 while the proxy is forwarding a call.
-
-    The worker checks it before each call it captures and waits while it is set,
-    so capture CPU lands between calls; SCHED_IDLE alone still let it slow calls on
-    a small machine (shared caches, cores). Shared memory: setting it costs no syscall.
-    """
-
-    def __init__(self, path: Path, *, write: bool) -> None:
-        flags = os.O_RDWR | os.O_CREAT if write else os.O_RDONLY
-        fd = os.open(path, flags, 0o600)
-        try:
-            if write:
-                os.ftruncate(fd, 1)
-            self._map = mmap.mmap(fd, 1, prot=mmap.PROT_READ | (mmap.PROT_WRITE if write else 0))
-        finally:
-            os.close(fd)
-
-    def set(self, busy: bool) -> None:
-        self._map[0] = 1 if busy else 0
-
-    @property
-    def busy(self) -> bool:
-        return self._map[0] == 1
-
-    def wait_for_lull(self, rec: Recorder, max_defer: float = MAX_DEFER) -> None:
-        deadline = (rec.t_end or time.perf_counter()) + max_defer
-        while self.busy and time.perf_counter() < deadline:
-            time.sleep(0.002)
-
-    def close(self) -> None:
-        self._map.close()
 
 
 class JournalRefError(ValueError):
@@ -171,11 +140,11 @@ def light(ex: Exchange) -> dict[str, Any]:
 
 def serve(inp: BinaryIO, out: BinaryIO) -> int:
     """The child's loop: batches in on ``inp``, summaries out on ``out``, until EOF."""
-    from .config import Settings
-    from .pricing import PriceTable, PricingFileError
-    from .sessions import SessionTable
-    from .shipper import Shipper
-    from .spool import Spool, connect
+    from ..config import Settings
+    from ..pricing import PriceTable, PricingFileError
+    from ..ship.shipper import Shipper
+    from ..store.sessions import SessionTable
+    from ..store.spool import Spool, connect
 
     init = _read_frame(inp)
     if init is None:

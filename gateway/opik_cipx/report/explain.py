@@ -10,11 +10,11 @@ import sqlite3
 from datetime import datetime, timezone
 from typing import Any
 
-from .attribute import Attribution, ItemTotal
-from .attribution_store import reanalyze, totals
-from .model import Exchange
-from .pricing import PriceTable
-from .spool import Spool
+from ..attribute import Attribution, ItemTotal
+from ..model import Exchange
+from ..pricing import PriceTable
+from ..store.attribution import reanalyze, totals
+from ..store.spool import Spool
 
 
 class ExplainError(Exception):
@@ -128,7 +128,7 @@ def explain(spool: Spool, prices: PriceTable, ids: list[str], last: int | None) 
 
 
 def open_spool(path: Any) -> Spool:
-    from .spool import connect
+    from ..store.spool import connect
 
     if not path.exists():
         raise ExplainError(f"no spool at {path}: the gateway has not captured anything yet")

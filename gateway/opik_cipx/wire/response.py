@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from opik_cipx.model import Outcome, Usage
-from opik_cipx.sse import SSEDecoder, SSEEvent
+from ..model import Outcome, Usage
+from .sse import SSEDecoder, SSEEvent
 
 # Deltas whose payload is a string that grows a field of the block, by delta type.
 _TEXT_DELTAS = {"text_delta": ("text", "text"), "thinking_delta": ("thinking", "thinking")}

@@ -26,13 +26,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from . import analysis
-from .analysis import response_content
-from .attribute import Attribution
-from .attribute.types import AGENTS, BUILTIN_TOOLS, MCP, MEMORY, SKILLS, SLASH_COMMANDS, USER_PROMPT
+from ..attribute import Attribution, analysis
+from ..attribute.analysis import response_content
+from ..attribute.types import (
+    AGENTS,
+    BUILTIN_TOOLS,
+    MCP,
+    MEMORY,
+    SKILLS,
+    SLASH_COMMANDS,
+    USER_PROMPT,
+)
+from ..model import Exchange, Outcome
+from ..pricing import PriceTable
 from .identity import Identity
-from .model import Exchange, Outcome
-from .pricing import PriceTable
 from .uuid7 import uuid7_at
 
 PROVIDER = "anthropic"

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from . import __version__
+from .. import __version__
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,81 @@
+"""A finished Recorder becomes an Exchange: decode, parse usage, redact, price. Pure."""
+
+from __future__ import annotations
+
+from ..model import CallKind, Exchange, Outcome, classify
+from ..pricing import PriceTable
+from ..proxy.recorder import Recorder
+from ..wire.redact import redact_headers
+from ..wire.request import model_from_body, session_from_body, speed_from_body
+from ..wire.response import ResponseSummary, decode_content, read_response
+
+
+def _ms(t: float | None, t0: float) -> float | None:
+    return None if t is None else round((t - t0) * 1000.0, 3)
+
+
+def build_exchange(rec: Recorder, prices: PriceTable | None) -> Exchange:
+    """Turn a finished Recorder into an Exchange. Pure: no clock, no I/O."""
+    return _build(rec, prices)[0]
+
+
+def _build(rec: Recorder, prices: PriceTable | None) -> tuple[Exchange, ResponseSummary | None]:
+    kind = classify(rec.method, rec.path)
+    request_headers = redact_headers(rec.request_headers.items())
+    response_headers = redact_headers(
+        (k.decode("latin-1"), v.decode("latin-1")) for k, v in rec.response_headers
+    )
+    encoding = response_headers.get("content-encoding")
+    content_type = response_headers.get("content-type", "").strip().lower()
+    raw_size = sum(len(c) for c in rec.chunks)
+    decoded, decode_error = decode_content(encoding, rec.chunks)
+
+    summary: ResponseSummary | None = None
+    # Only /v1/messages bodies are messages; count_tokens answers {"input_tokens": N}.
+    if rec.status is not None and decoded and kind is CallKind.MESSAGES:
+        summary = read_response(rec.status, content_type, zip(rec.times, decoded))
+
+    ex = Exchange(
+        id=rec.id,
+        started_at=rec.wall_start,
+        method=rec.method,
+        path=rec.path,
+        kind=kind,
+        request_headers=request_headers,
+        request_body=rec.body,
+        status=rec.status,
+        response_headers=response_headers,
+        response_body=b"".join(decoded),
+        response_encoding=encoding,
+        streamed=content_type.startswith("text/event-stream"),
+        ttfb_ms=_ms(rec.t_head, rec.t_start),
+        duration_ms=_ms(rec.t_end, rec.t_start),
+        session_id=request_headers.get("x-claude-code-session-id") or session_from_body(rec.body),
+        agent_id=request_headers.get("x-claude-code-agent-id"),
+        model=model_from_body(rec.body) if kind is not CallKind.OTHER else None,
+        request_bytes=len(rec.body),
+        response_bytes=raw_size,
+    )
+    if summary is not None:
+        ex.model = summary.model or ex.model
+        ex.stop_reason = summary.stop_reason
+        ex.usage = summary.usage
+        ex.outcome = summary.outcome
+        ex.error = summary.error
+        ex.ttft_ms = _ms(summary.first_token_at, rec.t_start)
+    elif rec.status is not None and rec.status >= 400:
+        ex.outcome = Outcome.HTTP_ERROR
+        ex.error = f"HTTP {rec.status}"
+    if decode_error and ex.outcome is Outcome.COMPLETE and kind is CallKind.MESSAGES:
+        ex.outcome = Outcome.UNPARSEABLE
+        ex.error = decode_error
+    if rec.forced_outcome is not None:
+        # The wire's verdict (unreachable, cut off, client gone) outranks what the bytes suggest.
+        ex.outcome = rec.forced_outcome
+        ex.error = rec.error if not ex.error else f"{rec.error}; {ex.error}"
+    if ex.usage is not None and ex.usage.speed is None:
+        ex.usage.speed = speed_from_body(rec.body)
+    if kind is CallKind.MESSAGES and ex.usage is not None and prices is not None:
+        ex.cost = prices.price(ex.model, ex.usage, at=ex.started_at)
+    return ex, summary
+

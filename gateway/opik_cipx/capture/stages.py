@@ -1,0 +1,113 @@
+"""The capture stages: build and analyse a call once, then store it in one transaction.
+
+A *store stage* runs on whichever thread or process writes the spool, inside the
+batch's transaction and in a savepoint of its own; an *after stage* runs on the
+event loop once the batch has committed (counters, wake-ups). The chain itself is
+assembled in one place, :mod:`opik_cipx.capture.pipeline`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from ..attribute.analysis import Captured, analyze
+from ..pricing import PriceTable
+from ..proxy.recorder import Recorder
+from ..store import attribution as attribution_store
+from ..store.migrations import transaction
+from ..store.spool import AsyncSpool, Spool
+from .exchange import _build
+
+
+def prepare(
+    rec: Recorder,
+    prices: PriceTable | None,
+    commands_for: Callable[[str | None], tuple[str, ...]] | None = None,
+) -> Captured:
+    """Build the Exchange and, for LLM calls, attribute it once for every stage that needs it.
+
+    ``commands_for`` maps a session id to its custom slash command names.
+    """
+    ex, summary = _build(rec, prices)
+    if not ex.is_llm_call:
+        return Captured(ex)
+    content = summary.content if summary is not None else []
+    commands = commands_for(ex.session_id) if commands_for is not None else ()
+    return Captured(ex, analyze(ex, prices, content, commands), content, commands)
+
+
+# Runs on the spool thread inside the batch's transaction (each in its own savepoint).
+StoreStage = Callable[[Spool, Captured], None]
+
+
+def store_exchange(sp: Spool, item: Captured) -> None:
+    """The first store stage: the Exchange itself. Nothing else is kept if this fails."""
+    sp.add(item.exchange)
+
+
+def store_attribution(sp: Spool, item: Captured) -> None:
+    if item.attribution is not None:
+        attribution_store.save(sp.conn, item.exchange.id, item.attribution, item.commands)
+
+
+# Runs on the event loop once a batch is committed, with what it stored: counters, wake-ups.
+AfterStage = Callable[[list[Captured]], Awaitable[None]]
+
+
+Failure = tuple[str, BaseException]
+
+
+def store_batch(
+    sp: Spool,
+    batch: list[Recorder],
+    build: Callable[[Recorder], Captured],
+    stages: list[StoreStage],
+    failures: list[Failure],
+) -> list[Captured]:
+    """Build, analyze and store a batch in one transaction; the calls stored, in order.
+
+    Runs wherever the spool is written from: the spool thread, or the capture
+    worker process. Each stage runs in its own savepoint, so a failing stage
+    undoes only itself; if the first (the Exchange) fails nothing hangs off it.
+    """
+    done: list[Captured] = []
+    with transaction(sp.conn):
+        for rec in batch:
+            try:
+                item = build(rec)
+            except Exception as exc:  # noqa: BLE001
+                failures.append(("build", exc))
+                continue
+            stored = True
+            for i, stage in enumerate(stages):
+                try:
+                    with transaction(sp.conn):
+                        stage(sp, item)
+                except Exception as exc:  # noqa: BLE001
+                    failures.append((_name(stage), exc))
+                    if i == 0:
+                        stored = False
+                        break
+            if stored:
+                done.append(item)
+    return done
+
+
+
+# Stores a batch somewhere off the event loop; returns what was stored and what failed.
+StoreBatch = Callable[[list[Recorder]], Awaitable[tuple[list[Captured], list[Failure]]]]
+
+
+def in_thread(spool: AsyncSpool, build: Callable[[Recorder], Captured], stages: list[StoreStage]) -> StoreBatch:
+    """A StoreBatch on the spool's thread, in this process."""
+
+    async def store(batch: list[Recorder]) -> tuple[list[Captured], list[Failure]]:
+        failures: list[Failure] = []
+        done = await spool.run(lambda sp: store_batch(sp, batch, build, stages, failures))
+        return done, failures
+
+    return store
+
+
+def _name(stage: object) -> str:
+    return getattr(stage, "__qualname__", None) or repr(stage)
