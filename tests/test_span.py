@@ -270,3 +270,44 @@ def test_every_record_passes_the_openapi_schema_and_opiks_models(label: str) -> 
     for span in spans:
         SpanWrite.model_validate(span)
     TraceWrite.model_validate(trace)
+
+
+# -- parse once: the walk's layout gives the same facts as parsing the whole body ----------------
+
+
+def _layout_variants(body: bytes) -> list[bytes]:
+    doc = json.loads(body)
+    out = [body, json.dumps(doc, indent=1).encode(), json.dumps(doc, ensure_ascii=False).encode(),
+           json.dumps(doc, separators=(",", ":")).encode()]
+    messages = doc.get("messages") or []
+    for keep in range(0, len(messages) + 1, max(1, len(messages) // 4)):
+        out.append(json.dumps({**doc, "messages": messages[:keep]}).encode())  # ends on either role
+    return out
+
+
+@pytest.mark.parametrize("path", sorted(p for p in FIXTURES.rglob("*.json") if not p.name.endswith(".meta.json")),
+                         ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_call_facts_from_the_walk_layout_match_a_whole_body_parse(path: Path) -> None:
+    from opik_cipx.attribute import attribute_request
+    from opik_cipx.ship.span import _facts_from_document, call_facts
+
+    for body in _layout_variants(path.read_bytes()):
+        ex = Exchange(id="x", started_at=T0, method="POST", path="/v1/messages", kind=CallKind.MESSAGES,
+                      request_body=body)
+        attr = attribute_request(body, path="/v1/messages")
+        assert attr.layout is not None
+        fast, whole = call_facts(ex, attr, []), _facts_from_document(ex, attr, [])
+        assert (fast.new_messages, fast.message_count, fast.tool_results, fast.account_uuid) == (
+            whole.new_messages, whole.message_count, whole.tool_results, whole.account_uuid)
+
+
+def test_a_body_the_walk_cannot_finish_falls_back_to_the_whole_parse() -> None:
+    from opik_cipx.attribute import attribute_request
+    from opik_cipx.ship.span import call_facts
+
+    body = b'{"messages":[{"role":"user","content":"hi"}],"metadata":{"user_id":"x"}} trailing'
+    ex = Exchange(id="x", started_at=T0, method="POST", path="/v1/messages", kind=CallKind.MESSAGES, request_body=body)
+    attr = attribute_request(body, path="/v1/messages")
+    assert attr.layout is None  # the walk reads the object; json.loads refuses what follows it
+    facts = call_facts(ex, attr, [])
+    assert facts.new_messages == [] and facts.message_count == 0  # json.loads refuses it too

@@ -44,6 +44,7 @@ __all__ = [
     "Attribution",
     "Breakpoint",
     "ItemTotal",
+    "Layout",
     "Region",
     "allocate",
     "attribute_request",

@@ -90,6 +90,20 @@ class ItemTotal:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where the parts the span projection reads sit in the body, found by the same walk.
+
+    Only the new turn (the messages after the last assistant message) and ``metadata``
+    are ever parsed again, so a call's body is walked once, not walked and then parsed whole.
+    """
+
+    message_count: int
+    # The elements of the messages array after the last assistant message ("m1,m2"), or None.
+    new_messages: tuple[int, int] | None
+    metadata: tuple[int, int] | None  # the top-level "metadata" value
+
+
 @dataclass(slots=True)
 class Attribution:
     regions: list[Region]  # sorted, non-overlapping; gaps between them are unattributed
@@ -105,6 +119,7 @@ class Attribution:
     # Byte spans of the "tools", "system" and "messages" values, for cache ordering.
     spans: dict[str, tuple[int, int]] = field(default_factory=dict)
     parse_error: str | None = None  # where and why the body stopped being readable
+    layout: Layout | None = None  # None when the body is not well-formed JSON all through
 
     def segments(self) -> Iterator[Region]:
         """Every byte exactly once: the regions plus unattributed gaps, in byte order."""

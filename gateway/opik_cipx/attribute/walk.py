@@ -49,6 +49,7 @@ from .types import (
     Attribution,
     Breakpoint,
     ItemTotal,
+    Layout,
 )
 
 # Top-level keys that carry settings rather than context; each is one framing item.
@@ -215,6 +216,9 @@ class _Walker:
         self.tool_count = 0
         self.message_count = 0
         self.compaction_message: int | None = None
+        # Where each message starts and whether it is the assistant's; "metadata"'s value.
+        self.message_starts: list[tuple[int, bool]] = []
+        self.metadata: tuple[int, int] | None = None
 
     def _mcp_names(self) -> set[str]:
         """Every ``"name": "mcp__…"`` value in the body (tool definitions and calls)."""
@@ -381,6 +385,8 @@ class _Walker:
             self.spans["tools"] = (vstart, end)
             return end
         end = skip_value(self.s, vstart)
+        if key == "metadata":
+            self.metadata = (vstart, end)
         if key in FRAMING_KEYS:
             self.add(kstart, end, FRAMING, key)
         else:
@@ -453,6 +459,7 @@ class _Walker:
     def messages(self, pos: int) -> int:
         """The messages array: :meth:`arr` over :meth:`message`, with the usual compact message
         (``{"role":…,"content":[`` blocks ``]}``) walked right here, without the calls per message."""
+        self.message_starts = []  # a repeated "messages" key: the last one counts, as in json.loads
         if not self.fast:
             return self.arr(pos, self.message)
         s = self.s
@@ -472,6 +479,7 @@ class _Walker:
             else:  # what message() and content() do for it
                 self.message_count = index + 1
                 role = m.group(1)
+                self.message_starts.append((p, role == "assistant"))
                 if role == "user":
                     self.user_state.pending_skill = None
                     self.user_state.expect_body = False
@@ -505,9 +513,11 @@ class _Walker:
         self.message_count = index + 1
         head = _MESSAGE_HEAD.match(self.s, pos) if self.fast else None
         if head is not None:
+            self.message_starts.append((pos, head.group(1) == "assistant"))
             end = self.content(head.group(1), head.end(), index)
             return end + 1 if self.s.startswith("}", end) else self.message_rest(pos, end)
         if self.s[pos] != "{":
+            self.message_starts.append((pos, False))
             end = skip_value(self.s, pos)
             self.unknown(pos, end)
             return end
@@ -529,6 +539,7 @@ class _Walker:
             return end
 
         end = self.obj(pos, member)
+        self.message_starts.append((pos, role[0] == "assistant"))
         for vstart in deferred:
             self.content(role[0] or "", vstart, index)
         return end
@@ -891,6 +902,18 @@ class _Walker:
         for (category, item, key), (start, end) in self.pending_samples.items():
             self.details.setdefault((category, item), {})[key] = self.sample(start, end)
 
+    def layout(self) -> Layout:
+        new: tuple[int, int] | None = None
+        messages = self.spans.get("messages")
+        if messages is not None and self.message_starts:
+            last = max((i for i, (_, assistant) in enumerate(self.message_starts) if assistant), default=-1)
+            if last + 1 < len(self.message_starts):
+                end = messages[1] - 1  # the closing bracket
+                while self.b[end - 1 : end] in (b" ", b"\t", b"\n", b"\r"):
+                    end -= 1
+                new = (self.message_starts[last + 1][0], end)
+        return Layout(self.message_count, new, self.metadata)
+
     def call_kind(self) -> str:
         if self.path and self.path.split("?", 1)[0].rstrip("/").endswith("/count_tokens"):
             return "count_tokens"
@@ -990,6 +1013,8 @@ def attribute_request(
         breakpoints=sorted(walker.breakpoints, key=lambda bp: bp.pos),
         spans=dict(walker.spans),
         parse_error=error,
+        # Only for a body that is one JSON value end to end, as json.loads would take it.
+        layout=walker.layout() if error is None and walker.good >= n else None,
     )
 
 

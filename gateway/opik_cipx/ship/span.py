@@ -141,7 +141,42 @@ def analyze(ex: Exchange, prices: PriceTable | None) -> CallFacts:
 
 
 def call_facts(ex: Exchange, attr: Attribution, content: list[dict[str, Any]]) -> CallFacts:
-    """What the span builder needs of a call whose attribution the capture already made."""
+    """What the span builder needs of a call whose attribution the capture already made.
+
+    The attribution walk already found where the new turn and ``metadata`` sit in the
+    body (``attr.layout``), so only those few bytes are parsed, not the whole context.
+    """
+    body = ex.request_body
+    layout = attr.layout
+    if layout is None:
+        return _facts_from_document(ex, attr, content)
+    trailing: list[Any] = []
+    if layout.new_messages is not None:
+        start, end = layout.new_messages
+        try:
+            trailing = json.loads(b"[" + body[start:end] + b"]")
+        except ValueError:
+            return _facts_from_document(ex, attr, content)
+    meta: Any = None
+    if layout.metadata is not None:
+        try:
+            meta = json.loads(body[layout.metadata[0] : layout.metadata[1]])
+        except ValueError:
+            return _facts_from_document(ex, attr, content)
+    return CallFacts(
+        exchange=ex,
+        attribution=attr,
+        content=content,
+        new_messages=trailing,
+        message_count=layout.message_count,
+        tool_results=_tool_results(trailing),
+        account_uuid=_account_uuid({"metadata": meta}),
+        chars=_chars(attr, body),
+    )
+
+
+def _facts_from_document(ex: Exchange, attr: Attribution, content: list[dict[str, Any]]) -> CallFacts:
+    """The same facts from the whole parsed body: for bodies the walk could not read to the end."""
     body = ex.request_body
     try:
         doc = json.loads(body) if body else {}
