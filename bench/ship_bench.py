@@ -31,6 +31,7 @@ from opik_cipx.ship.identity import Identity  # noqa: E402
 from opik_cipx.ship.outbox import Outbox  # noqa: E402
 from opik_cipx.ship.shipper import Shipper  # noqa: E402
 from opik_cipx.ship.span import SessionContext, analyze, llm_span, session_trace_id  # noqa: E402
+from opik_cipx.ship.stage import SpanStage  # noqa: E402
 from opik_cipx.ship.uuid7 import uuid7_at  # noqa: E402
 from opik_cipx.store.spool import AsyncSpool  # noqa: E402
 
@@ -72,7 +73,8 @@ def fill(spool_path: Path, n: int, max_bytes: int) -> int:
 
 async def drain(spool_path: Path, url: str, settings: Settings) -> tuple[float, dict[str, object]]:
     spool = await AsyncSpool.open(spool_path)
-    shipper = Shipper(settings, spool, enablement=Enablement(Path(tempfile.mkdtemp()), env={}))
+    stage = SpanStage(settings, enablement=Enablement(Path(tempfile.mkdtemp()), env={}))
+    shipper = Shipper(settings, spool, stage=stage)
     started = time.perf_counter()
     await shipper.start()
     while True:

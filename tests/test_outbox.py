@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from opik_cipx.ship.identity import Identity
 from opik_cipx.ship.outbox import DISABLED, Item, Outbox
+from opik_cipx.ship.records import record_call
 from opik_cipx.ship.span import SessionContext, analyze
 from opik_cipx.store.spool import Spool, connect
 
@@ -35,8 +36,8 @@ def two_calls(box: Outbox, *, capture_content: bool = True) -> tuple[Any, Any]:
     first = analyze(make_exchange("opus", "prompt", content=assistant_blocks("opus", "after-mcp"), ex_id="e1"), PRICES)
     second = analyze(make_exchange("opus", "after-mcp", started_at=T0 + 5, ex_id="e2"), PRICES)
     sid = first.exchange.session_id
-    r1 = box.record_call(first, resolver(sid), capture_content=capture_content, updated_at="2026-01-01T00:00:00.000Z")
-    r2 = box.record_call(second, resolver(sid), capture_content=capture_content, updated_at="2026-01-01T00:00:01.000Z")
+    r1 = record_call(box, first, resolver(sid), capture_content=capture_content, updated_at="2026-01-01T00:00:00.000Z")
+    r2 = record_call(box, second, resolver(sid), capture_content=capture_content, updated_at="2026-01-01T00:00:01.000Z")
     assert (r1.state, r2.state) == ("queued", "queued")
     return first, second
 
@@ -60,7 +61,7 @@ def test_recording_the_same_exchange_twice_is_a_no_op(spool: Spool) -> None:
     box = Outbox(spool.conn)
     first, _ = two_calls(box)
     before = rows(box)
-    again = box.record_call(first, resolver(first.exchange.session_id), capture_content=True)
+    again = record_call(box, first, resolver(first.exchange.session_id), capture_content=True)
     assert again.state == "duplicate" and rows(box) == before
 
 

@@ -7,8 +7,8 @@ runs on another core. The parent sends batches of finished calls over the child'
 call, where the journal already wrote it (the child reads it from the file, so
 bodies are not piped a second time), or the journal frame itself for a call
 never journaled. The child stores each batch in
-one transaction (the same :func:`~opik_cipx.capture.store_batch` the in-process
-path uses) and answers on stdout with a light summary of what it stored, which
+one transaction (the same chain, from :mod:`~opik_cipx.capture.pipeline`, that the
+in-process path uses) and answers on stdout with the stored Exchanges minus their bytes, which
 the parent's after-commit stages (metrics, shipper wake-up) read.
 
 If the child dies, the batch it held is retried once on a fresh child; calls
@@ -18,14 +18,13 @@ are confirmed in the journal only once stored, so nothing is lost either way.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-import mmap
 import os
 import pickle
 import struct
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -33,10 +32,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from ..attribute.analysis import Captured
 from ..model import Exchange
 from ..proxy import journal
-from ..proxy.busy import MAX_DEFER, BusyFlag
+from ..proxy.busy import BusyFlag
 from ..proxy.recorder import Recorder
-from .commands import CommandIndex
-from .stages import Failure, prepare, store_attribution, store_batch, store_exchange
+from .stages import Failure, store_batch
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -130,21 +128,18 @@ def _read_batch(inp: BinaryIO, frames: _JournalReader) -> list[Recorder] | Journ
     return failed if failed is not None else batch
 
 
-def light(ex: Exchange) -> dict[str, Any]:
-    """What the parent's after-commit stages need of a stored call: no bodies."""
-    data = ex.to_dict()
-    data["request_body"] = ""
-    data["response_body"] = ""
-    return data
+def without_bodies(ex: Exchange) -> Exchange:
+    """What the parent's after-commit stages need of a stored call: everything but the bytes."""
+    return dataclasses.replace(ex, request_body=b"", response_body=b"")
 
 
 def serve(inp: BinaryIO, out: BinaryIO) -> int:
-    """The child's loop: batches in on ``inp``, summaries out on ``out``, until EOF."""
+    """The child's loop: batches in on ``inp``, stored calls out on ``out``, until EOF."""
     from ..config import Settings
     from ..pricing import PriceTable, PricingFileError
-    from ..ship.shipper import Shipper
     from ..store.sessions import SessionTable
     from ..store.spool import Spool, connect
+    from .pipeline import capture_chain
 
     init = _read_frame(inp)
     if init is None:
@@ -158,26 +153,15 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
         log.error("ignoring pricing overrides: %s", exc)
         prices = PriceTable.builtin()
     sessions = SessionTable(spool.conn)
-    # record() only touches the Spool it is handed; this Shipper never ships.
-    spans = Shipper(settings, None, prices=lambda: prices, sessions=lambda: sessions)  # type: ignore[arg-type]
-    stages = [store_exchange, store_attribution, spans.record]
-    index = CommandIndex(Path(os.path.expanduser("~")))
-
-    def commands_for(session_id: str | None) -> tuple[str, ...]:
-        info = sessions.get(session_id) if session_id else None
-        return index.names(info.cwd if info is not None else None)
-
     frames = _JournalReader(settings.journal_path)
     try:
         flag: BusyFlag | None = BusyFlag(settings.busy_flag_path, write=False)
     except OSError as exc:
         log.warning("no busy flag (%s): capturing without waiting for lulls", exc)
         flag = None
-
-    def build(rec: Recorder) -> Captured:
-        if flag is not None:
-            flag.wait_for_lull(rec)
-        return prepare(rec, prices, commands_for)
+    chain = capture_chain(
+        settings, lambda: prices, lambda: sessions, before_build=flag.wait_for_lull if flag is not None else None
+    )
 
     try:
         while (batch := _read_batch(inp, frames)) is not None:
@@ -186,9 +170,9 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
                 continue
             failures: list[Failure] = []
             try:
-                done = store_batch(spool, batch, build, stages, failures)
+                done = store_batch(spool, batch, chain.build, chain.stages, failures)
                 reply: dict[str, Any] = {
-                    "stored": [light(item.exchange) for item in done],
+                    "stored": [without_bodies(item.exchange) for item in done],
                     "failures": [(where, f"{type(exc).__name__}: {exc}") for where, exc in failures],
                 }
             except Exception as exc:  # noqa: BLE001 - e.g. disk full: the parent keeps the journal
@@ -252,7 +236,7 @@ class WorkerProcess:
         reply = await asyncio.get_running_loop().run_in_executor(self._io, self._roundtrip, batch)
         if "error" in reply:
             raise WorkerError(reply["error"])
-        done = [Captured(Exchange.from_dict(d)) for d in reply["stored"]]
+        done = [Captured(ex) for ex in reply["stored"]]
         failures: list[Failure] = [(where, RemoteFailure(msg)) for where, msg in reply["failures"]]
         return done, failures
 

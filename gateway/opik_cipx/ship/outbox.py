@@ -17,25 +17,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from ..store.migrations import transaction
-from .privacy import iso_now, redact_metadata, redact_record
-from .span import (
-    CallFacts,
-    SessionContext,
-    TraceState,
-    complete_tool_span,
-    end_of,
-    first_prompt,
-    llm_span,
-    response_text,
-    session_trace,
-    session_trace_id,
-    tool_spans,
-)
+from .privacy import redact_metadata
 
 MAX_BATCH_ITEMS = 1000  # Opik's limit per batch request
 OPEN_TOOL_TTL = 24 * 3600.0  # a tool_use whose result never came is forgotten after this
@@ -61,24 +48,6 @@ class Item:
     @property
     def size(self) -> int:
         return len(self.payload)
-
-
-@dataclass(slots=True)
-class RecordResult:
-    state: str  # QUEUED / DISABLED / ... / "duplicate" when the exchange was already recorded
-    records: int = 0
-    span_id: str | None = None
-
-
-def session_key(session_id: str | None, exchange_id: str) -> str:
-    # Calls without a session id (not Claude Code) each get a trace of their own.
-    return session_id or f"exchange:{exchange_id}"
-
-
-def _restore_state(text: str) -> TraceState:
-    data = json.loads(text)
-    known = {f.name for f in fields(TraceState)}
-    return TraceState(**{k: v for k, v in data.items() if k in known})
 
 
 class Outbox:
@@ -159,88 +128,55 @@ class Outbox:
             if cur.rowcount:
                 self._bump(f"marked.{state}")
 
-    def record_call(
+    # --- one call's records, written by ship.records inside its transaction -------------------
+
+    def session_state(self, session_key: str) -> str | None:
+        """The session's trace state as last saved (JSON), or None for a new session."""
+        row = self.conn.execute("SELECT state FROM ship_sessions WHERE session_key = ?", (session_key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def open_tool_spans(self, session_key: str, tool_use_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The session's open tool sub-spans among ``tool_use_ids``."""
+        out: dict[str, dict[str, Any]] = {}
+        for tool_use_id in tool_use_ids:
+            row = self.conn.execute(
+                "SELECT span FROM ship_tools WHERE tool_use_id = ? AND session_key = ?", (tool_use_id, session_key)
+            ).fetchone()
+            if row is not None:
+                out[tool_use_id] = json.loads(row[0])
+        return out
+
+    def save_call(
         self,
-        facts: CallFacts,
-        resolve: Callable[[str], SessionContext],
+        exchange_id: str,
+        session_key: str,
+        records: list[tuple[str, dict[str, Any]]],
         *,
-        capture_content: bool,
-        updated_at: str | None = None,
-    ) -> RecordResult:
-        """Turn one analysed call into trace/span records, in one transaction with its mark.
-
-        ``resolve(trace_id)`` builds the call's SessionContext given the session's own
-        trace id (it may substitute a parent trace from the session's environment).
-        """
-        ex = facts.exchange
-        updated_at = updated_at or iso_now()
-        key = session_key(ex.session_id, ex.id)
+        state: str,
+        opened: dict[str, dict[str, Any]],
+        closed: list[str],
+    ) -> None:
+        """Queue one call's records with its session state, open tools and mark, in one transaction."""
         with transaction(self.conn):
-            if self.is_marked(ex.id):
-                return RecordResult("duplicate")
-            row = self.conn.execute("SELECT state FROM ship_sessions WHERE session_key = ?", (key,)).fetchone()
-            ended = end_of(ex)
-            if row is None:
-                state = TraceState(session_trace_id(key, ex.started_at), ex.started_at, ended)
-            else:
-                state = _restore_state(row[0])
-            ctx = resolve(state.trace_id)
-            records: list[tuple[str, dict[str, Any]]] = []
-
-            previous = state.last_request_bytes.get(facts.agent_key)
-            span = llm_span(facts, ctx, updated_at=updated_at, previous_request_bytes=previous)
-            records.append(("span", span))
-
-            # Results in this request complete the tool sub-spans opened by earlier calls.
-            for tool_use_id, (result, is_error) in facts.tool_results.items():
-                open_row = self.conn.execute(
-                    "SELECT span FROM ship_tools WHERE tool_use_id = ? AND session_key = ?", (tool_use_id, key)
-                ).fetchone()
-                if open_row is None:
-                    continue
-                done = complete_tool_span(
-                    json.loads(open_row[0]), result, is_error, ended_at=ex.started_at, updated_at=updated_at
-                )
-                records.append(("span", done))
+            for tool_use_id in closed:
                 self.conn.execute("DELETE FROM ship_tools WHERE tool_use_id = ?", (tool_use_id,))
-            for tool_use_id, tool in tool_spans(facts, ctx, updated_at=updated_at).items():
+            for tool_use_id, span in opened.items():
                 self.conn.execute(
                     "INSERT OR REPLACE INTO ship_tools (tool_use_id, session_key, span, created_at) VALUES (?, ?, ?, ?)",
-                    (tool_use_id, key, _dumps(tool).decode("utf-8"), time.time()),
+                    (tool_use_id, session_key, _dumps(span).decode("utf-8"), time.time()),
                 )
-                records.append(("span", tool))
-
-            state.calls += 1
-            state.started_at = min(state.started_at, ex.started_at)
-            state.ended_at = max(state.ended_at, ended)
-            if state.first_prompt is None and not ex.agent_id:
-                state.first_prompt = first_prompt(facts)
-            if facts.call_kind in ("main", "side") and not ex.agent_id:
-                state.last_output = response_text(facts) or state.last_output
-            if ex.agent_id and ex.agent_id not in state.agents:
-                state.agents.append(ex.agent_id)
-            if ex.cost is not None and ex.cost.total_usd is not None:
-                state.cost_usd += ex.cost.total_usd
-            elif ex.usage is not None:
-                state.unknown_cost_calls += 1
-            state.last_request_bytes[facts.agent_key] = ex.request_bytes
-            if ctx.own_trace:
-                records.insert(0, ("trace", session_trace(ctx, state, updated_at=updated_at)))
             self.conn.execute(
                 "INSERT INTO ship_sessions (session_key, state) VALUES (?, ?) "
                 "ON CONFLICT(session_key) DO UPDATE SET state = excluded.state",
-                (key, json.dumps(asdict(state), separators=(",", ":"))),
+                (session_key, state),
             )
             for kind, record in records:
-                if not capture_content:
-                    record = redact_record(record, applied_at=updated_at)
-                self._put(kind, record, session=key, exchange_id=ex.id)
+                self._put(kind, record, session=session_key, exchange_id=exchange_id)
             self.conn.execute(
-                "INSERT INTO ship_marks (exchange_id, state, at) VALUES (?, ?, ?)", (ex.id, QUEUED, time.time())
+                "INSERT INTO ship_marks (exchange_id, state, at) VALUES (?, ?, ?)", (exchange_id, QUEUED, time.time())
             )
             self._bump(f"marked.{QUEUED}")
             self._enforce_bound()
-        return RecordResult(QUEUED, len(records), span["id"])
 
     # --- the bound ---------------------------------------------------------------------------
 

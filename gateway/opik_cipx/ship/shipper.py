@@ -1,64 +1,39 @@
-"""From committed Exchanges to Opik: the span stage, the outbox and the background shipper.
+"""The background sender: the outbox to Opik, oldest first, until Opik has acknowledged it.
 
-Two halves meet in the spool:
-
-* :meth:`Shipper.stage` is a capture stage. It runs after an Exchange is
-  stored, decides whether the call is shipped (destination, enablement marker,
-  sample rate), analyses it off the event loop and writes its trace/span
-  records to the outbox in one transaction with the exchange's mark.
-* :meth:`Shipper.run` is the background task. It first derives any stored call
-  that a crash left without a mark, then sends the outbox oldest first in
-  batches (<= 1000 items, bounded bytes), deletes what Opik acknowledged, backs
-  off with jitter on connection errors, 429 (``RateLimit-Reset`` honoured) and
-  5xx, and sets permanent 4xx refusals aside with their reason, splitting a
-  refused batch to find the records at fault.
+:meth:`Shipper.run` first derives any stored call that a crash left without a
+mark (through the :class:`~opik_cipx.ship.stage.SpanStage`, as capture would
+have), then sends the outbox in batches (<= 1000 items, bounded bytes), deletes
+what Opik acknowledged, backs off with jitter on connection errors, 429
+(``RateLimit-Reset`` honoured) and 5xx, and sets permanent 4xx refusals aside
+with their reason, splitting a refused batch to find the records at fault.
+:meth:`Shipper.after` is the after-commit capture stage that wakes it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import time
-import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from ..attribute import analysis
-from ..attribute.analysis import Captured, response_content
+from ..attribute.analysis import Captured, analyze, response_content
 from ..config import Settings
 from ..model import Exchange
 from ..pricing import PriceTable
 from ..store.attribution import stored_commands
 from ..store.spool import AsyncSpool, Spool
-from .enablement import Enablement, SessionLookup
-from .identity import IdentitySource, claude_json_path, render_project
-from .opik_client import OpikClient, SendResult, Verdict, mask_key
-from .outbox import DISABLED, MAX_BATCH_ITEMS, NO_DESTINATION, SAMPLED_OUT, Item, Outbox
-from .privacy import LiveOptions, iso_now, sampled
-from .span import CallFacts, SessionContext, call_facts
+from .opik_client import OpikClient, SendResult, Verdict
+from .outbox import MAX_BATCH_ITEMS, Item, Outbox
+from .privacy import iso_now
+from .stage import SpanStage
 from .telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 RECOVER_WINDOW = 24 * 3600.0  # a crash leaves at most this far back to derive again
-_SPAWN_LOG = "spawn.log"
-
-
-def _valid_uuid(value: str | None) -> str | None:
-    if not value:
-        return None
-    try:
-        return str(uuid.UUID(value.strip()))
-    except ValueError:
-        return None
-
-
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
 
 
 class Shipper:
@@ -67,12 +42,9 @@ class Shipper:
         settings: Settings,
         spool: AsyncSpool,
         *,
+        stage: SpanStage | None = None,
         prices: Callable[[], PriceTable | None] = lambda: None,
-        sessions: Callable[[], SessionLookup | None] = lambda: None,
         telemetry: Telemetry | None = None,
-        enablement: Enablement | None = None,
-        identity: IdentitySource | None = None,
-        options: LiveOptions | None = None,
         base_delay: float = 0.25,
         max_delay: float = 5.0,
         blocked_delay: float = 30.0,
@@ -80,13 +52,9 @@ class Shipper:
     ) -> None:
         self.settings = settings
         self.spool = spool
+        self.stage = stage or SpanStage(settings)
         self._prices = prices
-        self._sessions = sessions
-        home = Path(os.path.expanduser("~"))
         self.telemetry = telemetry or Telemetry(settings.sentry_dsn, settings.sentry)
-        self.enablement = enablement or Enablement(home)
-        self.identity = identity or IdentitySource(claude_json_path(home))
-        self.options = options or LiveOptions(settings)
         self.base_url = settings.opik_url
         self._base_delay = base_delay
         self._max_delay = max_delay
@@ -103,53 +71,19 @@ class Shipper:
         self.last_shipped: dict[str, Any] | None = None
         self.last_error: dict[str, Any] | None = None
         self.state = "local spool only" if self.base_url is None else "idle"
-        self.stage_errors = 0
-        self._debug_log = self._make_debug_log()
-
-    # -- configuration views --------------------------------------------------------------
 
     def _outbox(self, spool: Spool) -> Outbox:
-        return Outbox(spool.conn, max_bytes=self.settings.outbox_max_bytes)
-
-    def _make_debug_log(self) -> logging.Logger:
-        logger = logging.getLogger("opik_cipx.shipper.debug")
-        if self.settings.opik_debug and not any(
-            isinstance(h, logging.FileHandler) and h.baseFilename.endswith(_SPAWN_LOG) for h in logger.handlers
-        ):
-            self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
-            handler = logging.FileHandler(self.settings.logs_dir / _SPAWN_LOG, encoding="utf-8")
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-            logger.addHandler(handler)
-            logger.setLevel(logging.DEBUG)
-        return logger
-
-    def _debug(self, message: str, *args: Any, force: bool = False) -> None:
-        if self.settings.opik_debug or force:
-            self._debug_log.debug(message, *args)
-
-    def project_name(self, env: dict[str, str] | None = None, account_uuid: str | None = None) -> str:
-        env = env or {}
-        template = env.get("OPIK_CIPX_PROJECT") or env.get("OPIK_CC_PROJECT") or self.settings.opik_project
-        return render_project(template, self.identity.get().with_request(account_uuid))
+        return self.stage.outbox(spool)
 
     def status(self) -> dict[str, Any]:
         """Everything ``opik-cipx status`` shows about shipping; cheap, no I/O."""
-        opts = self.options.get()
-        default = self.enablement.decide()
         snap = self._snapshot
-        destination = None
-        if self.base_url is not None:
-            destination = {
-                "base_url": self.base_url,
-                "workspace": self.settings.opik_workspace,
-                "project": self.project_name(),
-                "api_key_masked": mask_key(self.settings.opik_api_key),
-            }
+        stage = self.stage.status()
         return {
-            "destination": destination,
+            "destination": stage["destination"],
             "state": self.state,
-            "enabled_default": default.enabled,
-            "enabled_source": default.source,
+            "enabled_default": stage["enabled_default"],
+            "enabled_source": stage["enabled_source"],
             "queue_depth": snap.get("queue_depth", 0),
             "outbox_bytes": snap.get("outbox_bytes", 0),
             "outbox_max_bytes": self.settings.outbox_max_bytes,
@@ -163,79 +97,21 @@ class Shipper:
             "last_shipped": self.last_shipped,
             "last_error": self.last_error,
             "telemetry": "on" if self.telemetry.enabled else "off",
-            "capture_content": opts.capture_content,
-            "sample_rate": opts.sample_rate,
-            "config_error": self.options.error,
-            "stage_errors": self.stage_errors,
+            "capture_content": stage["capture_content"],
+            "sample_rate": stage["sample_rate"],
+            "config_error": stage["config_error"],
+            "stage_errors": stage["stage_errors"],
         }
 
     async def refresh(self) -> dict[str, Any]:
         self._snapshot = await self.spool.run(lambda s: self._outbox(s).stats())
         return self._snapshot
 
-    # -- the capture stages ---------------------------------------------------------------
-
-    def record(self, spool: Spool, item: Captured) -> None:
-        """Store stage, on the spool thread inside the capture batch: queue the call's records."""
-        try:
-            self._record(spool, item)
-        except Exception:
-            self.stage_errors += 1
-            raise
-
     async def after(self, items: list[Captured]) -> None:
-        """After-commit stage, on the loop: refresh what status shows and wake the sender."""
+        """After-commit capture stage, on the loop: refresh what status shows and wake the sender."""
         if any(item.exchange.is_llm_call for item in items):
             await self.refresh()
             self._wake.set()
-
-    def _record(self, spool: Spool, item: Captured) -> None:
-        ex = item.exchange
-        if not ex.is_llm_call or item.attribution is None:
-            return  # count_tokens, HEAD /, model listings: counted locally, never spans
-        outbox = self._outbox(spool)
-        if self.base_url is None:
-            outbox.mark(ex.id, NO_DESTINATION)
-            return
-        sessions = self._sessions()
-        info = sessions.get(ex.session_id) if sessions is not None and ex.session_id else None
-        decision = self.enablement.for_session(sessions, ex.session_id)
-        if not decision.enabled:
-            self._debug("exchange %s: not shipped (%s)", ex.id, decision.source, force=decision.debug)
-            outbox.mark(ex.id, DISABLED)
-            return
-        opts = self.options.get()
-        if not sampled(ex.id, opts.sample_rate):
-            outbox.mark(ex.id, SAMPLED_OUT)
-            return
-        facts = call_facts(ex, item.attribution, item.content)
-        env = dict(getattr(info, "env", None) or {}) if info is not None else {}
-
-        def resolve(own_trace_id: str) -> SessionContext:
-            return self._context(facts, env, info, own_trace_id)
-
-        result = outbox.record_call(facts, resolve, capture_content=opts.capture_content)
-        self._debug(
-            "exchange %s: %s (%d records, span %s, %s)", ex.id, result.state, result.records, result.span_id,
-            decision.source, force=decision.debug,
-        )
-
-    def _context(self, facts: CallFacts, env: dict[str, str], info: Any, own_trace_id: str) -> SessionContext:
-        ex = facts.exchange
-        identity = self.identity.get().with_request(facts.account_uuid)
-        parent_trace = _valid_uuid(env.get("OPIK_CC_PARENT_TRACE_ID"))
-        return SessionContext(
-            session_id=ex.session_id or f"exchange:{ex.id}",
-            trace_id=parent_trace or own_trace_id,
-            project_name=self.project_name(env, facts.account_uuid),
-            identity=identity,
-            parent_span_id=_valid_uuid(env.get("OPIK_CC_ROOT_SPAN_ID")) if parent_trace else None,
-            own_trace=parent_trace is None,
-            cwd=getattr(info, "cwd", None),
-            git_repo=getattr(info, "git_repo", None),
-            git_branch=getattr(info, "git_branch", None),
-            source=getattr(info, "source", None),
-        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -320,7 +196,7 @@ class Shipper:
                 # On the spool thread: attribution is CPU work and stays off the event loop.
                 content = response_content(ex)
                 commands = stored_commands(s.conn, ex.id)
-                self.record(s, Captured(ex, analysis.analyze(ex, prices, content, commands), content, commands))
+                self.stage.record(s, Captured(ex, analyze(ex, prices, content, commands), content, commands))
 
             try:
                 await self.spool.run(derive)
@@ -347,7 +223,7 @@ class Shipper:
     async def _send(self, kind: str, items: list[Item]) -> bool:
         assert self.client is not None
         result = await self.client.send_batch(kind, [i.payload for i in items])
-        self._debug("%s batch of %d: %s %s", kind, len(items), result.status, result.verdict)
+        self.stage.debug("%s batch of %d: %s %s", kind, len(items), result.status, result.verdict)
         if result.verdict is Verdict.OK:
             await self.spool.run(lambda s: self._outbox(s).ack(items))
             self._failures = 0
