@@ -16,19 +16,19 @@ import signal
 import socket
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from .attribute.analysis import Captured
-from .capture.commands import CommandIndex
+from .capture.pipeline import after_stages, capture_chain
 from .capture.sink import CaptureSink
-from .capture.stages import in_thread, prepare, store_attribution, store_exchange
+from .capture.stages import StoreStage, in_thread
 from .capture.worker import WorkerProcess
 from .config import Settings, ensure_home
 from .ops.admin import setup_admin
+from .ops.guard import guard
 from .ops.metrics import Metrics, setup_metrics
+from .ops.state import STATE_KEY, CaptureReport, JournalReport, WorkerReport
 from .pricing import PriceTable, PricingFileError
 from .proxy import journal
 from .proxy.heap import IDLE_TRIM_SECONDS, give_back_freed_memory
@@ -42,11 +42,8 @@ from .viewer import setup_viewer
 
 log = logging.getLogger(__name__)
 
-GATEWAY_KEY: web.AppKey["Gateway"] = web.AppKey("gateway")
-
-
 class Gateway:
-    def __init__(self, settings: Settings, *, extra_stages: list[Any] | None = None) -> None:
+    def __init__(self, settings: Settings, *, extra_stages: list[StoreStage] | None = None) -> None:
         self.settings = settings
         self.port: int | None = None
         self.spool: AsyncSpool | None = None
@@ -57,6 +54,8 @@ class Gateway:
         self._server: asyncio.Server | None = None
         self.relay: Relay | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._capture_task: asyncio.Task[None] | None = None
+        self.app: web.Application | None = None  # the /_cipx routes, once started
         self._stop = asyncio.Event()
         self.capture: CaptureSink | None = None
         self._trim: asyncio.TimerHandle | None = None  # gives freed memory back after a burst
@@ -76,9 +75,12 @@ class Gateway:
         self.spool = await AsyncSpool.open(s.spool_path)
         self.sessions = SessionStore(self.spool)
         await self.sessions.load()
-        self.shipper = Shipper(
-            s, self.spool, prices=lambda: self.prices, sessions=lambda: self.sessions
+        # The capture chain, assembled in one place (capture/pipeline.py); the worker builds
+        # the same one in its own process.
+        chain = capture_chain(
+            s, lambda: self.prices, lambda: self.sessions, extra_stages=self._extra_stages
         )
+        self.shipper = Shipper(s, self.spool, stage=chain.spans, prices=lambda: self.prices)
         journal_path = s.journal_path
         left_over = journal.take_over(journal_path)
         self.journal = journal.Journal(journal_path)
@@ -89,34 +91,28 @@ class Gateway:
             await self._worker.start()
             store = self._worker.store
         else:
-            prices = lambda: self.prices  # noqa: E731 - read at use: overrides may be reloaded
-            stages = [store_exchange, store_attribution, *self._extra_stages, shipper.record]
-            index = CommandIndex(Path(os.path.expanduser("~")))
-
-            def commands_for(session_id: str | None) -> tuple[str, ...]:
-                info = self.sessions.get(session_id) if session_id else None
-                return index.names(info.cwd if info is not None else None)
-
-            store = in_thread(self.spool, lambda rec: prepare(rec, prices(), commands_for), stages)
+            store = in_thread(self.spool, chain.build, chain.stages)
         self.capture = CaptureSink(
             store,
-            [self._observe, shipper.after],
+            after_stages(self.metrics.observe, shipper),
             on_error=lambda where, exc: shipper.telemetry.report(exc, f"capture.{where}"),
             journal=self.journal,
             by_reference=self._worker is not None,
         )
-        self._tasks.append(asyncio.create_task(self.capture.run(), name="cipx-capture"))
+        self._capture_task = asyncio.create_task(self.capture.run(), name="cipx-capture")
+        self._tasks.append(self._capture_task)
         await self._replay_journal(left_over)
         await self.shipper.start()
 
         # The viewer, metrics and admin API: an aiohttp app, served on connections the
         # proxy hands over when their first request is for /_cipx (see proxy.py).
-        app = web.Application(client_max_size=1024**3)
-        app[GATEWAY_KEY] = self
-        setup_viewer(app, self)
-        setup_metrics(app, self)
-        setup_admin(app, self)  # ends with its own /_cipx/* catch-all
+        app = web.Application(client_max_size=1024**3, middlewares=[guard])
+        app[STATE_KEY] = self
+        setup_viewer(app)
+        setup_metrics(app, self.metrics)
+        setup_admin(app)  # ends with its own /_cipx/* catch-all
         app.router.add_route("*", "/{tail:.*}", _misdirected)
+        self.app = app
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
                                      shutdown_timeout=s.shutdown_grace)
         await self._runner.setup()
@@ -168,9 +164,22 @@ class Gateway:
         if not busy:
             self._trim = asyncio.get_running_loop().call_later(IDLE_TRIM_SECONDS, give_back_freed_memory)
 
-    async def _observe(self, items: list[Captured]) -> None:
-        for item in items:
-            await self.metrics.observe(item.exchange)
+    # -- what the /_cipx routes read (ops.state.GatewayState) -------------------------
+    def capture_report(self) -> CaptureReport | None:
+        if self.capture is None:
+            return None
+        worker = self._worker
+        return CaptureReport(
+            stats=self.capture.stats,
+            pending=self.capture.pending,
+            running=self._capture_task is not None and not self._capture_task.done(),
+            worker=None if worker is None else WorkerReport(worker.pid, worker.restarts),
+            journal=None if self.journal is None else JournalReport(
+                self.journal.appended, self.journal.errors, self.journal.last_error),
+        )
+
+    def shipper_status(self) -> dict[str, Any] | None:
+        return None if self.shipper is None else self.shipper.status()
 
     # -- main loop -----------------------------------------------------------------
     async def serve_forever(self) -> None:

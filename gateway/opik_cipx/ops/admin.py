@@ -17,16 +17,14 @@ import logging
 import os
 import sqlite3
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from .. import __version__
 from ..store.sessions import InvalidSession, SessionInfo
 from ..store.spool import Spool
-
-if TYPE_CHECKING:
-    from ..server import Gateway
+from .state import STATE_KEY, GatewayState
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +42,7 @@ class SpoolFigures:
         self._value: dict[str, Any] | None = None
         self._lock = asyncio.Lock()
 
-    async def get(self, gateway: Gateway) -> dict[str, Any] | None:
+    async def get(self, gateway: GatewayState) -> dict[str, Any] | None:
         if gateway.spool is None:
             return None
         async with self._lock:
@@ -77,53 +75,52 @@ def _refuse_browsers(request: web.Request) -> web.Response | None:
     return None
 
 
-async def gateway_status(gateway: Gateway, figures: SpoolFigures) -> dict[str, Any]:
+async def gateway_status(gateway: GatewayState, figures: SpoolFigures) -> dict[str, Any]:
     """The status document; every part degrades to None rather than failing the whole."""
     problems: list[str] = []
     capture: dict[str, Any] | None = None
-    if gateway.capture is not None:
-        st = gateway.capture.stats
+    report = gateway.capture_report()
+    if report is not None:
+        st = report.stats
         capture = {
             "submitted": st.submitted,
             "captured": st.captured,
             "dropped": st.dropped,
             "errors": st.errors,
-            "pending": gateway.capture.pending,
+            "pending": report.pending,
             "last_error": st.last_error,
         }
         if st.errors:
             problems.append(f"{st.errors} capture stage error(s); last: {st.last_error}")
-        worker = gateway._worker  # noqa: SLF001 - the gateway's own part, reported as is
+        worker = report.worker
         capture["worker"] = None if worker is None else {"pid": worker.pid, "restarts": worker.restarts}
         if worker is not None and worker.restarts:
             problems.append(f"capture worker restarted {worker.restarts} time(s); see logs/capture-worker.log")
-        if gateway.journal is not None:
-            capture["journal"] = {"appended": gateway.journal.appended, "errors": gateway.journal.errors,
-                                  "last_error": gateway.journal.last_error}
-            if gateway.journal.errors:
-                problems.append(f"capture journal: {gateway.journal.errors} write error(s); last: "
-                                f"{gateway.journal.last_error}")
+        journal = report.journal
+        if journal is not None:
+            capture["journal"] = {"appended": journal.appended, "errors": journal.errors,
+                                  "last_error": journal.last_error}
+            if journal.errors:
+                problems.append(f"capture journal: {journal.errors} write error(s); last: {journal.last_error}")
     spool: dict[str, Any] | None
     try:
         spool = await figures.get(gateway)
     except Exception as exc:  # noqa: BLE001 - status must answer even with a broken spool
         spool = None
         problems.append(f"spool unreadable: {type(exc).__name__}: {exc}")
-    shipper_obj = getattr(gateway, "shipper", None)
     shipper: dict[str, Any] | None = None
-    if shipper_obj is not None:
-        try:
-            shipper = dict(shipper_obj.status())
-        except Exception as exc:  # noqa: BLE001
-            problems.append(f"shipper status failed: {type(exc).__name__}: {exc}")
-        else:
-            last_error = shipper.get("last_error") or {}
-            last_shipped = shipper.get("last_shipped") or {}
-            if last_error.get("at") and (last_error["at"] > (last_shipped.get("at") or 0)):
-                problems.append(f"Opik: {last_error.get('message')}")
+    try:
+        shipper = gateway.shipper_status()
+    except Exception as exc:  # noqa: BLE001
+        problems.append(f"shipper status failed: {type(exc).__name__}: {exc}")
+    if shipper is not None:
+        shipper = dict(shipper)
+        last_error = shipper.get("last_error") or {}
+        last_shipped = shipper.get("last_shipped") or {}
+        if last_error.get("at") and (last_error["at"] > (last_shipped.get("at") or 0)):
+            problems.append(f"Opik: {last_error.get('message')}")
     if gateway.pricing_error:
         problems.append(f"pricing overrides ignored: {gateway.pricing_error}")
-    sessions = getattr(gateway, "sessions", None)
     return {
         "version": __version__,
         "pid": os.getpid(),
@@ -134,14 +131,16 @@ async def gateway_status(gateway: Gateway, figures: SpoolFigures) -> dict[str, A
         "capture": capture,
         "spool": spool,
         "shipper": shipper,
-        "sessions": len(sessions) if sessions is not None else None,
+        "sessions": len(gateway.sessions),
         "problems": problems,
     }
 
 
-def setup_admin(app: web.Application, gateway: Gateway) -> None:
-    """Add the admin routes; call before the proxy's catch-all so they match first."""
+def setup_admin(app: web.Application) -> None:
+    """Add the admin routes (the app holds the gateway's state under ``STATE_KEY``); call
+    before the proxy's catch-all so they match first."""
     figures = SpoolFigures()
+    gateway = app[STATE_KEY]
 
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "pid": os.getpid(), "port": gateway.port, "version": __version__})

@@ -9,18 +9,14 @@ do; the spool keeps the history (``opik-cipx stats``).
 from __future__ import annotations
 
 import asyncio
-import inspect
 import math
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from ..model import Exchange
-from ..viewer.security import host_allowed, refuse
-
-if TYPE_CHECKING:
-    from ..server import Gateway
+from .state import GatewayState, state_of
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Upper bounds in seconds for the time to the upstream's first response byte: Anthropic's
@@ -138,21 +134,16 @@ def _labels(labels: dict[str, str]) -> str:
     return "{" + inner + "}"
 
 
-async def ship_queue_depth(gateway: Gateway) -> float | None:
-    """The shipper's queue depth when this build ships to Opik; None otherwise."""
-    shipper = getattr(gateway, "shipper", None)
-    if shipper is None:
-        return None
-    status: Any = shipper.status()
-    if inspect.isawaitable(status):
-        status = await status
-    depth = status.get("queue_depth") if isinstance(status, dict) else None
+def ship_queue_depth(gateway: GatewayState) -> float | None:
+    """The shipper's queue depth; None when no shipper runs."""
+    status = gateway.shipper_status()
+    depth = status.get("queue_depth") if status is not None else None
     return float(depth) if isinstance(depth, (int, float)) else None
 
 
-async def live_gauges(gateway: Gateway) -> dict[str, tuple[str, str, float]]:
+def live_gauges(gateway: GatewayState) -> dict[str, tuple[str, str, float]]:
     gauges: dict[str, tuple[str, str, float]] = {}
-    capture = gateway.capture
+    capture = gateway.capture_report()
     if capture is not None:
         stats = capture.stats
         gauges["opik_cipx_capture_dropped_total"] = (
@@ -161,19 +152,14 @@ async def live_gauges(gateway: Gateway) -> dict[str, tuple[str, str, float]]:
             "counter", "Capture stages that raised (the call itself was unaffected).", float(stats.errors))
         gauges["opik_cipx_capture_pending"] = (
             "gauge", "Finished calls waiting to be stored.", float(capture.pending))
-    depth = await ship_queue_depth(gateway)
+    depth = ship_queue_depth(gateway)
     if depth is not None:
         gauges["opik_cipx_ship_queue_depth"] = ("gauge", "Spans waiting to be shipped to Opik.", depth)
     return gauges
 
 
-def capture_worker_alive() -> bool:
-    """True when the capture worker task is running (the gateway names it ``cipx-capture``)."""
-    return any(t.get_name() == "cipx-capture" and not t.done() for t in asyncio.all_tasks())
-
-
-async def readiness(gateway: Gateway) -> tuple[bool, dict[str, Any]]:
-    """Ready = the spool answers a query and the capture worker is running."""
+async def readiness(gateway: GatewayState) -> tuple[bool, dict[str, Any]]:
+    """Ready = the spool answers a query and the capture task is running."""
     spool_ok = False
     if gateway.spool is not None:
         try:
@@ -181,31 +167,32 @@ async def readiness(gateway: Gateway) -> tuple[bool, dict[str, Any]]:
                 spool_ok = await gateway.spool.run(lambda sp: sp.conn.execute("SELECT 1").fetchone()[0] == 1)
         except Exception:  # noqa: BLE001 - any failure means not ready; the reason is in the log
             spool_ok = False
-    worker_ok = gateway.capture is not None and capture_worker_alive()
+    capture = gateway.capture_report()
+    worker_ok = capture is not None and capture.running
     return spool_ok and worker_ok, {"spool": spool_ok, "capture_worker": worker_ok}
 
 
-def setup_metrics(app: web.Application, gateway: Gateway) -> None:
+METRICS_KEY: web.AppKey[Metrics] = web.AppKey("metrics")
+
+
+def setup_metrics(app: web.Application, metrics: Metrics) -> None:
     """Add ``/_cipx/metrics`` and ``/_cipx/ready``; call before any catch-all route.
 
-    The counters are ``gateway.metrics``, which the gateway feeds as a capture stage.
-    Both routes check ``Host`` (DNS rebinding) but need no viewer token: a Prometheus
-    scraper cannot hold a per-start secret, and neither route exposes prompt content.
+    ``metrics`` is fed by the gateway as an after-commit capture stage. Neither route
+    needs the viewer token (a Prometheus scraper cannot hold a per-start secret, and
+    neither exposes prompt content); the gateway's guard has already checked ``Host``.
     """
+    app[METRICS_KEY] = metrics
 
-    async def metrics(request: web.Request) -> web.StreamResponse:
-        if not host_allowed(request, gateway.port):
-            return refuse("foreign Host header")
-        text = gateway.metrics.render(await live_gauges(gateway))
+    async def render(request: web.Request) -> web.StreamResponse:
+        text = request.app[METRICS_KEY].render(live_gauges(state_of(request)))
         return web.Response(body=text.encode("utf-8"), headers={"Content-Type": CONTENT_TYPE,
                                                                  "Cache-Control": "no-store"})
 
     async def ready(request: web.Request) -> web.StreamResponse:
-        if not host_allowed(request, gateway.port):
-            return refuse("foreign Host header")
-        ok, parts = await readiness(gateway)
+        ok, parts = await readiness(state_of(request))
         return web.json_response({"ready": ok, **parts}, status=200 if ok else 503,
                                  headers={"Cache-Control": "no-store"})
 
-    app.router.add_get("/_cipx/metrics", metrics, allow_head=False)
+    app.router.add_get("/_cipx/metrics", render, allow_head=False)
     app.router.add_get("/_cipx/ready", ready, allow_head=True)

@@ -3,8 +3,9 @@
 Served by the gateway itself under ``/_cipx/`` on its loopback listener. The
 page is plain HTML/CSS/JS from ``static/`` (no build step, no CDN) and a
 Content-Security-Policy keeps it from fetching anything but this gateway.
-Every route checks ``Host``/``Origin`` and the per-start token (see
-``security.py``); every spool read runs on the spool's thread.
+``Host``/``Origin`` are checked for every ``/_cipx`` route by the gateway's
+guard (``ops/guard.py``); the viewer's routes also need the per-start token
+(``security.py``). Every spool read runs on the spool's thread.
 """
 
 from __future__ import annotations
@@ -14,15 +15,14 @@ import os
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
+from ..ops.guard import refuse
+from ..ops.state import STATE_KEY
 from . import queries
-from .security import TokenGate, check_request, refuse
-
-if TYPE_CHECKING:
-    from ..server import Gateway
+from .security import TokenGate, check_request
 
 PREFIX = "/_cipx"
 VIEWER = f"{PREFIX}/viewer/"
@@ -76,8 +76,10 @@ def _static(name: str) -> bytes:
     return resources.files(__package__).joinpath("static", name).read_bytes()
 
 
-def setup_viewer(app: web.Application, gateway: Gateway) -> TokenGate:
-    """Add the viewer and its API; call before any catch-all route. Returns the token gate."""
+def setup_viewer(app: web.Application) -> TokenGate:
+    """Add the viewer and its API (the app holds the gateway's state under ``STATE_KEY``);
+    call before any catch-all route. Returns the token gate."""
+    gateway = app[STATE_KEY]
     gate = TokenGate()
     app[TOKEN_KEY] = gate
     home = gateway.settings.home
@@ -97,7 +99,7 @@ def setup_viewer(app: web.Application, gateway: Gateway) -> TokenGate:
     def guarded(handler: Handler, *, page: bool = False) -> Handler:
         async def wrapper(request: web.Request) -> web.StreamResponse:
             gate.port = gateway.port
-            refused = check_request(request, gateway.port)
+            refused = check_request(request)
             if refused is not None:
                 return refused
             if page and gate.from_query(request):

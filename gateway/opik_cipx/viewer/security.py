@@ -1,59 +1,29 @@
-"""Who may read captured prompts through the viewer: loopback names, same origin, the token.
+"""Who may read captured prompts through the viewer: the per-start token, and state changes only
+from our own page.
 
-The gateway already binds loopback only, but a web page the user visits can
-still reach 127.0.0.1 through DNS rebinding (its own name re-pointed at
-127.0.0.1): the browser then sends that name in ``Host``, so only loopback
-names with our port pass. ``Origin`` is checked wherever it is sent, and must
-be present and ours on anything that changes state. The per-start token keeps
-out other local users' and processes' browsers: it arrives once in the URL
-``opik-cipx viewer`` prints, then travels as an HttpOnly, SameSite=Strict
-cookie.
+Host and Origin are checked for every ``/_cipx`` route by :mod:`opik_cipx.ops.guard`
+before these rules run. The per-start token keeps out other local users' and
+processes' browsers: it arrives once in the URL ``opik-cipx viewer`` prints, then
+travels as an HttpOnly, SameSite=Strict cookie.
 """
 
 from __future__ import annotations
 
 import hmac
 import secrets
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
-LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+from ..ops.guard import refuse
+
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def allowed_hosts(port: int | None) -> frozenset[str]:
-    """``Host`` values that name this gateway: a loopback name with its port."""
-    names = {f"{name}:{port}" for name in LOOPBACK_NAMES} if port else set()
-    if port == 80:  # a browser omits the default port
-        names.update(LOOPBACK_NAMES)
-    return frozenset(names)
-
-
-def host_allowed(request: web.Request, port: int | None) -> bool:
-    host = request.headers.get("Host")
-    return host is not None and host.strip().lower() in allowed_hosts(port)
-
-
-def origin_allowed(origin: str, port: int | None) -> bool:
-    parts = urlsplit(origin.strip().lower())
-    return parts.scheme == "http" and not parts.path and parts.netloc in allowed_hosts(port)
-
-
-def refuse(reason: str, status: int = 403) -> web.Response:
-    return web.json_response({"error": reason}, status=status, headers={"Cache-Control": "no-store"})
-
-
-def check_request(request: web.Request, port: int | None) -> web.Response | None:
-    """A refusal for requests that do not come from our own loopback origin; None when fine."""
-    if not host_allowed(request, port):
-        return refuse("foreign Host header: the viewer answers only to 127.0.0.1, localhost or [::1]")
-    origin = request.headers.get("Origin")
-    if origin is not None and not origin_allowed(origin, port):
-        return refuse("cross-origin request refused")
-    if request.method not in SAFE_METHODS and origin is None:
+def check_request(request: web.Request) -> web.Response | None:
+    """A refusal for a state-changing request that does not say it comes from our page."""
+    if request.method not in SAFE_METHODS and request.headers.get("Origin") is None:
         # Browsers send Origin on every state-changing request; without one we cannot tell
-        # a form another page submitted from ours, so refuse.
+        # a form another page submitted from ours, so refuse. (The guard checked its value.)
         return refuse("state-changing requests must carry this gateway's Origin")
     return None
 
