@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 from opik_cipx.capture.exchange import build_exchange
+from opik_cipx.model import Outcome
 from opik_cipx.proxy import journal
 from opik_cipx.proxy.recorder import HeaderList, Recorder
 from opik_cipx.server import Gateway
@@ -211,3 +212,23 @@ def test_write_all_finishes_short_writes_in_order(tmp_path: Path, monkeypatch: p
         os.close(fd)
     assert path.read_bytes() == b"\0" * 10 + b"".join(parts)
     assert len(calls) > 2  # more than one batch, or short writes, were taken
+
+
+def test_a_frame_written_before_the_package_moved_still_loads() -> None:
+    # Written by the flat-module build (opik_cipx.capture.Recorder, Outcome pickled by path) just
+    # before the sub-package move: a journal left by a killed gateway must replay after an upgrade.
+    frame = (Path(__file__).parent / "fixtures" / "journal" / "v3-frame-2026-12.bin").read_bytes()
+    rec = journal.load(frame[4:])
+    assert rec.id == "0123456789abcdef0123456789abcdef" and rec.forced_outcome is Outcome.TRUNCATED
+    ex = build_exchange(rec, None)
+    assert ex.session_id == "sess-1" and "x-api-key" not in ex.request_headers
+    assert ex.outcome is Outcome.TRUNCATED and ex.usage is not None and ex.usage.input_tokens == 5
+
+
+def test_frames_name_no_module_of_ours(tmp_path: Path) -> None:
+    # Frames must not depend on where our classes live: no pickled reference into opik_cipx.
+    rec = recorder(4)
+    rec.upstream_broke("reset")
+    frame = journal.dump(rec)
+    assert b"opik_cipx" not in frame
+    assert journal.load(frame[4:]).forced_outcome is Outcome.TRUNCATED

@@ -289,7 +289,7 @@ def _layout_variants(body: bytes) -> list[bytes]:
                          ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_call_facts_from_the_walk_layout_match_a_whole_body_parse(path: Path) -> None:
     from opik_cipx.attribute import attribute_request
-    from opik_cipx.ship.span import _facts_from_document, call_facts
+    from opik_cipx.ship.facts import _facts_from_document, call_facts
 
     for body in _layout_variants(path.read_bytes()):
         ex = Exchange(id="x", started_at=T0, method="POST", path="/v1/messages", kind=CallKind.MESSAGES,

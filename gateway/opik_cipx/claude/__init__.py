@@ -1,0 +1,1 @@
+"""Claude Code's side of the plugin: the hooks it runs, and setup / sync / uninstall / doctor."""

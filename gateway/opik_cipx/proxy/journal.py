@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from ..model import Outcome
 from ..wire.redact import is_secret_header
 from .recorder import HeaderList, Recorder
 
@@ -63,6 +64,9 @@ def _headers(headers: Any) -> list[tuple[Any, Any]]:
 def dump_parts(rec: Recorder, generation: int = 0) -> tuple[list[bytes], int]:
     """The frame for ``rec`` as buffers to write in order, and its total length."""
     state: dict[str, Any] = {name: getattr(rec, name) for name in _FIELDS}
+    # Plain values only: a pickled enum names its module, and modules move between releases.
+    if rec.forced_outcome is not None:
+        state["forced_outcome"] = rec.forced_outcome.value
     state["request_headers"] = _headers(rec.request_headers)
     body = rec.body_parts
     state["body_sizes"] = [len(part) for part in body]
@@ -110,6 +114,8 @@ def load(payload: bytes) -> Recorder:
     rec = Recorder.__new__(Recorder)
     for name in _FIELDS:
         setattr(rec, name, state[name])
+    if isinstance(rec.forced_outcome, str):
+        rec.forced_outcome = Outcome(rec.forced_outcome)
     rec.body = body
     rec.chunks = chunks
     rec.frame = None
