@@ -22,7 +22,7 @@ from aiohttp import web
 
 from .capture.pipeline import after_stages, capture_chain
 from .capture.sink import CaptureSink
-from .capture.stages import StoreStage, in_thread
+from .capture.stages import StoreBatch, StoreStage, in_thread
 from .capture.worker import WorkerProcess
 from .config import Settings, ensure_home
 from .ops.admin import setup_admin
@@ -89,7 +89,7 @@ class Gateway:
             # The CPU-heavy part of capture runs in a child: it never holds this loop's GIL.
             self._worker = WorkerProcess(s, journal=self.journal)
             await self._worker.start()
-            store = self._worker.store
+            store: StoreBatch = self._worker.store
         else:
             store = in_thread(self.spool, chain.build, chain.stages)
         self.capture = CaptureSink(
@@ -208,9 +208,8 @@ class Gateway:
             await self._runner.cleanup()
             self._runner = None
         self._server = None
-        if self.capture is not None:
-            if not await self.capture.drain(timeout=grace):
-                log.warning("shutdown: %d captures not yet stored", self.capture.pending)
+        if self.capture is not None and not await self.capture.drain(timeout=grace):
+            log.warning("shutdown: %d captures not yet stored", self.capture.pending)
         if self.shipper is not None:
             # Bounded: whatever Opik has not acknowledged stays in the outbox for the next start.
             await self.shipper.stop(timeout=min(grace, 5.0))

@@ -51,7 +51,7 @@ class CaptureSink:
         max_pending: int = 10_000,
         max_pending_bytes: int = 128 * 1024**2,
         max_batch: int = 16,
-        on_error: Callable[[str, BaseException], None] | None = None,
+        on_error: Callable[[str, BaseException], object] | None = None,
         journal: Any = None,
         by_reference: bool = False,
         max_defer: float = MAX_DEFER,
@@ -103,7 +103,7 @@ class CaptureSink:
             self.stats.submitted += 1
         except asyncio.QueueFull:
             self.stats.dropped += 1
-        except Exception:  # noqa: BLE001 - nothing may escape into the proxy
+        except Exception:  # nothing may escape into the proxy
             self.stats.dropped += 1
             log.exception("capture submit failed")
 
@@ -155,8 +155,8 @@ class CaptureSink:
                 await stage(done)
             except Exception as exc:  # noqa: BLE001
                 failures.append((_name(stage), exc))
-        for where, exc in failures:
-            self._fail(where, exc)
+        for where, error in failures:
+            self._fail(where, error)
 
     def _fail(self, where: str, exc: BaseException) -> None:
         self.stats.errors += 1
@@ -165,7 +165,7 @@ class CaptureSink:
         if self._on_error is not None:
             try:
                 self._on_error(where, exc)
-            except Exception:  # noqa: BLE001 - error reporting must not fail the worker
+            except Exception:  # error reporting must not fail the worker
                 log.exception("capture error hook failed")
 
     async def drain(self, timeout: float) -> bool:

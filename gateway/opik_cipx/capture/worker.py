@@ -204,7 +204,9 @@ class WorkerProcess:
     and reads the answer, off the event loop and without the GIL.
     """
 
-    def __init__(self, settings: Settings, argv: list[str] | None = None, journal: journal.Journal | None = None) -> None:
+    def __init__(
+        self, settings: Settings, argv: list[str] | None = None, journal: journal.Journal | None = None
+    ) -> None:
         self._argv = argv or worker_argv()
         self._settings = pickle.dumps(settings.model_dump(), protocol=pickle.HIGHEST_PROTOCOL)
         self._log_path = settings.logs_dir / "capture-worker.log"
@@ -288,7 +290,8 @@ class WorkerProcess:
         journal.write_all(proc.stdin.fileno(), [_LEN.pack(len(items)), *(part for item in items for part in item)])
         head = _read_exactly(proc.stdout.fileno(), _LEN.size)
         payload = _read_exactly(proc.stdout.fileno(), _LEN.unpack(head)[0])
-        return pickle.loads(payload)  # noqa: S301 - our child's pipe
+        reply: dict[str, Any] = pickle.loads(payload)  # noqa: S301 - our child's pipe
+        return reply
 
     def _kill(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -344,7 +347,7 @@ def background() -> None:
     journal keeps what waits. SCHED_IDLE where Linux offers it, else the lowest nice.
     """
     try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # type: ignore[attr-defined]
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         return
     except (AttributeError, OSError):
         pass

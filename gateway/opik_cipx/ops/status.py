@@ -33,7 +33,9 @@ def collect_status(settings: Any, timeout: float = STATUS_TIMEOUT) -> tuple[int,
         )
         return STATUS_DEGRADED, doc
     if live.port is None:
-        doc["problems"].append(f"pid {live.pid} holds the lock but has written no port file (starting, or failed to bind)")
+        doc["problems"].append(
+            f"pid {live.pid} holds the lock but has written no port file (starting, or failed to bind)"
+        )
         return STATUS_DEGRADED, doc
     remote = daemon.get_json(live.port, f"{PREFIX}/status", timeout)
     if remote is None:
@@ -43,7 +45,9 @@ def collect_status(settings: Any, timeout: float = STATUS_TIMEOUT) -> tuple[int,
         )
         return STATUS_DEGRADED, doc
     if remote.get("pid") != live.pid:
-        doc["problems"].append(f"port {live.port} is answered by pid {remote.get('pid')}, not the gateway (pid {live.pid})")
+        doc["problems"].append(
+            f"port {live.port} is answered by pid {remote.get('pid')}, not the gateway (pid {live.pid})"
+        )
         return STATUS_DEGRADED, doc
     doc.update({k: v for k, v in remote.items() if k != "problems"})
     doc["state"] = "running"
@@ -86,7 +90,9 @@ def render_status(code: int, doc: dict[str, Any]) -> str:
     if code == STATUS_DOWN:
         lines = ["opik-cipx: not running"]
         if doc.get("stale_pidfile"):
-            lines.append("  (a pidfile from a gateway that died was left behind; `opik-cipx ensure-running` replaces it)")
+            lines.append(
+                "  (a pidfile from a gateway that died was left behind; `opik-cipx ensure-running` replaces it)"
+            )
         return "\n".join(lines)
     if "uptime_s" not in doc:
         head = f"opik-cipx: NOT HEALTHY (pid {pid or '?'}, port {port or '?'})"
@@ -115,7 +121,8 @@ def render_status(code: int, doc: dict[str, Any]) -> str:
         rows.append(("enabled", "on by default" if shipper.get("enabled_default") else "off unless a session opts in"))
         rows.append(("queue", f"{shipper.get('queue_depth', '-')} spans, outbox {_size(shipper.get('outbox_bytes'))}"))
         last = shipper.get("last_shipped") or {}
-        rows.append(("last shipped", f"{_ago(last.get('at'))} span {last.get('span_id')}" if last.get("at") else "never"))
+        shipped_at = f"{_ago(last.get('at'))} span {last.get('span_id')}" if last.get("at") else "never"
+        rows.append(("last shipped", shipped_at))
         err = shipper.get("last_error") or {}
         rows.append(("last Opik error", f"{_ago(err.get('at'))}: {err.get('message')}" if err.get("at") else "none"))
         rows.append(("content", "captured" if shipper.get("capture_content", True) else "not shipped (privacy mode)"))
@@ -124,7 +131,8 @@ def render_status(code: int, doc: dict[str, Any]) -> str:
         rows.append(("telemetry", "on" if shipper.get("telemetry") == "on" else "off"))
         shipped, rejected = shipper.get("shipped", "-"), shipper.get("rejected", "-")
         ship_dropped = shipper.get("dropped") or 0
-    rows.append(("spool", f"{_size(spool.get('bytes'))} on disk, {spool.get('calls', '-')} calls ({spool.get('llm_calls', '-')} LLM)"))
+    calls = f"{spool.get('calls', '-')} calls ({spool.get('llm_calls', '-')} LLM)"
+    rows.append(("spool", f"{_size(spool.get('bytes'))} on disk, {calls}"))
     unattributed = spool.get("unattributed_bytes")
     rows.append(
         (

@@ -27,7 +27,7 @@ import pickle
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -298,9 +298,9 @@ class Journal:
         os.close(self._fd)
 
 
-def write_all(fd: int, parts: list[bytes], offset: int | None = None) -> None:
+def write_all(fd: int, parts: Sequence[bytes | memoryview], offset: int | None = None) -> None:
     """Write every byte of ``parts`` in order: at ``offset``, else at the fd's position."""
-    pending = [p for p in parts if p]
+    pending: list[bytes | memoryview] = [p for p in parts if p]
     while pending:
         batch = pending[:512]  # IOV_MAX is 1024 on Linux; stay well under it
         n = os.writev(fd, batch) if offset is None else os.pwritev(fd, batch, offset)
@@ -328,8 +328,8 @@ def take_over(path: Path) -> list[Recorder]:
     if path.exists() and path.stat().st_size:
         if replay.exists():
             # A previous replay was interrupted: keep its calls too.
-            with replay.open("ab") as out:
-                out.write(path.read_bytes())
+            with replay.open("ab") as held:
+                held.write(path.read_bytes())
             path.unlink()
         else:
             os.replace(path, replay)

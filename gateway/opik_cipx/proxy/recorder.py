@@ -31,8 +31,11 @@ class HeaderList:
         return self._items
 
     def items(self) -> list[tuple[str, str]]:
-        return [(n.decode("latin-1"), v.decode("latin-1")) if isinstance(n, bytes) else (n, v)  # type: ignore[union-attr]
-                for n, v in self._items]
+        return [(_text(n), _text(v)) for n, v in self._items]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
 def _new_id() -> str:
@@ -47,9 +50,25 @@ class Recorder:
     """Hot-path notes about one call. Methods are O(1) and cannot fail."""
 
     __slots__ = (
-        "id", "wall_start", "t_start", "method", "path", "request_headers", "body_parts",
-        "status", "response_headers", "t_head", "chunks", "times", "t_end",
-        "forced_outcome", "error", "gateway_status", "frame", "journaled", "released",
+        "body_parts",
+        "chunks",
+        "error",
+        "forced_outcome",
+        "frame",
+        "gateway_status",
+        "id",
+        "journaled",
+        "method",
+        "path",
+        "released",
+        "request_headers",
+        "response_headers",
+        "status",
+        "t_end",
+        "t_head",
+        "t_start",
+        "times",
+        "wall_start",
     )
 
     def __init__(self, method: str, path: str, request_headers: Any) -> None:

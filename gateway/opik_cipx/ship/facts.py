@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from ..attribute import Attribution, analysis
@@ -26,7 +26,7 @@ MAX_STRING = 32 * 1024  # longer strings in input/output are clipped: one span s
 
 def iso(seconds: float) -> str:
     """RFC 3339 UTC with milliseconds, as Opik stores it."""
-    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    moment = datetime.fromtimestamp(seconds, tz=UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

@@ -79,6 +79,11 @@ def _categories(facts: CallFacts) -> dict[str, Any]:
     return out
 
 
+def tool_name(block: dict[str, Any]) -> str:
+    name = block.get("name")
+    return name if isinstance(name, str) else "(unknown)"
+
+
 def tool_uses(content: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [b for b in content if isinstance(b, dict) and b.get("type") == "tool_use" and isinstance(b.get("id"), str)]
 
@@ -101,7 +106,8 @@ def cc_metadata(facts: CallFacts, ctx: SessionContext) -> dict[str, Any]:
         money = _cost(it.cost_usd)
         if it.category == MCP and isinstance(d.get("server"), str):
             srv = mcp.setdefault(
-                d["server"], {"tools": 0, "deferred": 0, "bytes": 0, "tokens": 0, "cost_usd": 0.0, "calls": 0, "results": 0}
+                d["server"],
+                {"tools": 0, "deferred": 0, "bytes": 0, "tokens": 0, "cost_usd": 0.0, "calls": 0, "results": 0},
             )
             srv["bytes"] += it.bytes
             srv["tokens"] += it.tokens
@@ -151,7 +157,7 @@ def cc_metadata(facts: CallFacts, ctx: SessionContext) -> dict[str, Any]:
     uses = tool_uses(facts.content)
     in_response: dict[str, int] = {}
     for block in uses:
-        name = block.get("name") if isinstance(block.get("name"), str) else "(unknown)"
+        name = tool_name(block)
         in_response[name] = in_response.get(name, 0) + 1
     usage = ex.usage
     user_prompt: dict[str, Any] = {"count": len(prompts)}

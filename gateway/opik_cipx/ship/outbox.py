@@ -77,7 +77,8 @@ class Outbox:
         old = self.conn.execute("SELECT size FROM outbox WHERE id = ?", (record["id"],)).fetchone()
         self.conn.execute(
             """
-            INSERT INTO outbox (id, kind, seq, session_id, exchange_id, payload, size, shed, cost_usd, tokens, created_at)
+            INSERT INTO outbox
+                (id, kind, seq, session_id, exchange_id, payload, size, shed, cost_usd, tokens, created_at)
             VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)
             ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, payload = excluded.payload,
                 size = excluded.size, shed = 0, cost_usd = excluded.cost_usd, tokens = excluded.tokens
@@ -101,7 +102,9 @@ class Outbox:
         self._bump("seq")
         return self.counter("seq")
 
-    def put(self, kind: str, record: dict[str, Any], *, session: str | None = None, exchange_id: str | None = None) -> None:
+    def put(
+        self, kind: str, record: dict[str, Any], *, session: str | None = None, exchange_id: str | None = None
+    ) -> None:
         """Queue one record (replacing any unshipped version with the same id), then enforce the bound."""
         with transaction(self.conn):
             self._put(kind, record, session=session, exchange_id=exchange_id)
@@ -117,7 +120,8 @@ class Outbox:
         return n
 
     def is_marked(self, exchange_id: str) -> bool:
-        return self.conn.execute("SELECT 1 FROM ship_marks WHERE exchange_id = ?", (exchange_id,)).fetchone() is not None
+        row = self.conn.execute("SELECT 1 FROM ship_marks WHERE exchange_id = ?", (exchange_id,)).fetchone()
+        return row is not None
 
     def mark(self, exchange_id: str, state: str) -> None:
         with transaction(self.conn):
@@ -162,7 +166,8 @@ class Outbox:
                 self.conn.execute("DELETE FROM ship_tools WHERE tool_use_id = ?", (tool_use_id,))
             for tool_use_id, span in opened.items():
                 self.conn.execute(
-                    "INSERT OR REPLACE INTO ship_tools (tool_use_id, session_key, span, created_at) VALUES (?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO ship_tools (tool_use_id, session_key, span, created_at) "
+                    "VALUES (?, ?, ?, ?)",
                     (tool_use_id, session_key, _dumps(span).decode("utf-8"), time.time()),
                 )
             self.conn.execute(

@@ -158,7 +158,7 @@ class Shipper:
     async def run(self) -> None:
         try:
             await self._recover()
-        except Exception as exc:  # noqa: BLE001 - recovery is best effort; shipping must still start
+        except Exception as exc:  # recovery is best effort; shipping must still start
             log.exception("recovery scan failed")
             self.telemetry.report(exc, "shipper.recover")
         while True:
@@ -166,7 +166,7 @@ class Shipper:
                 progressed = await self._ship_once()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - one bad round must not end shipping
+            except Exception as exc:  # one bad round must not end shipping
                 log.exception("shipper round failed")
                 self.telemetry.report(exc, "shipper.round")
                 self._note_error(f"internal: {type(exc).__name__}: {exc}")
@@ -200,7 +200,7 @@ class Shipper:
 
             try:
                 await self.spool.run(derive)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.exception("could not derive spans for %s", exchange_id)
                 self.telemetry.report(exc, "shipper.recover_one")
         if ids:
@@ -248,7 +248,7 @@ class Shipper:
             self.state = "retrying"
             wait = result.retry_after if result.retry_after is not None else self._backoff()
             await self._sleep(min(wait, 60.0))
-        return False if result.verdict is Verdict.BLOCKED else True
+        return result.verdict is not Verdict.BLOCKED
 
     @staticmethod
     def _describe(result: SendResult) -> str:

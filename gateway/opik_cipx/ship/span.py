@@ -41,7 +41,7 @@ from .facts import (
     session_trace_id,
     tool_span_id,
 )
-from .metadata import cc_metadata, error_info, tool_uses, usage_map
+from .metadata import cc_metadata, error_info, tool_name, tool_uses, usage_map
 
 __all__ = [
     "MAX_STRING",
@@ -108,7 +108,7 @@ def llm_span(
     if ex.model:
         span["model"] = ex.model
     cost = ex.cost.total_usd if ex.cost is not None else None
-    if cost is not None and math.isfinite(cost) and cost >= 0:
+    if ex.cost is not None and cost is not None and math.isfinite(cost) and cost >= 0:
         span["total_estimated_cost"] = round(cost, 10)
         span["total_estimated_cost_version"] = f"opik-cipx:{ex.cost.effective_date or 'unknown'}"
     if ex.ttft_ms is not None:
@@ -127,7 +127,7 @@ def tool_spans(facts: CallFacts, ctx: SessionContext, *, updated_at: str) -> dic
     out: dict[str, dict[str, Any]] = {}
     for block in tool_uses(facts.content):
         tool_use_id = block["id"]
-        name = block.get("name") if isinstance(block.get("name"), str) else "(unknown)"
+        name = tool_name(block)
         tool_input = block.get("input")
         tags = ["claude-code", "tool"]
         if ex.agent_id:
@@ -184,8 +184,9 @@ def first_prompt(facts: CallFacts) -> str | None:
     if facts.call_kind != "main" and facts.call_kind != "side":
         return None
     for it in facts.attribution.items:
-        if it.category == USER_PROMPT and isinstance(it.detail.get("text"), str):
-            return it.detail["text"]
+        text = it.detail.get("text") if it.category == USER_PROMPT else None
+        if isinstance(text, str):
+            return text
     return None
 
 

@@ -151,7 +151,7 @@ def _digests(packed: bytes) -> list[bytes]:
     return [packed[i : i + _HASH_SIZE] for i in range(0, len(packed), _HASH_SIZE)]
 
 
-def _batches(items: list[bytes]) -> Iterable[list[bytes]]:
+def _batches(items: list[T]) -> Iterable[list[T]]:
     for i in range(0, len(items), _SQL_BATCH):
         yield items[i : i + _SQL_BATCH]
 

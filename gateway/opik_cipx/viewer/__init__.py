@@ -105,10 +105,10 @@ def setup_viewer(app: web.Application) -> TokenGate:
             if page and gate.from_query(request):
                 # Trade the URL token for the cookie at once, so it leaves the address bar
                 # and the history; the fragment (#/call/…) survives the redirect.
-                response = web.Response(status=303, headers={"Location": request.path})
-                gate.set_cookie(response)
-                response.headers.update(SECURITY_HEADERS)
-                return response
+                redirect = web.Response(status=303, headers={"Location": request.path})
+                gate.set_cookie(redirect)
+                redirect.headers.update(SECURITY_HEADERS)
+                return redirect
             if not gate.allows(request):
                 return refuse("missing or stale viewer token: open the URL `opik-cipx viewer` prints", 401)
             response = await handler(request)
@@ -204,4 +204,4 @@ def setup_viewer(app: web.Application) -> TokenGate:
     return gate
 
 
-__all__ = ["setup_viewer", "viewer_url", "read_token", "token_path", "TOKEN_KEY"]
+__all__ = ["TOKEN_KEY", "read_token", "setup_viewer", "token_path", "viewer_url"]
