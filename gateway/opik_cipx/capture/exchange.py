@@ -16,10 +16,11 @@ def _ms(t: float | None, t0: float) -> float | None:
 
 def build_exchange(rec: Recorder, prices: PriceTable | None) -> Exchange:
     """Turn a finished Recorder into an Exchange. Pure: no clock, no I/O."""
-    return _build(rec, prices)[0]
+    return build_with_summary(rec, prices)[0]
 
 
-def _build(rec: Recorder, prices: PriceTable | None) -> tuple[Exchange, ResponseSummary | None]:
+def build_with_summary(rec: Recorder, prices: PriceTable | None) -> tuple[Exchange, ResponseSummary | None]:
+    """The Exchange and the parsed response it came from (its content blocks feed attribution)."""
     kind = classify(rec.method, rec.path)
     request_headers = redact_headers(rec.request_headers.items())
     response_headers = redact_headers(

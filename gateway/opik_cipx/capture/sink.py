@@ -17,7 +17,7 @@ from typing import Any
 
 from ..proxy.busy import MAX_DEFER
 from ..proxy.recorder import Recorder
-from .stages import AfterStage, Failure, StoreBatch, _name
+from .stages import AfterStage, Failure, StoreBatch, stage_name
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class CaptureSink:
             try:
                 await stage(done)
             except Exception as exc:  # noqa: BLE001
-                failures.append((_name(stage), exc))
+                failures.append((stage_name(stage), exc))
         for where, error in failures:
             self._fail(where, error)
 

@@ -16,7 +16,7 @@ from ..proxy.recorder import Recorder
 from ..store import attribution as attribution_store
 from ..store.migrations import transaction
 from ..store.spool import AsyncSpool, Spool
-from .exchange import _build
+from .exchange import build_with_summary
 
 
 def prepare(
@@ -28,7 +28,7 @@ def prepare(
 
     ``commands_for`` maps a session id to its custom slash command names.
     """
-    ex, summary = _build(rec, prices)
+    ex, summary = build_with_summary(rec, prices)
     if not ex.is_llm_call:
         return Captured(ex)
     content = summary.content if summary is not None else []
@@ -84,7 +84,7 @@ def store_batch(
                     with transaction(sp.conn):
                         stage(sp, item)
                 except Exception as exc:  # noqa: BLE001
-                    failures.append((_name(stage), exc))
+                    failures.append((stage_name(stage), exc))
                     if i == 0:
                         stored = False
                         break
@@ -109,5 +109,5 @@ def in_thread(spool: AsyncSpool, build: Callable[[Recorder], Captured], stages: 
     return store
 
 
-def _name(stage: object) -> str:
+def stage_name(stage: object) -> str:
     return getattr(stage, "__qualname__", None) or repr(stage)
