@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from . import __version__
@@ -19,8 +19,6 @@ from . import __version__
 # `version` and the hooks' fast paths pay for neither.
 if TYPE_CHECKING:
     from .config import Settings
-
-Command = Callable[[argparse.Namespace, "Settings"], int]
 
 
 def _settings() -> Settings:
@@ -103,7 +101,7 @@ def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-# --- lifecycle, hooks and provisioning (daemon.py, claude_code.py, provision.py, admin.py) ---
+# --- lifecycle, hooks and provisioning (ops/daemon.py, claude/hooks.py, claude/provision.py, claude/doctor.py) ---
 
 
 def cmd_ensure_running(args: argparse.Namespace, settings: Settings) -> int:
@@ -131,7 +129,7 @@ def cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_hook(args: argparse.Namespace, settings: None) -> int:
+def cmd_hook(args: argparse.Namespace, settings: Settings | None) -> int:
     """Always 0, nothing on stdout, bounded in time; settings are built inside the guard."""
     import os
     import signal
@@ -145,6 +143,7 @@ def cmd_hook(args: argparse.Namespace, settings: None) -> int:
     try:
         from .config import Settings
 
+        # Built here, not by main(): a bad config must not make the hook fail the session.
         settings = Settings()
         _log_to_file(settings)
         raw = sys.stdin.buffer.read(1024 * 1024) if sys.stdin is not None else b""
@@ -321,7 +320,9 @@ def _add_lifecycle_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("setup", help="write Claude Code hook scripts; --apply also edits ~/.claude/settings.json")
-    p.add_argument("--apply", action="store_true", help="merge hooks and ANTHROPIC_BASE_URL into settings.json (backed up)")
+    p.add_argument(
+        "--apply", action="store_true", help="merge hooks and ANTHROPIC_BASE_URL into settings.json (backed up)"
+    )
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     p.add_argument("--binary", help="the opik-cipx binary the hook scripts should run")
     p.set_defaults(func=cmd_setup)
@@ -454,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Commands registered with no_settings=True get None: they build their own, or need none.
     settings = None if getattr(args, "no_settings", False) else _settings()
     return int(args.func(args, settings) or 0)
 

@@ -10,7 +10,7 @@ import ipaddress
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 from pydantic.fields import FieldInfo
@@ -317,7 +317,7 @@ def read_opik_config(path: Path) -> dict[str, str]:
 
 
 class OpikConfigIniSource(_DictSource):
-    _KEYS = {
+    _KEYS: ClassVar[dict[str, str]] = {
         "url_override": "opik_base_url",
         "api_key": "opik_api_key",
         "workspace": "opik_workspace",

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import json
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -36,11 +37,17 @@ from .walk import group_of
 
 
 class RatesLike(Protocol):
-    input: float
-    cache_write_5m: float
-    cache_write_1h: float
-    cache_read: float
-    output: float
+    # Read-only members, so frozen price rows (pricing.Rates) satisfy it.
+    @property
+    def input(self) -> float: ...
+    @property
+    def cache_write_5m(self) -> float: ...
+    @property
+    def cache_write_1h(self) -> float: ...
+    @property
+    def cache_read(self) -> float: ...
+    @property
+    def output(self) -> float: ...
 
 
 def largest_remainder(total: int, weights: list[int]) -> list[int]:
@@ -66,7 +73,8 @@ def largest_remainder(total: int, weights: list[int]) -> list[int]:
     return shares
 
 
-def _output_weights(content: list[dict[str, Any]]) -> list[tuple[str, int]]:
+def _output_weights(content: Iterable[object]) -> list[tuple[str, int]]:
+    # The blocks as they came off the wire: anything that is not an object is skipped.
     out: list[tuple[str, int]] = []
     for block in content:
         if not isinstance(block, dict):
@@ -87,7 +95,9 @@ def _output_weights(content: list[dict[str, Any]]) -> list[tuple[str, int]]:
     return out
 
 
-def _output_items(usage: Usage | None, rates: RatesLike | None, content: list[dict[str, Any]] | None) -> list[ItemTotal]:
+def _output_items(
+    usage: Usage | None, rates: RatesLike | None, content: list[dict[str, Any]] | None
+) -> list[ItemTotal]:
     tokens = usage.output_tokens if usage else 0
     weights: dict[str, int] = {}
     for name, size in _output_weights(content or []):
@@ -112,7 +122,9 @@ def allocate(
 ) -> Attribution:
     """A copy of ``attr`` with tokens and cost on every item and category."""
     units = [
-        (group_of(attr.spans, seg.start), seg.start, seg.size, seg.category, seg.item) for seg in attr.segments() if seg.size
+        (group_of(attr.spans, seg.start), seg.start, seg.size, seg.category, seg.item)
+        for seg in attr.segments()
+        if seg.size
     ]
     units.sort()
     keys = [(u[0], u[1]) for u in units]

@@ -18,12 +18,15 @@ import json
 import json.decoder
 import json.scanner
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 WS = re.compile(r"[ \t\n\r]*")
 
-_scan_once = json.scanner.make_scanner(json.JSONDecoder(strict=False))
+# typeshed types the scanner's context as a make_scanner itself; the decoder is the duck type it reads.
+_scan_once = json.scanner.make_scanner(json.JSONDecoder(strict=False))  # type: ignore[arg-type]
+# The C string scanner json.decoder uses; typeshed does not declare it there.
+_scanstring: Callable[[str, int, bool], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
 
 
 class Malformed(Exception):
@@ -89,7 +92,7 @@ def decode_string(raw: bytes) -> str | None:
     if "\\" not in text:
         return text
     try:
-        return json.decoder.scanstring(text + '"', 0, False)[0]
+        return _scanstring(text + '"', 0, False)[0]
     except (ValueError, IndexError):
         return None
 
@@ -147,15 +150,15 @@ def _by_escapes(raw: bytes, char_offsets: Sequence[int]) -> list[int] | None:
         start, end = m.span()
         while target + extra <= start:  # at or before this escape
             out.append(target + extra)
-            target = next(want, None)
-            if target is None:
+            following = next(want, None)
+            if following is None:
                 return out if ascii_only else _to_bytes(text, out)
+            target = following
         extra += end - start - 1
     if end < len(text) and text.endswith("\\"):
         return None  # a lone backslash at the end: counted as no char at all; leave it to _by_pieces
-    while target is not None:
-        out.append(min(target + extra, len(text)))
-        target = next(want, None)
+    out.append(min(target + extra, len(text)))
+    out.extend(min(t + extra, len(text)) for t in want)
     return out if ascii_only else _to_bytes(text, out)
 
 

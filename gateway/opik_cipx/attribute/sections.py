@@ -66,7 +66,8 @@ _REMINDER = re.compile(r"<system-reminder>(.*?)</system-reminder>", re.S)
 # their own headings must not end it, hence the lower-camel-case rule.
 _HEADERS = re.compile(
     r"^(?:"
-    r"(?P<hook>(?P<event>[A-Z][A-Za-z]+)(?::[\w-]+)? hook (?:success|additional context|blocking error|error|feedback)\b)"
+    r"(?P<hook>(?P<event>[A-Z][A-Za-z]+)(?::[\w-]+)? hook "
+    r"(?:success|additional context|blocking error|error|feedback)\b)"
     r"|(?P<agents>Available agent types for the Agent tool)"
     r"|(?P<mcp># MCP Server Instructions)"
     r"|(?P<skills>The following skills are available)"
@@ -125,7 +126,8 @@ def _skills_listing(text: str, start: int, end: int, known: Known) -> list[Secti
         b = start + entries[i + 1].start() if i + 1 < len(entries) else end
         tail = out[-1]
         out[-1] = Section(tail.start, a, SKILLS, "listing")
-        out.append(Section(a, b, SLASH_COMMANDS, name.lstrip("/"), {"command": name.lstrip("/"), "listing_chars": b - a}))
+        command = name.lstrip("/")
+        out.append(Section(a, b, SLASH_COMMANDS, command, {"command": command, "listing_chars": b - a}))
         out.append(Section(b, end, SKILLS, "listing"))
     for sec in out:
         if sec.category == SKILLS:
@@ -199,7 +201,8 @@ def reminder_sections(
     for m in _REMINDER.finditer(text):
         if m.start() > cursor and text[cursor : m.start()].strip():
             pieces.extend(context_sections(text, cursor, m.start(), outside_cat, outside_item, known))
-        inner = context_sections(text, m.start(1), m.end(1), REMINDERS, default_item if default_category == REMINDERS else "other", known)
+        inner_item = default_item if default_category == REMINDERS else "other"
+        inner = context_sections(text, m.start(1), m.end(1), REMINDERS, inner_item, known)
         inner[0].start = m.start()
         inner[-1].end = m.end()
         pieces.extend(inner)

@@ -151,7 +151,9 @@ def parse_payload(raw: bytes) -> dict[str, Any]:
     return data
 
 
-def handle(event: str, raw: bytes, settings: Settings, env: Mapping[str, str], *, argv: list[str] | None = None) -> None:
+def handle(
+    event: str, raw: bytes, settings: Settings, env: Mapping[str, str], *, argv: list[str] | None = None
+) -> None:
     """Do the event's work; raises on failure (the caller logs and still exits 0)."""
     if event not in EVENTS:
         raise ValueError(f"unknown hook event {event!r}; expected one of {sorted(EVENTS)}")
@@ -166,7 +168,9 @@ def handle(event: str, raw: bytes, settings: Settings, env: Mapping[str, str], *
     log.info("registered session %s (source=%s, cwd=%s)", info.session_id, info.source, info.cwd)
 
 
-def run_hook(event: str, raw: bytes, settings: Settings, env: Mapping[str, str], *, argv: list[str] | None = None) -> int:
+def run_hook(
+    event: str, raw: bytes, settings: Settings, env: Mapping[str, str], *, argv: list[str] | None = None
+) -> int:
     """The hook's whole life: never raises, always 0."""
     try:
         handle(event, raw, settings, env, argv=argv)

@@ -115,7 +115,7 @@ class PidRecord:
         """The recorded process still exists *and* is the same process (pid reuse is not life)."""
         try:
             proc = psutil.Process(self.pid)
-            created = proc.create_time()
+            created: float = proc.create_time()  # psutil is untyped: say what it returns
             if proc.status() == psutil.STATUS_ZOMBIE:
                 return False
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
@@ -340,9 +340,8 @@ def ensure_running(settings: Settings, timeout: float = 8.0, *, argv: list[str] 
             time.sleep(0.03)
     finally:
         starter.release()
-    raise DaemonError(
-        f"the gateway did not answer within {timeout:g}s ({live.state}); last log line: {last_log_line(settings) or '-'}"
-    )
+    last = last_log_line(settings) or "-"
+    raise DaemonError(f"the gateway did not answer within {timeout:g}s ({live.state}); last log line: {last}")
 
 
 def last_log_line(settings: Settings) -> str | None:

@@ -100,6 +100,7 @@ class Connection(asyncio.Protocol):
 
     # asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # asyncio.Protocol's signature says BaseTransport; a stream connection always gets a Transport.
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
@@ -194,7 +195,7 @@ class Pool:
         t = self.target
         self.opened += 1
         async with asyncio.timeout(CONNECT_SECONDS):
-            if t.proxy_host is None:
+            if t.proxy_host is None or t.proxy_port is None:  # direct (parse() gives a proxy a port)
                 _, conn = await loop.create_connection(
                     lambda: Connection(self), t.host, t.port, ssl=self._ssl,
                     server_hostname=t.host if self._ssl else None)
@@ -207,7 +208,7 @@ class Pool:
                     tls = await loop.start_tls(transport, conn, self._ssl, server_hostname=t.host)
                     if tls is None:
                         raise UpstreamError("TLS through the proxy's tunnel could not start")
-                    conn.transport = tls  # type: ignore[assignment]
+                    conn.transport = tls
             except BaseException:
                 transport.abort()
                 raise

@@ -7,7 +7,7 @@ so the JSON form carries the regions over the stored raw body.
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from ..attribute import Attribution, ItemTotal
@@ -48,11 +48,12 @@ def _fmt_cost(value: float | None) -> str:
 
 def _row(name: str, t: ItemTotal, body: int, indent: str = "") -> str:
     share = 100.0 * t.bytes / body if body else 0.0
-    return f"{indent}{name[:44 - len(indent)]:<{44 - len(indent)}} {t.bytes:>10,} {share:6.1f}% {t.tokens:>9,} {_fmt_cost(t.cost_usd):>11}"
+    width = 44 - len(indent)
+    return f"{indent}{name[:width]:<{width}} {t.bytes:>10,} {share:6.1f}% {t.tokens:>9,} {_fmt_cost(t.cost_usd):>11}"
 
 
 def render_text(ex: Exchange, attr: Attribution) -> str:
-    when = datetime.fromtimestamp(ex.started_at, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    when = datetime.fromtimestamp(ex.started_at, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     u = ex.usage
     lines = [
         f"call {ex.id}  {attr.call_kind}{'  agent ' + attr.agent_id if attr.agent_id else ''}",
@@ -90,7 +91,8 @@ def render_text(ex: Exchange, attr: Attribution) -> str:
         lines.append("")
         lines.append(f"{'response item':<44} {'bytes':>10} {'':>7} {'tokens':>9} {'cost':>11}")
         for item in attr.output_items:
-            lines.append(f"{item.item[:44]:<44} {item.bytes:>10,} {'':>7} {item.tokens:>9,} {_fmt_cost(item.cost_usd):>11}")
+            cost = _fmt_cost(item.cost_usd)
+            lines.append(f"{item.item[:44]:<44} {item.bytes:>10,} {'':>7} {item.tokens:>9,} {cost:>11}")
     share = 100.0 * attr.unattributed_bytes / attr.body_bytes if attr.body_bytes else 0.0
     lines.append("")
     lines.append(f"unattributed: {attr.unattributed_bytes:,} of {attr.body_bytes:,} bytes ({share:.2f}%)")

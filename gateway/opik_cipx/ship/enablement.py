@@ -33,12 +33,19 @@ _OFF = frozenset({"false", "0", "no", "off"})
 class SessionInfoLike(Protocol):
     """What the SessionStart hook registered for a session (see the sessions module)."""
 
-    session_id: str
-    cwd: str | None
-    env: Mapping[str, str]
+    # Read-only members: a mutable protocol attribute is invariant, and sessions.SessionInfo
+    # holds a dict where only a Mapping is read.
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def cwd(self) -> str | None: ...
+    @property
+    def env(self) -> Mapping[str, str]: ...
 
 
 class SessionLookup(Protocol):
+    """Sessions by id: the gateway's in-memory store, or the spool's table in the capture worker."""
+
     def get(self, session_id: str) -> SessionInfoLike | None: ...
 
 

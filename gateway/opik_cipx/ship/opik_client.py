@@ -7,8 +7,8 @@ decides what to do with a :class:`Verdict`.
 
 from __future__ import annotations
 
-import asyncio
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -43,10 +43,13 @@ def classify(status: int) -> Verdict:
     return Verdict.REJECT
 
 
-def retry_after(headers: "aiohttp.typedefs.LooseHeaders | dict[str, str]", now: float | None = None) -> float | None:
-    """Seconds to wait from ``RateLimit-Reset`` (seconds, or an epoch time) or ``Retry-After``."""
+def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait from ``RateLimit-Reset`` (seconds, or an epoch time) or ``Retry-After``.
+
+    ``headers``: a response's (case-insensitive) headers, or a plain dict in tests.
+    """
     for name in ("RateLimit-Reset", "X-RateLimit-Reset", "Retry-After"):
-        raw = headers.get(name) if hasattr(headers, "get") else None  # type: ignore[union-attr]
+        raw = headers.get(name)
         if raw is None:
             continue
         try:
@@ -98,8 +101,8 @@ class OpikClient:
                 verdict = classify(resp.status)
                 wait = retry_after(resp.headers) if verdict is Verdict.RETRY else None
                 return SendResult(verdict, resp.status, text or resp.reason or "", wait)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            return SendResult(Verdict.RETRY, None, f"{type(exc).__name__}: {exc}" or type(exc).__name__)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return SendResult(Verdict.RETRY, None, f"{type(exc).__name__}: {exc}")
 
     async def ping(self) -> bool:
         try:
@@ -107,5 +110,5 @@ class OpikClient:
                 self.base_url + "/is-alive/ping", headers=self._headers, timeout=self._timeout
             ) as resp:
                 return resp.status == 200
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        except (TimeoutError, aiohttp.ClientError, OSError):
             return False

@@ -133,7 +133,7 @@ class Telemetry:
             ) as resp:
                 await resp.read()
                 self.sent += resp.status < 300
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.debug("error report not sent: %s", exc)
 
     async def flush(self, timeout: float = 2.0) -> None:

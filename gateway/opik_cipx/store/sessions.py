@@ -69,7 +69,7 @@ class SessionInfo:
             env={k: v[:MAX_FIELD_CHARS] for k, v in env.items()},
             registered_at=now,
             last_seen=now,
-            **text,  # type: ignore[arg-type]
+            **text,
         )
 
 

@@ -17,7 +17,7 @@ import json
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ..model import Outcome, Usage
 from .sse import SSEDecoder, SSEEvent
@@ -206,7 +206,7 @@ class StreamReader:
         if self._stream_error is None:
             self._stream_error = _describe_error(data) or "error event without details"
 
-    _HANDLERS: dict[str, Callable[[StreamReader, dict[str, Any], float | None], None]] = {
+    _HANDLERS: ClassVar[dict[str, Callable[[StreamReader, dict[str, Any], float | None], None]]] = {
         "message_start": _message_start,
         "content_block_start": _block_start,
         "content_block_delta": _block_delta,
@@ -329,7 +329,8 @@ class _Zlib:
 
     def __init__(self, coding: str) -> None:
         self._gzip = coding in ("gzip", "x-gzip")
-        self._obj: Any = None
+        # Stubs-only name of what zlib.decompressobj() returns (never evaluated at runtime).
+        self._obj: zlib._Decompress | None = None
         # deflate input kept until the first output proves the wrapper guess right; a raw
         # stream can start with two bytes that pass the zlib header check by chance.
         self._seen: bytearray | None = None if self._gzip else bytearray()
@@ -339,7 +340,8 @@ class _Zlib:
         if self._gzip:
             return self._gzip_step(data)
         seen = self._seen
-        if seen is None:
+        if seen is None:  # the wrapper guess is settled, so the decompressor exists
+            assert self._obj is not None
             return self._obj.decompress(data)
         seen += data
         if self._obj is None:
@@ -362,7 +364,7 @@ class _Zlib:
         return out
 
     @staticmethod
-    def _deflate(wrapped: bool) -> Any:
+    def _deflate(wrapped: bool) -> zlib._Decompress:
         return zlib.decompressobj(wbits=zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
 
     def _gzip_step(self, data: bytes) -> bytes:

@@ -1,0 +1,125 @@
+"""The launcher script and the hook scripts ``setup`` writes around it.
+
+The launcher (``plugin/cipx-launch`` in the repository, and the body of every
+hook script setup writes) is rendered from :data:`LAUNCHER_BODY`, so the plugin
+and the hand-provisioned hooks share one keep-alive fast path. Hook scripts
+start with :data:`MARKER` on their first line; uninstall removes only files that
+carry it, so hand-written hooks are never touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+MARKER = "# opik-cipx managed hook -- written by `opik-cipx setup`, removed by `opik-cipx uninstall`"
+
+
+@dataclass(frozen=True)
+class HookSpec:
+    """One Claude Code hook that setup wires to a managed script."""
+
+    event: str  # Claude Code's hook event name
+    cli_event: str  # `opik-cipx hook claude_code <cli_event>`
+    matcher: str
+    script: str  # file name under ~/.claude/hooks/
+
+
+HOOKS: tuple[HookSpec, ...] = (
+    HookSpec("SessionStart", "session-start", "startup|resume|clear|compact", "opik-cipx-session-start.sh"),
+    HookSpec("PreToolUse", "pre-tool-use", "*", "opik-cipx-pre-tool-use.sh"),
+)
+
+INSTALL_HINT = (
+    "opik-cipx: the opik-cipx binary was not found (looked in $CLAUDE_PLUGIN_ROOT/bin, PATH, "
+    "~/.opik-cipx/bin, /usr/local/bin); this session is not being captured. Install it: "
+    "curl -fsSL https://raw.githubusercontent.com/comet-ml/opik-cipx/main/install.sh | bash"
+)
+
+# POSIX sh. The keep-alive fast path decides liveness with builtins only (no fork): the
+# pidfile's pid must still have the start ticks it had when the gateway wrote it, so a
+# reused pid does not count. Everything else goes to the binary, which bounds itself.
+LAUNCHER_BODY = r"""cipx_home="${CIPX_HOME:-$HOME/.opik-cipx}"
+
+# Keep-alive fast path: alive when the port file exists and the pidfile's process is the one
+# that wrote it (same start time in clock ticks; pid alone where /proc is missing).
+cipx_alive() {
+  [ -s "$cipx_home/port" ] && [ -r "$cipx_home/gateway.pid" ] || return 1
+  read -r cipx_pid cipx_ticks cipx_rest < "$cipx_home/gateway.pid" || return 1
+  [ -n "$cipx_pid" ] || return 1
+  if [ -r "/proc/$cipx_pid/stat" ]; then
+    read -r cipx_stat < "/proc/$cipx_pid/stat" || return 1
+    set -- ${cipx_stat##*") "}
+    [ "${20:-}" = "$cipx_ticks" ]
+  else
+    [ "$cipx_ticks" = "-" ] && kill -0 "$cipx_pid" 2>/dev/null
+  fi
+}
+
+case "${1:-}:${2:-}:${3:-}" in
+  hook:claude_code:pre-tool-use|hook:claude_code:user-prompt-submit)
+    if cipx_alive; then cat >/dev/null 2>&1; exit 0; fi ;;
+esac
+
+cipx_find() {
+  for cipx_c in "${OPIK_CIPX_BIN:-}" \
+      "${CLAUDE_PLUGIN_ROOT:+$CLAUDE_PLUGIN_ROOT/bin/opik-cipx}" \
+      "${CLAUDE_PLUGIN_ROOT:+$CLAUDE_PLUGIN_ROOT/bin/opik-cipx/opik-cipx}" \
+      "$(command -v opik-cipx 2>/dev/null)" \
+      "$HOME/.opik-cipx/bin/opik-cipx" \
+      "$cipx_home/bin/opik-cipx" \
+      /usr/local/bin/opik-cipx; do
+    if [ -n "$cipx_c" ] && [ -f "$cipx_c" ] && [ -x "$cipx_c" ]; then
+      printf '%s\n' "$cipx_c"
+      return 0
+    fi
+  done
+  return 1
+}
+
+if ! cipx_bin=$(cipx_find); then
+  echo "__INSTALL_HINT__" >&2
+  if [ "${1:-}" = hook ]; then cat >/dev/null 2>&1; fi
+  exit 0
+fi
+if [ "${1:-}" = hook ]; then
+  # A hook never fails the session: whatever the binary does, exit 0.
+  "$cipx_bin" "$@" || :
+  exit 0
+fi
+exec "$cipx_bin" "$@"
+""".replace("__INSTALL_HINT__", INSTALL_HINT)
+
+
+def render_launcher() -> str:
+    """``plugin/cipx-launch``: the plugin's hooks and ``/opik-cipx:status`` go through it."""
+    return (
+        "#!/bin/sh\n"
+        "# opik-cipx plugin launcher: finds the opik-cipx binary and runs it. Generated from\n"
+        "# opik_cipx/claude/launcher.py (LAUNCHER_BODY); edit it there, tests compare the two.\n"
+        + LAUNCHER_BODY
+    )
+
+
+def render_hook_script(spec: HookSpec, binary: Path | None) -> str:
+    preset = f'OPIK_CIPX_BIN="${{OPIK_CIPX_BIN:-{binary}}}"\n' if binary is not None else ""
+    return (
+        f"{MARKER}\n"
+        f"# Claude Code {spec.event} hook: runs `opik-cipx hook claude_code {spec.cli_event}` and always exits 0.\n"
+        f"{preset}{LAUNCHER_BODY}"
+    )
+
+
+def is_managed(path: Path) -> bool:
+    """True only for files whose first line is our marker."""
+    try:
+        with open(path, "rb") as fh:
+            first = fh.readline(len(MARKER) + 4)
+    except OSError:
+        return False
+    return first.rstrip(b"\r\n") == MARKER.encode()
+
+
+def mentions_our_script(command: object) -> bool:
+    """Whether a settings.json hook command runs one of our scripts (wherever the hooks dir is)."""
+    return isinstance(command, str) and any(spec.script in command for spec in HOOKS)
