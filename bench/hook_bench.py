@@ -47,7 +47,7 @@ def make_binary(home: Path) -> Path:
 
 def timed(argv: list[str], env: dict[str, str], payload: bytes) -> float:
     t0 = time.perf_counter()
-    proc = subprocess.run(argv, input=payload, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.run(argv, input=payload, env=env, capture_output=True)
     elapsed = (time.perf_counter() - t0) * 1000.0
     if proc.returncode != 0 or proc.stdout:
         raise SystemExit(f"{argv} misbehaved: rc={proc.returncode} stdout={proc.stdout[:200]!r}")
@@ -56,7 +56,7 @@ def timed(argv: list[str], env: dict[str, str], payload: bytes) -> float:
 
 def summary(name: str, samples: list[float]) -> tuple[str, int, float, float, float]:
     ordered = sorted(samples)
-    p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
     return name, len(samples), statistics.median(samples), p95, max(samples)
 
 

@@ -38,6 +38,7 @@ from typing import Any
 
 import aiohttp
 import psutil
+
 from opik_cipx.proxy.heap import IDLE_TRIM_SECONDS
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,6 +11,11 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[test,build]'
 
+# Static gates first (config in pyproject.toml): a lint or type error fails the run before
+# the slow suite starts. set -e stops the script on either.
+.venv/bin/ruff check gateway tests bench
+.venv/bin/mypy
+
 # The real Claude Code CLI is the client in end-to-end tests.
 export CIPX_TEST_CLAUDE_PREFIX="${CIPX_TEST_CLAUDE_PREFIX:-$root/.cache/claude-code}"
 if [ ! -x "$CIPX_TEST_CLAUDE_PREFIX/node_modules/.bin/claude" ]; then
