@@ -94,7 +94,13 @@ TITLE_PROMPT = "Generate a concise, sentence-case title"
 
 def content_hash(text: str) -> str:
     """sha256 of the text (UTF-8), first 12 hex digits."""
-    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    try:
+        # surrogateescape gives back the original bytes of a file read with it (U+DC80-DCFF).
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        # Any other lone surrogate (a JSON "\udf89" escape) still needs some stable bytes.
+        raw = text.encode("utf-8", "surrogatepass")
+    return hashlib.sha256(raw).hexdigest()[:12]
 
 
 def _memory(text: str, start: int, end: int) -> list[Section]:

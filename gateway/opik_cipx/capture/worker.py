@@ -251,6 +251,7 @@ class WorkerProcess:
                 if self._proc is not None:
                     self.restarts += 1
                     log.error("capture worker exited (%s); starting a new one", self._proc.returncode)
+                    self._kill()  # reaps it and closes its pipes
                 self._start()
             try:
                 reply = self._exchange(items)
@@ -294,9 +295,16 @@ class WorkerProcess:
         return reply
 
     def _kill(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
+        """End the child if it still runs, and close our ends of its pipes."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                pipe.close()
 
     def _stop(self, timeout: float) -> None:
         proc = self._proc
