@@ -10,10 +10,15 @@ from typing import Any
 
 import pytest
 
+# The shared helpers in tests/support assert like test code does: rewrite their asserts too
+# (before anything imports them) so a failing check shows its values.
+pytest.register_assert_rewrite("tests.support")
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "gateway"))
 
 from opik_cipx.config import Settings  # noqa: E402
+from tests.support.release import ReleaseMirror, serve_release_mirror  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -70,3 +75,10 @@ async def gateway(upstream: Any, make_settings: Callable[..., Settings]) -> Asyn
     gw = Gateway(make_settings(upstream_url=upstream.url, shutdown_grace=2.0))
     async with gw:
         yield gw
+
+
+@pytest.fixture
+def mirror(tmp_path: Path) -> Iterator[ReleaseMirror]:
+    """A release mirror and releases API on 127.0.0.1 serving <tmp_path>/mirror (tests/support/release.py)."""
+    with serve_release_mirror(tmp_path / "mirror") as served:
+        yield served

@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+
 from opik_cipx.ops import admin
 from opik_cipx.ops.status import STATUS_DEGRADED, STATUS_DOWN, STATUS_OK, render_status
 

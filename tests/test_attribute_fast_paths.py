@@ -23,8 +23,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+
 from opik_cipx.attribute import Attribution, attribute_request, rawjson, walk
-from tests.test_attribute import cc_body
+from tests.support.bodies import cc_body
 
 FIXTURES = Path(__file__).parent / "fixtures" / "claude_code"
 RECORDINGS = sorted(p for p in FIXTURES.glob("*/*.json") if not p.name.endswith(".meta.json"))
@@ -68,7 +69,6 @@ def _layouts(body: bytes) -> Iterator[bytes]:
     yield json.dumps(data, indent=1, ensure_ascii=False).encode()  # spaced: no fast path applies
 
 
-@pytest.mark.skipif(not RECORDINGS, reason="no recorded Claude Code requests")
 @pytest.mark.parametrize("path", RECORDINGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_fast_and_general_walk_agree_on_recorded_requests(path: Path) -> None:
     body, kwargs = _request(path)

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from opik_cipx.attribute import Attribution, allocate, attribute_request
 from opik_cipx.model import Usage
-from tests.test_attribute import FakeRates, assert_partition
+from tests.support.attribution import FakeRates, assert_partition
 
 FIXTURES = Path(__file__).parent / "fixtures" / "claude_code"
 RECORDINGS = sorted(p for p in FIXTURES.glob("*/*.json") if not p.name.endswith(".meta.json"))
@@ -24,8 +25,6 @@ RECORDINGS = sorted(p for p in FIXTURES.glob("*/*.json") if not p.name.endswith(
 # project's command names from its directory (the SessionStart hook gives the cwd);
 # nothing in the body tells a command's listing line from a skill's until it is used.
 PROJECT_COMMANDS = ("acme-cmd",)
-
-pytestmark = pytest.mark.skipif(not RECORDINGS, reason="no recorded Claude Code requests")
 
 
 def _load(path: Path) -> tuple[bytes, dict[str, Any], Attribution]:

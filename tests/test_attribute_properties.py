@@ -8,6 +8,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from opik_cipx.attribute import (
     allocate,
     attribute_request,
@@ -16,7 +17,8 @@ from opik_cipx.attribute import (
     largest_remainder,
 )
 from opik_cipx.model import Usage
-from tests.test_attribute import FakeRates, assert_partition, cc_body
+from tests.support.attribution import FakeRates, assert_partition
+from tests.support.bodies import cc_body
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -8,10 +8,10 @@ import signal
 from typing import Any
 
 import aiohttp
-from opik_cipx.server import Gateway
 
+from opik_cipx.server import Gateway
 from tests.support.fake_anthropic import FakeAnthropic
-from tests.test_proxy import API_KEY, captured, request_body
+from tests.support.gateway import API_KEY, captured, request_body
 
 
 async def test_captures_are_stored_by_a_child_process(gateway: Gateway, upstream: FakeAnthropic) -> None:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from opik_cipx.claude.hooks import git_info, session_env, session_from_payload
 from opik_cipx.config import Settings
 from opik_cipx.ops import daemon
@@ -82,6 +83,7 @@ def test_session_from_payload_takes_the_hook_fields(tmp_path: Path) -> None:
     assert fallback.session_id == "s-2" and fallback.cwd == str(repo)
 
 
+@pytest.mark.slow
 def test_session_start_starts_the_gateway_and_registers_the_session_silently(env: dict[str, str], tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "app")
     payload = {"session_id": "sess-42", "cwd": str(repo), "transcript_path": str(tmp_path / "t.jsonl"), "source": "startup", "hook_event_name": "SessionStart"}
@@ -106,6 +108,7 @@ def test_session_start_starts_the_gateway_and_registers_the_session_silently(env
     assert info.git_repo == "https://github.com/acme/app.git" and info.source == "startup"
 
 
+@pytest.mark.slow
 def test_keep_alive_restarts_a_gateway_that_is_gone(env: dict[str, str]) -> None:
     result = hook("pre-tool-use", b'{"session_id": "s", "tool_name": "Bash"}', env)
     assert result.returncode == 0 and result.stdout == b""
@@ -132,6 +135,7 @@ def test_a_failure_is_written_to_the_log(env: dict[str, str]) -> None:
     assert "hook session-start failed" in log
 
 
+@pytest.mark.slow
 def test_a_hook_whose_stdin_never_closes_leaves_within_its_bound(env: dict[str, str]) -> None:
     t0 = time.monotonic()
     proc = subprocess.Popen([sys.executable, "-m", "opik_cipx.cli", "hook", "claude_code", "user-prompt-submit"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
@@ -140,7 +144,8 @@ def test_a_hook_whose_stdin_never_closes_leaves_within_its_bound(env: dict[str, 
         out = proc.stdout.read()  # returns at exit; stdin is never closed
         proc.wait(20)
     finally:
-        if proc.stdin:
-            proc.stdin.close()
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe:
+                pipe.close()
     assert proc.returncode == 0 and out == b""
     assert time.monotonic() - t0 < 8

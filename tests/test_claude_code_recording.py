@@ -14,9 +14,8 @@ from tests.support.cc_project import MARKERS, MODELS, label
 from tests.support.claude_code import (
     REPO_ROOT,
     Workspace,
-    claude_bin,
-    claude_missing_reason,
     isolation_prefix,
+    needs_claude_code,
     run_claude,
     run_claude_session,
 )
@@ -28,7 +27,7 @@ from tests.support.fake_anthropic import (
     load_records,
 )
 
-needs_cli = [pytest.mark.e2e, pytest.mark.skipif(claude_bin() is None, reason=claude_missing_reason())]
+needs_cli = needs_claude_code()
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "claude_code"
 
 MARKER = "MARKER_E2E_BASH_OUT_5d1c"
@@ -44,8 +43,9 @@ def one_tool_call_rules() -> Rules:
     )
 
 
-@needs_cli[0]
-@needs_cli[1]
+@pytest.mark.e2e
+@pytest.mark.slow
+@needs_cli
 def test_scripted_session_with_one_tool_call_reaches_the_fake_upstream(tmp_path: Path) -> None:
     ws = Workspace.create(tmp_path, allow=["Bash"])
     result = run_claude_session(
@@ -79,8 +79,9 @@ def test_scripted_session_with_one_tool_call_reaches_the_fake_upstream(tmp_path:
     assert all(p.status == 200 and p.response_headers["request-id"].startswith("req_") for p in posts)
 
 
-@needs_cli[0]
-@needs_cli[1]
+@pytest.mark.e2e
+@pytest.mark.slow
+@needs_cli
 def test_middle_hook_puts_a_process_between_claude_and_the_upstream(tmp_path: Path) -> None:
     ws = Workspace.create(tmp_path, allow=[])
     middle_records = tmp_path / "middle-records"

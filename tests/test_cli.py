@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from opik_cipx.claude.provision import doctor, setup_plan
 from opik_cipx.config import Settings
 from opik_cipx.ops import daemon
@@ -26,6 +27,7 @@ def cli(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess
     return subprocess.run([sys.executable, "-m", "opik_cipx.cli", *args], env=env, capture_output=True, text=True, timeout=60, input=stdin)
 
 
+@pytest.mark.slow
 def test_status_exit_codes_follow_the_gateway_through_start_and_stop(env: dict[str, str]) -> None:
     down = cli(env, "status")
     assert down.returncode == 1 and down.stdout.startswith("opik-cipx: not running")
@@ -45,6 +47,7 @@ def test_status_exit_codes_follow_the_gateway_through_start_and_stop(env: dict[s
     assert "not running" in cli(env, "stop").stdout
 
 
+@pytest.mark.slow
 def test_status_tells_the_truth_about_a_wedged_gateway(env: dict[str, str]) -> None:
     assert cli(env, "ensure-running").returncode == 0
     live = daemon.probe(Settings())
@@ -59,6 +62,7 @@ def test_status_tells_the_truth_about_a_wedged_gateway(env: dict[str, str]) -> N
     assert cli(env, "status").returncode == 0
 
 
+@pytest.mark.slow
 def test_logs_prints_the_tail_of_the_gateway_log(env: dict[str, str]) -> None:
     assert cli(env, "logs").returncode == 1
     cli(env, "ensure-running")
@@ -67,6 +71,7 @@ def test_logs_prints_the_tail_of_the_gateway_log(env: dict[str, str]) -> None:
     assert len(logs.stdout.splitlines()) <= 3
 
 
+@pytest.mark.slow
 def test_purge_asks_first_then_stops_and_wipes_the_spool(env: dict[str, str]) -> None:
     cli(env, "ensure-running")
     settings = Settings()
@@ -80,6 +85,7 @@ def test_purge_asks_first_then_stops_and_wipes_the_spool(env: dict[str, str]) ->
     assert not list(settings.spool_dir.iterdir()) and not daemon.probe(settings).alive
 
 
+@pytest.mark.slow
 def test_doctor_names_each_failure_with_its_fix_and_passes_once_set_up(env: dict[str, str], isolated_home: Path) -> None:
     settings = Settings()
     checks = {c.name: c for c in doctor(settings, environ={}, managed=())}

@@ -8,11 +8,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+
 from opik_cipx.capture.commands import CommandIndex, command_names
 from opik_cipx.server import Gateway
 from opik_cipx.store import attribution as attribution_store
 from opik_cipx.store.sessions import SessionInfo
-
 from tests.support.fake_anthropic import FakeAnthropic
 
 RECORDING = Path(__file__).parent / "fixtures" / "claude_code" / "opus48" / "00-prompt.json"

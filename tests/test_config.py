@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from opik_cipx.config import OPIK_CLOUD_URL, Settings, read_opik_config
 from pydantic import ValidationError
+
+from opik_cipx.config import OPIK_CLOUD_URL, Settings, read_opik_config
 
 INI = """\
 [opik]

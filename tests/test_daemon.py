@@ -16,13 +16,16 @@ import aiohttp
 import filelock
 import psutil
 import pytest
+
 from opik_cipx.config import Settings
 from opik_cipx.ops import daemon
 from opik_cipx.store.spool import Spool, connect
-
 from tests.support.fake_anthropic import Turn
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Each test starts, kills and waits for real gateway daemons: seconds apiece.
+pytestmark = pytest.mark.slow
 
 
 def cli_env(**extra: str) -> dict[str, str]:

@@ -13,12 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from opik_cipx.attribute.analysis import analyze, compaction_deltas
 from opik_cipx.model import CallKind
 from opik_cipx.pricing import PriceTable
 from opik_cipx.store import attribution as attribution_store
 from opik_cipx.store.spool import Spool, connect
-
 from tests.support.cc_project import (
     COMMAND,
     MARKERS,
@@ -29,12 +29,11 @@ from tests.support.cc_project import (
 )
 from tests.support.claude_code import (
     REPO_ROOT,
-    claude_bin,
-    claude_missing_reason,
+    needs_claude_code,
     run_claude_session,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(claude_bin() is None, reason=claude_missing_reason())]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, needs_claude_code()]
 
 
 def gateway_middle(home: Path) -> str:

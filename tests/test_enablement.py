@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
 from opik_cipx.ship.enablement import Enablement, parse_marker
 
 

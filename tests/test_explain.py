@@ -6,12 +6,12 @@ import json
 from typing import Any
 
 import pytest
+
 from opik_cipx.attribute.analysis import SessionCall, analyze, compaction_deltas
 from opik_cipx.cli import main
 from opik_cipx.pricing import PriceTable
 from opik_cipx.server import Gateway
 from opik_cipx.store import attribution as attribution_store
-
 from tests.support.fake_anthropic import FakeAnthropic
 from tests.support.replay import recorded, replay
 
@@ -108,7 +108,7 @@ async def test_explain_unknown_id(gateway: Gateway, upstream: FakeAnthropic, cap
 def test_analyze_prices_the_shares_with_the_call_rates() -> None:
     from opik_cipx.model import CallKind, Exchange, Usage
 
-    label, body, headers = recorded("opus")[2]
+    _, body, headers = recorded("opus")[2]
     usage = Usage(input_tokens=120, cache_creation_input_tokens=900, cache_read_input_tokens=8000, output_tokens=40)
     ex = Exchange(id="x", started_at=1_790_000_000.0, method="POST", path="/v1/messages", kind=CallKind.MESSAGES,
                   request_headers={k.lower(): v for k, v in headers.items()}, request_body=body, usage=usage,

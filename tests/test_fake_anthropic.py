@@ -6,7 +6,6 @@ import asyncio
 import gzip
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -194,7 +193,9 @@ async def test_gzip_stream_decodes_to_the_same_events_and_sent_holds_wire_bytes(
     assert headers["Content-Encoding"] == "gzip"
     assert gzip.decompress(fake.sent[1]) == decoded
     assert raw[:2] == b"\x1f\x8b"
-    strip_ids = lambda data: [(n, {k: v for k, v in p.items() if k != "message"}) for n, p in parse_sse(data)]
+    def strip_ids(data: bytes) -> list[tuple[str, dict[str, Any]]]:
+        return [(n, {k: v for k, v in p.items() if k != "message"}) for n, p in parse_sse(data)]
+
     assert strip_ids(decoded) == strip_ids(plain)
 
 
@@ -266,11 +267,12 @@ async def test_standalone_cli_writes_port_file_serves_script_and_records(tmp_pat
     script = tmp_path / "script.json"
     script.write_text(json.dumps([Turn(text="from cli").to_dict()]))
     port_file, record_dir = tmp_path / "port", tmp_path / "rec"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.fake_anthropic", "--port-file", str(port_file), "--script", str(script), "--record-dir", str(record_dir)],
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.support.fake_anthropic", "--port-file", str(port_file), "--script", str(script),
+        "--record-dir", str(record_dir),
         cwd=REPO_ROOT,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        stderr=subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     try:
         for _ in range(200):
@@ -282,7 +284,7 @@ async def test_standalone_cli_writes_port_file_serves_script_and_records(tmp_pat
             message = await api.messages.create(model="m", max_tokens=5, messages=PROMPT)
     finally:
         proc.terminate()
-        assert proc.wait(timeout=10) == 0
+        assert await asyncio.wait_for(proc.wait(), timeout=10) == 0
     assert message.content[0].text == "from cli"
     (record,) = load_records(record_dir)
     assert record.json()["messages"] == PROMPT and record.status == 200

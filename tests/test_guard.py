@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+
 from opik_cipx.ops.guard import allowed_hosts, origin_allowed
 
 

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from opik_cipx.ship.identity import (
     Identity,
     IdentitySource,

@@ -10,12 +10,12 @@ from typing import Any
 import aiohttp
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
+
 from opik_cipx.capture.exchange import build_exchange
 from opik_cipx.model import Outcome
 from opik_cipx.proxy import journal
 from opik_cipx.proxy.recorder import HeaderList, Recorder
 from opik_cipx.server import Gateway
-
 from tests.support.fake_anthropic import FakeAnthropic
 
 

@@ -11,6 +11,9 @@ import pytest
 
 GATEWAY_SRC = Path(__file__).resolve().parent.parent / "gateway"
 
+# Page faults and RSS measured in fresh interpreters: subprocesses, and noisy under load.
+pytestmark = pytest.mark.slow
+
 # Minor page faults per burst of eight 200 KB request bodies, allocated and freed.
 _BURSTS = f"""
 import resource, sys

@@ -7,10 +7,10 @@ from collections import defaultdict
 
 import aiohttp
 import pytest
+
 from opik_cipx.model import CallKind, Cost, Exchange, Outcome, Usage
 from opik_cipx.ops.metrics import Histogram, Metrics, _labels
 from opik_cipx.server import Gateway
-
 from tests.support.fake_anthropic import FakeAnthropic
 from tests.support.replay import replay
 

@@ -5,6 +5,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+
 from opik_cipx.store import migrations
 from opik_cipx.store.migrations import MIGRATIONS, Migration, migrate, transaction
 

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+
 from opik_cipx.ship.opik_client import (
     OpikClient,
     Verdict,
@@ -15,7 +16,6 @@ from opik_cipx.ship.opik_client import (
     retry_after,
 )
 from opik_cipx.ship.uuid7 import uuid7_at
-
 from tests.support.opik_server import OpikContractServer
 
 
@@ -69,6 +69,7 @@ async def test_rate_limit_carries_the_reset_delay(opik: OpikContractServer, sess
     assert (result.verdict, result.retry_after) == (Verdict.RETRY, None)
 
 
+@pytest.mark.slow
 async def test_connection_refused_and_stall_are_retryable(session: aiohttp.ClientSession) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,8 +19,10 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.support.fake_anthropic import FakeAnthropic
+from tests.support.gateway import free_port
 from tests.support.opik_server import OpikContractServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,11 +30,8 @@ CALLS = 1000
 KILL_AT = (300, 650)
 SESSIONS = 20
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# A 1,000-call soak with two real kill -9s of a gateway subprocess: seconds.
+pytestmark = pytest.mark.slow
 
 
 def start_gateway(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

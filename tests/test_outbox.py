@@ -5,13 +5,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from opik_cipx.ship.identity import Identity
 from opik_cipx.ship.outbox import DISABLED, Item, Outbox
 from opik_cipx.ship.records import record_call
 from opik_cipx.ship.span import SessionContext, analyze
 from opik_cipx.store.spool import Spool, connect
-
-from tests.test_span import PRICES, T0, assistant_blocks, make_exchange
+from tests.support.exchanges import PRICES, T0, assistant_blocks, make_exchange
 
 
 @pytest.fixture

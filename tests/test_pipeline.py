@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from opik_cipx.attribute.analysis import Captured
 from opik_cipx.capture.pipeline import capture_chain
 from opik_cipx.capture.stages import Failure, store_attribution, store_batch, store_exchange

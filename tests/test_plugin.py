@@ -6,34 +6,35 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from opik_cipx.claude.provision import render_launcher
 from opik_cipx.config import Settings
 from opik_cipx.ops import daemon
 from opik_cipx.store.sessions import SessionTable
 from opik_cipx.store.spool import Spool, connect
-
 from tests.support.claude_code import (
     Workspace,
     claude_bin,
     claude_env,
     claude_missing_reason,
+    needs_claude_code,
     run_claude_session,
     run_in_netns,
 )
 from tests.support.fake_anthropic import Turn
+from tests.support.gateway import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER = ROOT / "plugin" / "cipx-launch"
 PLUGIN_PARTS = (".claude-plugin", "hooks", "commands", "plugin")
 PLUGIN_ID = "opik-cipx@opik-enterprise"
-needs_cli = pytest.mark.skipif(claude_bin() is None, reason=claude_missing_reason())
+needs_cli = needs_claude_code()
 # The binary on no PATH of ours: the test decides where (if anywhere) a binary is.
 BARE_PATH = "/usr/bin:/bin"
 
@@ -58,7 +59,7 @@ def install_binary(home: Path) -> Path:
 
 def claude_cli(home: Path, *args: str) -> tuple[int, str, str]:
     binary = claude_bin()
-    assert binary is not None
+    assert binary is not None, claude_missing_reason()
     script = " ".join(shlex.quote(a) for a in (str(binary), *args))
     rc, out, err, _ = run_in_netns(script, env=claude_env(home, extra={"PATH": BARE_PATH}), cwd=home, timeout=120)
     return rc, out, err
@@ -69,12 +70,6 @@ def install_plugin(home: Path, repo: Path) -> None:
     assert rc == 0, out + err
     rc, out, err = claude_cli(home, "plugin", "install", PLUGIN_ID)
     assert rc == 0, out + err
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -109,6 +104,7 @@ def recorder(tmp_path: Path) -> tuple[Path, Path]:
     return fake, calls
 
 
+@pytest.mark.slow
 def test_keep_alive_with_a_live_gateway_never_starts_the_binary(tmp_path: Path, isolated_home: Path, monkeypatch: pytest.MonkeyPatch, stop_gateway: None) -> None:
     monkeypatch.setenv("CIPX_PORT", "0")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "gateway"), str(ROOT)]))
@@ -154,6 +150,8 @@ def test_the_launcher_finds_the_binary_in_the_install_location_and_passes_exit_c
 # --- the real CLI ----------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 @needs_cli
 def test_manifests_validate_and_the_plugin_installs_without_load_errors(tmp_path: Path, isolated_home: Path) -> None:
     repo = checkout(tmp_path / "repo")
@@ -170,6 +168,8 @@ def test_manifests_validate_and_the_plugin_installs_without_load_errors(tmp_path
     assert entry["enabled"] is True and not entry.get("errors") and not entry.get("loadErrors"), entry
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 @needs_cli
 def test_a_session_starts_the_gateway_through_the_hooks_and_is_captured_under_its_id(tmp_path: Path, isolated_home: Path, stop_gateway: None) -> None:
     ws = Workspace.create(tmp_path)
@@ -208,6 +208,8 @@ def test_a_session_starts_the_gateway_through_the_hooks_and_is_captured_under_it
     assert "opik-cipx: running (pid" in last and f"port {port}" in last
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
 @needs_cli
 def test_with_the_binary_missing_the_session_still_completes(tmp_path: Path, isolated_home: Path) -> None:
     ws = Workspace.create(tmp_path)

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+
 from opik_cipx.model import Usage
 from opik_cipx.pricing import BUILTIN, PriceTable, PricingFileError, normalize_model_id
 

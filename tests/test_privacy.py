@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
+
 from opik_cipx.config import Settings
 from opik_cipx.ship.privacy import LiveOptions, redact_record, sampled
 from opik_cipx.ship.span import (
@@ -19,8 +21,7 @@ from opik_cipx.ship.span import (
     session_trace,
     tool_spans,
 )
-
-from tests.test_span import (
+from tests.support.exchanges import (
     PRICES,
     T0,
     UPDATED,

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from opik_cipx.claude import provision
 from opik_cipx.claude.provision import (
     MARKER,

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from opik_cipx.model import Outcome
 from opik_cipx.wire.response import (
     ResponseSummary,

@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+
 from opik_cipx.store.migrations import applied
 from opik_cipx.store.sessions import (
     InvalidSession,

@@ -10,9 +10,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+
 from opik_cipx.config import Settings
 from opik_cipx.server import Gateway
-
 from tests.support.fake_anthropic import FakeAnthropic, Turn
 from tests.support.opik_server import OpikContractServer
 
@@ -146,6 +146,7 @@ async def test_sample_rate_zero_ships_nothing_but_counts(enabled: None, gateway_
     assert gw.shipper.status()["not_shipped"]["sampled_out"] == 1 and opik.spans == {}
 
 
+@pytest.mark.slow
 async def test_rate_limit_reset_is_honoured_then_everything_ships(enabled: None, gateway_factory: Any, opik: OpikContractServer) -> None:
     opik.fail(429, headers={"RateLimit-Reset": "1"})
     gw = await gateway_factory()
@@ -157,6 +158,7 @@ async def test_rate_limit_reset_is_honoured_then_everything_ships(enabled: None,
     assert second_try["t"] - first_try["t"] >= 0.9  # waited for the reset, not the 0.25 s backoff
 
 
+@pytest.mark.slow
 async def test_server_errors_back_off_and_recover(enabled: None, gateway_factory: Any, opik: OpikContractServer) -> None:
     opik.fail(503, times=3)
     gw = await gateway_factory()
@@ -166,6 +168,7 @@ async def test_server_errors_back_off_and_recover(enabled: None, gateway_factory
     assert gw.shipper.status()["state"] == "shipping"
 
 
+@pytest.mark.slow
 async def test_a_refused_record_is_set_aside_and_the_rest_of_its_batch_ships(
     enabled: None, gateway_factory: Any, upstream: FakeAnthropic, opik: OpikContractServer
 ) -> None:
@@ -202,10 +205,11 @@ async def test_session_environment_enables_and_places_spans_under_a_parent_trace
     assert opik.traces == {}  # the parent trace is someone else's
 
 
+@pytest.mark.slow
 async def test_calls_stored_but_never_derived_are_recovered_at_start(
     enabled: None, gateway_factory: Any, opik: OpikContractServer
 ) -> None:
-    from tests.test_span import make_exchange
+    from tests.support.exchanges import make_exchange
 
     gw = await gateway_factory(opik_base_url=None, opik_api_key=None)
     ex = make_exchange("opus", "prompt", ex_id="left-behind", started_at=time.time() - 60)

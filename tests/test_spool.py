@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from opik_cipx.model import CallKind, Cost, Exchange, Outcome, Usage
 from opik_cipx.store.spool import (
     MAX_CHUNK,
@@ -321,6 +322,7 @@ def test_binary_non_utf8_and_empty_bodies_round_trip(spool: Spool) -> None:
         assert spool.get(ex.id) == ex
 
 
+@pytest.mark.slow
 def test_thirty_megabyte_body_round_trips(spool: Spool) -> None:
     screenshot = base64.b64encode(os.urandom(20 * 1024 * 1024))
     body = (
@@ -626,7 +628,7 @@ async def test_async_spool_never_blocks_the_loop_on_sqlite(tmp_path: Path) -> No
         await spool.close()
     # Sanity check that the guard is armed: the same call made on the loop is caught.
     plain = Spool(connect(tmp_path / "other.sqlite3"))
-    with blockbuster_ctx("opik_cipx"), pytest.raises(Exception, match="[Bb]locking"):
+    with blockbuster_ctx("opik_cipx"), pytest.raises(Exception, match=r"[Bb]locking"):
         plain.counters()
     plain.close()
 

@@ -7,6 +7,7 @@ import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from opik_cipx.wire import sse
 from opik_cipx.wire.sse import SSEDecoder, SSEEvent
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from opik_cipx.attribute.analysis import analyze
 from opik_cipx.cli import main
 from opik_cipx.config import Settings
@@ -19,7 +20,6 @@ from opik_cipx.pricing import PriceTable
 from opik_cipx.report import stats
 from opik_cipx.server import Gateway
 from opik_cipx.store.spool import Spool, connect
-
 from tests.support.fake_anthropic import FakeAnthropic
 from tests.support.replay import FIXTURES, replay
 
@@ -146,7 +146,7 @@ async def test_by_project_reads_the_cwd_claude_code_announced(filled: tuple[Gate
 def _exchange(i: int, at: float, *, model: str = "claude-sonnet-4-5", cost: float | None = 0.01) -> Exchange:
     return Exchange(
         id=f"{i:032x}", started_at=at, method="POST", path="/v1/messages", kind=CallKind.MESSAGES,
-        request_body=b'{"model":"%s","messages":[]}' % model.encode(), status=200, session_id="s-%d" % (i % 2),
+        request_body=b'{"model":"%s","messages":[]}' % model.encode(), status=200, session_id=f"s-{i % 2}",
         model=model, usage=Usage(input_tokens=100 + i, output_tokens=10, cache_read_input_tokens=50),
         cost=Cost(total_usd=cost),
     )

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+
 from opik_cipx.ship.telemetry import Dsn, Telemetry, scrub
 
 

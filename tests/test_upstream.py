@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 import trustme
+
 from opik_cipx.model import Outcome
 from opik_cipx.proxy.upstream import Target
 from opik_cipx.server import Gateway
-
 from tests.support.fake_anthropic import FakeAnthropic, Turn
+from tests.support.gateway import captured, post_raw, request_body
 from tests.support.http_proxy import HttpProxy
 from tests.support.raw_upstream import Answer, RawUpstream
-from tests.test_proxy import captured, post_raw, request_body
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ import uuid
 
 from hypothesis import given
 from hypothesis import strategies as st
+
 from opik_cipx.ship.uuid7 import is_uuid7, timestamp_ms, uuid7, uuid7_at
 
 

@@ -30,7 +30,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
+
+import pytest
 
 from tests.support.fake_anthropic import RecordedRequest, Rules, Turn, load_records
 
@@ -43,7 +45,7 @@ TESTED_VERSION = "2.1.197"
 DEFAULT_ALLOW: tuple[str, ...] = ("Bash", "Read", "Write", "Edit", "Glob", "Grep", "Skill", "Agent")
 
 # The fake upstream script as the caller gives it: turns in order, rules, or "module:factory".
-UpstreamScript = Union[Sequence[Turn], Rules, str, None]
+UpstreamScript = Sequence[Turn] | Rules | str | None
 
 
 def claude_bin() -> Path | None:
@@ -66,6 +68,17 @@ def claude_missing_reason() -> str:
         f"Claude Code CLI not found under {where}/node_modules/.bin/claude or {LOCAL_DEV_PREFIX}; "
         "install it with `npm i --prefix \"$CIPX_TEST_CLAUDE_PREFIX\" @anthropic-ai/claude-code` (tests/run.sh does)"
     )
+
+
+def needs_claude_code() -> pytest.MarkDecorator:
+    """For tests that drive the real CLI: skipped when it is missing from a bare ``pytest`` run.
+
+    When ``CIPX_TEST_CLAUDE_PREFIX`` names where the CLI was installed (tests/run.sh always
+    sets it, after installing there), a missing CLI is a broken setup: the tests run and fail
+    saying so (``run_claude_session`` raises :func:`claude_missing_reason`) instead of hiding it.
+    """
+    promised = bool(os.environ.get("CIPX_TEST_CLAUDE_PREFIX"))
+    return pytest.mark.skipif(claude_bin() is None and not promised, reason=claude_missing_reason())
 
 
 @functools.cache
@@ -102,7 +115,7 @@ class Workspace:
         *,
         allow: Sequence[str] = DEFAULT_ALLOW,
         settings: Mapping[str, Any] | None = None,
-    ) -> "Workspace":
+    ) -> Workspace:
         home = root / "home"
         project = root / "project"
         (home / ".claude").mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -73,7 +73,7 @@ class Turn:
     extra_events: Sequence[tuple[str, dict[str, Any]]] = ()
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Turn":
+    def from_dict(cls, data: Mapping[str, Any]) -> Turn:
         """Build a Turn from JSON (tool_uses as ``[[name, input], ...]``); unknown keys are errors."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
@@ -113,7 +113,7 @@ class RecordedRequest:
         return self.path.split("?", 1)[0]
 
 
-Script = Union[Sequence[Turn], Callable[[RecordedRequest], Turn], None]
+Script = Sequence[Turn] | Callable[[RecordedRequest], Turn] | None
 
 
 # --------------------------------------------------------------------------- usage
@@ -336,7 +336,7 @@ class FakeAnthropic:
     def messages_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.method == "POST" and r.route == "/v1/messages"]
 
-    async def __aenter__(self) -> "FakeAnthropic":
+    async def __aenter__(self) -> FakeAnthropic:
         await self.start()
         return self
 
@@ -664,7 +664,7 @@ class Rules:
         return self.default
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Rules":
+    def from_json(cls, data: Mapping[str, Any]) -> Rules:
         rules = []
         for item in data.get("rules", []):
             unknown = set(item.get("when", {})) - _CONDITIONS

@@ -114,7 +114,7 @@ class OpikContractServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()
-        server = site._server  # noqa: SLF001
+        server = site._server
         assert server is not None
         self.port = server.sockets[0].getsockname()[1]
 
