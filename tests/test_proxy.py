@@ -556,3 +556,13 @@ async def test_what_one_upstream_read_holds_reaches_the_client_in_one_write() ->
     assert client_wire.writes[1] == b"%x\r\n%s\r\n" % (len(late), late)
     conn.data_received(b"0\r\n\r\n")
     assert client_wire.writes[2] == b"0\r\n\r\n" and len(client_wire.writes) == 3
+
+
+async def test_an_error_answer_reaches_a_client_that_is_still_sending(gateway: Gateway, upstream: FakeAnthropic) -> None:
+    # The gateway refuses the head while the client still has most of its bytes to send: closing
+    # at once would reset the connection and could throw the 431 away before the client read it.
+    head = b"GET / HTTP/1.1\r\n" + b"".join(b"x-pad-%d: %s\r\n" % (i, b"a" * 1000) for i in range(2000))
+    for _ in range(10):
+        out = await raw_exchange(gateway.port, head)
+        assert out.startswith(b"HTTP/1.1 431") and b"Connection: close" in out
+    assert not upstream.requests

@@ -42,6 +42,7 @@ from .viewer import setup_viewer
 
 log = logging.getLogger(__name__)
 
+
 class Gateway:
     def __init__(self, settings: Settings, *, extra_stages: list[StoreStage] | None = None) -> None:
         self.settings = settings
@@ -61,7 +62,7 @@ class Gateway:
         self._trim: asyncio.TimerHandle | None = None  # gives freed memory back after a burst
         self.metrics = Metrics()  # Prometheus counters, fed as a capture stage
         self.shipper: Shipper | None = None  # Opik spans: outbox + background shipper
-        # What SessionStart hooks registered (cwd, env, git) by session id; see sessions.py.
+        # What SessionStart hooks registered (cwd, env, git) by session id; see store/sessions.py.
         self.sessions = SessionStore()
         self.journal: journal.Journal | None = None
         self._worker: WorkerProcess | None = None
@@ -105,7 +106,7 @@ class Gateway:
         await self.shipper.start()
 
         # The viewer, metrics and admin API: an aiohttp app, served on connections the
-        # proxy hands over when their first request is for /_cipx (see proxy.py).
+        # proxy hands over when their first request is for /_cipx (see proxy/relay.py).
         app = web.Application(client_max_size=1024**3, middlewares=[guard])
         app[STATE_KEY] = self
         setup_viewer(app)

@@ -33,7 +33,7 @@ def analyze(
     """Regions of the request body, with the call's billed tokens and cost shared over them.
 
     ``content`` is the response's content blocks when the caller already has them;
-    ``commands`` names the session's custom slash commands (see commands.py).
+    ``commands`` names the session's custom slash commands (see capture/commands.py).
     """
     attr = attribute_request(ex.request_body, headers=ex.request_headers, path=ex.path, commands=commands)
     usage = ex.usage

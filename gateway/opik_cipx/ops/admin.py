@@ -4,9 +4,10 @@
 * ``GET /_cipx/status`` -- everything ``opik-cipx status`` renders, as JSON.
 * ``POST /_cipx/sessions`` -- the SessionStart hook's registration.
 
-Nothing under the prefix is ever forwarded upstream. A browser page cannot
+Nothing under the prefix is ever forwarded upstream. ``Host`` and ``Origin`` are
+checked first for every route (``guard.py``); beyond that a browser page cannot
 drive these routes: a registration must be ``application/json`` (a CORS
-preflight that nobody answers) and requests carrying an ``Origin`` are refused.
+preflight that nobody answers) and requests carrying any ``Origin`` are refused.
 """
 
 from __future__ import annotations

@@ -30,6 +30,8 @@ from .upstream import Pool
 
 log = logging.getLogger(__name__)
 
+LINGER = 2.0  # seconds an error answer waits for the client to stop sending before we close
+
 __all__ = ["HOP_BY_HOP", "Call", "Downstream", "Relay", "end_to_end", "gateway_error", "header_block"]
 
 
@@ -116,6 +118,7 @@ class Downstream(asyncio.Protocol):
         self._paused: set[str] = set()
         self.writing_paused = False  # the client reads slower than we write
         self.closed = False
+        self._linger: asyncio.TimerHandle | None = None  # set while draining after an error answer
 
     # asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -123,6 +126,8 @@ class Downstream(asyncio.Protocol):
         self.relay.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        if self._linger is not None:
+            return  # answered with an error already: read the rest only so it can be delivered
         if not self.in_message:
             if self._prefix:
                 data, self._prefix = self._prefix + data, b""
@@ -146,10 +151,12 @@ class Downstream(asyncio.Protocol):
                 self._reject(400, f"opik-cipx: malformed HTTP request: {exc}")
 
     def eof_received(self) -> bool | None:
-        return None  # a client that stops sending has gone: connection_lost follows
+        return None  # a client that stops sending has gone (or read our error): connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._linger is not None:
+            self._linger.cancel()
         self.relay.connections.discard(self)
         calls = [c for c in (self.active, *self.queue, self.parsing) if c is not None]
         self.active, self.parsing = None, None
@@ -256,9 +263,29 @@ class Downstream(asyncio.Protocol):
         log.warning("%s", message)
         if self.active is None:
             self.write(gateway_error(status, message, close=True, kind="invalid_request_error"))
-            self.close()
+            self._close_lingering()
         else:
             self.abort()
+
+    def _close_lingering(self) -> None:
+        """Close after an error answer without losing it (RFC 9112 9.6).
+
+        Closing at once while the client is still sending (the rest of a huge head, a body)
+        makes the kernel reset the connection, and a reset can discard our answer before the
+        client reads it. So: send FIN after the answer, read and drop what still arrives, and
+        close when the client closes too, or after LINGER seconds at the latest.
+        """
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        if not transport.can_write_eof():
+            self.close()
+            return
+        transport.write_eof()
+        self._linger = asyncio.get_running_loop().call_later(LINGER, self.close)
+        if self._paused:  # nothing waits on what we read now: take it, so the client can finish
+            self._paused.clear()
+            transport.resume_reading()
 
     def _hand_to_admin(self, data: bytes) -> None:
         """Give this connection, bytes read so far included, to the aiohttp app for good."""

@@ -28,7 +28,7 @@ _UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 # body a newline is the two bytes backslash-n, so the path stops at a backslash or a quote.
 _CWD = re.compile(rb"(?:Primary w|W)orking directory: (/[^\\\"\r\n]*)")
 _CWD_SCAN_LIMIT = 512 * 1024  # the environment section sits near the start of the system prompt
-_DIGEST = 32  # request_chunks is a concatenation of SHA-256 digests (see spool.py)
+_DIGEST = 32  # request_chunks is a concatenation of SHA-256 digests (see store/spool.py)
 NO_PROJECT = "(unknown)"
 NO_SESSION = "(none)"
 

@@ -1,6 +1,6 @@
 """The write-ahead outbox: Opik records in the spool until Opik has acknowledged them.
 
-Synchronous and handed its connection, like :class:`~opik_cipx.spool.Spool`;
+Synchronous and handed its connection, like :class:`~opik_cipx.store.spool.Spool`;
 run it on the spool's thread (``AsyncSpool.run``). Every write is one
 transaction, so a kill -9 leaves either the whole call's records or none, and
 the exchange's mark (``ship_marks``) is written in the same transaction: the

@@ -17,9 +17,8 @@ from typing import Any
 
 from ..attribute.analysis import Captured
 from ..config import Settings
-from ..store.sessions import SessionInfo
 from ..store.spool import Spool
-from .enablement import Enablement, SessionLookup
+from .enablement import Enablement, SessionInfoLike, SessionLookup
 from .identity import IdentitySource, claude_json_path, render_project
 from .opik_client import mask_key
 from .outbox import DISABLED, NO_DESTINATION, SAMPLED_OUT, Outbox
@@ -146,7 +145,7 @@ class SpanStage:
         )
 
     def _context(
-        self, facts: CallFacts, env: dict[str, str], info: SessionInfo | Any, own_trace_id: str
+        self, facts: CallFacts, env: dict[str, str], info: SessionInfoLike | None, own_trace_id: str
     ) -> SessionContext:
         ex = facts.exchange
         identity = self.identity.get().with_request(facts.account_uuid)
