@@ -8,7 +8,6 @@ parsed whole a second time.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -67,8 +66,8 @@ class CallFacts:
         return self.exchange.agent_id or "main"
 
 
-def _account_uuid(body: Mapping[str, Any]) -> str | None:
-    meta = body.get("metadata")
+def _account_uuid(meta: Any) -> str | None:
+    """``metadata.user_id``'s account uuid (user_id is itself a JSON string)."""
     user_id = meta.get("user_id") if isinstance(meta, dict) else None
     if not isinstance(user_id, str):
         return None
@@ -123,38 +122,33 @@ def call_facts(ex: Exchange, attr: Attribution, content: list[dict[str, Any]]) -
     The attribution walk already found where the new turn and ``metadata`` sit in the
     body (``attr.layout``), so only those few bytes are parsed, not the whole context.
     """
-    body = ex.request_body
-    layout = attr.layout
-    if layout is None:
-        return _facts_from_document(ex, attr, content)
-    trailing: list[Any] = []
-    if layout.new_messages is not None:
-        start, end = layout.new_messages
-        try:
-            trailing = json.loads(b"[" + body[start:end] + b"]")
-        except ValueError:
-            return _facts_from_document(ex, attr, content)
-    meta: Any = None
-    if layout.metadata is not None:
-        try:
-            meta = json.loads(body[layout.metadata[0] : layout.metadata[1]])
-        except ValueError:
-            return _facts_from_document(ex, attr, content)
-    return CallFacts(
-        exchange=ex,
-        attribution=attr,
-        content=content,
-        new_messages=trailing,
-        message_count=layout.message_count,
-        tool_results=_tool_results(trailing),
-        account_uuid=_account_uuid({"metadata": meta}),
-        chars=_chars(attr, body),
-    )
+    parts = _from_layout(ex.request_body, attr)
+    return _facts(ex, attr, content, *(parts or _from_document(ex.request_body)))
 
 
 def _facts_from_document(ex: Exchange, attr: Attribution, content: list[dict[str, Any]]) -> CallFacts:
     """The same facts from the whole parsed body: for bodies the walk could not read to the end."""
-    body = ex.request_body
+    return _facts(ex, attr, content, *_from_document(ex.request_body))
+
+
+# (new messages, message count, metadata) of a request body.
+_Parts = tuple[list[Any], int, Any]
+
+
+def _from_layout(body: bytes, attr: Attribution) -> _Parts | None:
+    """The parts, parsed only where the walk said they are; None when it could not say."""
+    layout = attr.layout
+    if layout is None:
+        return None
+    try:
+        trailing = json.loads(b"[" + body[slice(*layout.new_messages)] + b"]") if layout.new_messages else []
+        meta = json.loads(body[slice(*layout.metadata)]) if layout.metadata else None
+    except ValueError:
+        return None
+    return trailing, layout.message_count, meta
+
+
+def _from_document(body: bytes) -> _Parts:
     try:
         doc = json.loads(body) if body else {}
     except ValueError:
@@ -162,16 +156,21 @@ def _facts_from_document(ex: Exchange, attr: Attribution, content: list[dict[str
     doc = doc if isinstance(doc, dict) else {}
     messages = doc.get("messages")
     messages = messages if isinstance(messages, list) else []
-    trailing = _trailing_messages(messages)
+    return _trailing_messages(messages), len(messages), doc.get("metadata")
+
+
+def _facts(
+    ex: Exchange, attr: Attribution, content: list[dict[str, Any]], trailing: list[Any], count: int, meta: Any
+) -> CallFacts:
     return CallFacts(
         exchange=ex,
         attribution=attr,
         content=content,
         new_messages=trailing,
-        message_count=len(messages),
+        message_count=count,
         tool_results=_tool_results(trailing),
-        account_uuid=_account_uuid(doc),
-        chars=_chars(attr, body),
+        account_uuid=_account_uuid(meta),
+        chars=_chars(attr, ex.request_body),
     )
 
 

@@ -22,7 +22,7 @@ from aiohttp import web
 from ..ops.guard import refuse
 from ..ops.state import STATE_KEY
 from . import queries
-from .security import TokenGate, check_request
+from .security import TokenGate, check_state_change
 
 PREFIX = "/_cipx"
 VIEWER = f"{PREFIX}/viewer/"
@@ -99,7 +99,7 @@ def setup_viewer(app: web.Application) -> TokenGate:
     def guarded(handler: Handler, *, page: bool = False) -> Handler:
         async def wrapper(request: web.Request) -> web.StreamResponse:
             gate.port = gateway.port
-            refused = check_request(request)
+            refused = check_state_change(request)
             if refused is not None:
                 return refused
             if page and gate.from_query(request):

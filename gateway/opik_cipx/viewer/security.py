@@ -19,7 +19,7 @@ from ..ops.guard import refuse
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def check_request(request: web.Request) -> web.Response | None:
+def check_state_change(request: web.Request) -> web.Response | None:
     """A refusal for a state-changing request that does not say it comes from our page."""
     if request.method not in SAFE_METHODS and request.headers.get("Origin") is None:
         # Browsers send Origin on every state-changing request; without one we cannot tell
