@@ -84,9 +84,42 @@ async def test_shipper_status_is_included_and_a_recent_opik_error_is_a_problem(g
         assert doc["shipper"]["shipped"] == 7 and doc["problems"] == []
         gateway.shipper = FakeShipper(last_error={"at": time.time(), "message": "401 unauthorized"})
         _, doc = await call(gateway, "GET", "/_cipx/status")
-        assert doc["problems"] == ["Opik: 401 unauthorized"]
+        assert doc["problems"] == ["Opik is failing, spans wait in the local outbox: 401 unauthorized"]
     finally:
         gateway.shipper = real  # the gateway's shutdown stops its own shipper
+
+
+async def test_an_opik_error_before_anything_shipped_is_a_problem_not_a_500(gateway: Any) -> None:
+    """The state of a first setup with a wrong Opik URL: an ISO-stamped error, nothing shipped."""
+    from opik_cipx.ship.privacy import iso_now
+
+    real = gateway.shipper
+    try:
+        gateway.shipper = FakeShipper(last_shipped=None, last_error={"at": iso_now(), "message": "connection refused"})
+        status, doc = await call(gateway, "GET", "/_cipx/status")
+        assert status == 200
+        assert doc["problems"] == ["Opik is failing, spans wait in the local outbox: connection refused"]
+        # An older error followed by a success (ISO stamps on both sides) is history, not a problem.
+        gateway.shipper = FakeShipper(last_error={"at": "2026-01-01T00:00:00.000Z", "message": "old"},
+                                      last_shipped={"at": iso_now(), "span_id": "s"})
+        _, doc = await call(gateway, "GET", "/_cipx/status")
+        assert doc["problems"] == []
+    finally:
+        gateway.shipper = real
+
+
+def test_render_prints_the_times_of_iso_stamped_shipper_events() -> None:
+    from opik_cipx.ship.privacy import iso_now
+
+    shipper = {**FakeShipper().doc, "last_shipped": {"at": iso_now(), "span_id": "span-9"},
+               "last_error": {"at": iso_now(), "message": "boom"}}
+    doc = {"pid": 42, "port": 9909, "uptime_s": 5, "version": "0.1.0", "upstream": "u",
+           "capture": {}, "spool": {}, "shipper": shipper, "sessions": 0, "problems": []}
+    text = render_status(STATUS_OK, doc)
+    shipped = next(ln for ln in text.splitlines() if "last shipped" in ln)
+    error = next(ln for ln in text.splitlines() if "last Opik error" in ln)
+    assert " ago)" in shipped and "span-9" in shipped and "- span" not in shipped
+    assert " ago)" in error and error.rstrip().endswith("boom")
 
 
 async def test_a_session_registration_is_stored_and_readable_by_other_stages(gateway: Any) -> None:

@@ -18,6 +18,7 @@ import logging
 import os
 import sqlite3
 import time
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -70,6 +71,24 @@ def _spool_figures(spool: Spool) -> dict[str, Any]:
     }
 
 
+def epoch(value: Any) -> float | None:
+    """A moment as Unix seconds, whether stored as a number or as an ISO 8601 string.
+
+    The shipper stamps its events with ISO strings (what Opik wants); the gateway's own
+    clocks are numbers. Anything else is no moment at all.
+    """
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) if value > 0 else None
+    if isinstance(value, str) and value:
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None
+
+
 def _refuse_browsers(request: web.Request) -> web.Response | None:
     if request.headers.get("Origin"):
         return web.json_response({"error": "cross-origin requests are refused"}, status=403)
@@ -118,8 +137,10 @@ async def gateway_status(gateway: GatewayState, figures: SpoolFigures) -> dict[s
         shipper = dict(shipper)
         last_error = shipper.get("last_error") or {}
         last_shipped = shipper.get("last_shipped") or {}
-        if last_error.get("at") and (last_error["at"] > (last_shipped.get("at") or 0)):
-            problems.append(f"Opik: {last_error.get('message')}")
+        error_at, shipped_at = epoch(last_error.get("at")), epoch(last_shipped.get("at"))
+        # Only an error newer than the last success is a current problem: Opik came back since.
+        if error_at is not None and (shipped_at is None or error_at > shipped_at):
+            problems.append(f"Opik is failing, spans wait in the local outbox: {last_error.get('message')}")
     if gateway.pricing_error:
         problems.append(f"pricing overrides ignored: {gateway.pricing_error}")
     return {

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from . import daemon
-from .admin import PREFIX
+from .admin import PREFIX, epoch
 
 # Exit codes of `opik-cipx status`, for scripts.
 STATUS_OK = 0  # running, answering, no problems
@@ -55,8 +55,9 @@ def collect_status(settings: Any, timeout: float = STATUS_TIMEOUT) -> tuple[int,
     return (STATUS_DEGRADED if doc["problems"] else STATUS_OK), doc
 
 
-def _ago(at: Any) -> str:
-    if not isinstance(at, (int, float)) or not at:
+def _ago(value: Any) -> str:
+    at = epoch(value)
+    if at is None:
         return "-"
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
     return f"{stamp} ({_duration(time.time() - at)} ago)"
