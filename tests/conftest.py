@@ -38,6 +38,7 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def gateway_env(isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """Environment for a daemonized gateway started by a test; stopped (by its pidfile) after."""
+    from opik_cipx.config_load import load_settings
     from opik_cipx.ops import daemon
 
     monkeypatch.setenv("CIPX_PORT", "0")
@@ -45,7 +46,7 @@ def gateway_env(isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "gateway"), str(ROOT)]))
     yield dict(os.environ)
     try:
-        daemon.stop(Settings(), timeout=10)
+        daemon.stop(load_settings(), timeout=10)  # whatever configuration the test left
     except daemon.DaemonError:
         pass
 

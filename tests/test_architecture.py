@@ -25,6 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "(root)": set(),  # opik_cipx/__init__.py: the version
     "model": set(),
     "config": set(),
+    "config_load": {"config"},  # Settings from what the user wrote, bad values set aside
     "price_list": set(),  # the built-in price table, data only
     "pricing": {"model", "price_list"},
     "wire": {"model"},
@@ -38,7 +39,7 @@ ALLOWED: dict[str, set[str]] = {
     "viewer": {"pricing", "attribute", "store", "report", "ops"},
     "claude": {"config", "pricing", "store", "ops"},
     "server": {"config", "pricing", "proxy", "capture", "store", "ship", "ops", "viewer"},
-    "cli": {"(root)", "config", "pricing", "proxy", "capture", "report", "ops", "viewer", "claude", "server"},
+    "cli": {"(root)", "config", "config_load", "pricing", "proxy", "capture", "report", "ops", "viewer", "claude", "server"},
 }
 
 

@@ -115,3 +115,38 @@ def test_doctor_names_each_failure_with_its_fix_and_passes_once_set_up(env: dict
 def test_version_needs_no_configuration(env: dict[str, str]) -> None:
     out = cli({**env, "CIPX_HOST": "8.8.8.8"}, "version")
     assert out.returncode == 0 and out.stdout.startswith("opik-cipx ")
+
+
+@pytest.mark.parametrize("args", [("stop",), ("logs",), ("purge", "--yes"), ("uninstall", "--dry-run"), ("status",),
+                                  ("doctor",), ("stats",)])
+def test_maintenance_commands_work_with_any_configuration(env: dict[str, str], args: tuple[str, ...]) -> None:
+    bad = {**env, "CIPX_PORT": "abc", "CIPX_UPSTREAM_URL": "nope", "CIPX_SAMPLE_RATE": "x"}
+    out = cli(bad, *args)
+    assert "Traceback" not in out.stderr and "pydantic" not in (out.stdout + out.stderr)
+    assert out.returncode in (0, 1, 2), out.stderr
+    shown = out.stdout + out.stderr
+    assert "CIPX_PORT: must be a whole number (it is 'abc')" in shown, shown
+
+
+def test_commands_that_start_a_gateway_refuse_a_bad_port_in_plain_words(env: dict[str, str]) -> None:
+    out = cli({**env, "CIPX_PORT": "abc"}, "ensure-running")
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "CIPX_PORT: must be a whole number (it is 'abc')" in out.stderr
+    assert "Input should" not in out.stderr
+
+
+@pytest.mark.slow
+def test_a_bad_opik_setting_leaves_the_gateway_running_local_only(env: dict[str, str], isolated_home: Path) -> None:
+    (isolated_home / ".opik.config").write_text("[opik]\nurl_override = ftp://opik\napi_key = sk-x\n")
+    hook = cli(env, "hook", "claude_code", "session-start", stdin='{"session_id": "s1", "cwd": "/tmp"}')
+    assert hook.returncode == 0
+    assert daemon.probe(Settings(opik_base_url=None)).state is daemon.State.RUNNING, "the hook started it"
+    out = cli(env, "status", "--json")
+    doc = json.loads(out.stdout)
+    assert doc["state"] == "running" and doc["exit_code"] == 2
+    problem = "configuration: ~/.opik.config: url_override: must start with http:// or https://"
+    assert [p for p in doc["problems"] if p.startswith(problem)], doc["problems"]
+    assert len([p for p in doc["problems"] if "url_override" in p]) == 1, "said once, not by both sides"
+    assert doc["shipper"]["destination"] is None
+    checks = {c["name"]: c for c in json.loads(cli(env, "doctor", "--json").stdout)["checks"]}
+    assert checks["config"]["status"] == "fail" and "url_override" in checks["config"]["detail"]

@@ -21,21 +21,22 @@ if TYPE_CHECKING:
     from .config import Settings
 
 
-def _settings() -> Settings:
-    from pydantic import ValidationError
-
-    from .config import Settings
+def _settings(strict: bool, quiet: bool = False) -> Settings:
+    """Settings for one command. A bad value never stops a command that can run without it:
+    only the commands that start or wire a gateway (``strict``) refuse a bad port, upstream
+    or bind address; a bad Opik setting anywhere means local-only, said on stderr."""
+    from .config_load import ConfigError, load_settings
 
     try:
-        return Settings()
-    except ValidationError as exc:
-        lines = ["opik-cipx: invalid configuration:"]
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err.get("loc", ())) or "settings"
-            lines.append(f"  {where}: {err.get('msg')}")
+        settings = load_settings(strict=strict)
+    except ConfigError as exc:
+        lines = ["opik-cipx: cannot run this command with the current configuration:"]
+        lines += [f"  {problem}" for problem in exc.problems]
         raise SystemExit("\n".join(lines)) from None
-    except ValueError as exc:  # a config file that does not parse names itself in the message
-        raise SystemExit(f"opik-cipx: invalid configuration: {exc}") from None
+    if not quiet:
+        for problem in settings.config_problems:
+            print(f"opik-cipx: warning: {problem}", file=sys.stderr)
+    return settings
 
 
 def cmd_proxy(args: argparse.Namespace, settings: Settings) -> int:
@@ -141,10 +142,11 @@ def cmd_hook(args: argparse.Namespace, settings: Settings | None) -> int:
     signal.setitimer(signal.ITIMER_REAL, bound_for(args.event))
     real_stdout, sys.stdout = sys.stdout, open(os.devnull, "w")  # noqa: SIM115 - for the process's life
     try:
-        from .config import Settings
+        from .config_load import load_settings
 
-        # Built here, not by main(): a bad config must not make the hook fail the session.
-        settings = Settings()
+        # Built here, not by main(): a bad config must not make the hook fail the session,
+        # and a bad Opik setting must not keep the gateway from starting (it runs local-only).
+        settings = load_settings()
         _log_to_file(settings)
         raw = sys.stdin.buffer.read(1024 * 1024) if sys.stdin is not None else b""
         return run_hook(args.event, raw, settings, os.environ) if args.agent == "claude_code" else 0
@@ -299,7 +301,7 @@ def _add_lifecycle_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
     p = sub.add_parser("ensure-running", help="start the gateway in the background unless it is alive")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for it to answer (default 10)")
     p.add_argument("-q", "--quiet", action="store_true")
-    p.set_defaults(func=cmd_ensure_running)
+    p.set_defaults(func=cmd_ensure_running, strict_config=True)
 
     p = sub.add_parser("stop", help="stop the gateway gracefully (in-flight calls finish)")
     p.add_argument("--timeout", type=float, default=None, help="seconds before it is killed (default: grace + 5)")
@@ -317,7 +319,7 @@ def _add_lifecycle_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
     )
     p.add_argument("--json", action="store_true")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds the gateway gets to answer")
-    p.set_defaults(func=cmd_status)
+    p.set_defaults(func=cmd_status, quiet_config=True)
 
     p = sub.add_parser("setup", help="write Claude Code hook scripts; --apply also edits ~/.claude/settings.json")
     p.add_argument(
@@ -325,7 +327,7 @@ def _add_lifecycle_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
     )
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     p.add_argument("--binary", help="the opik-cipx binary the hook scripts should run")
-    p.set_defaults(func=cmd_setup)
+    p.set_defaults(func=cmd_setup, strict_config=True)
 
     p = sub.add_parser("uninstall", help="stop, remove what setup added and the state directory")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
@@ -342,7 +344,7 @@ def _add_lifecycle_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
 
     p = sub.add_parser("doctor", help="check the installation and say how to fix what is wrong")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_doctor)
+    p.set_defaults(func=cmd_doctor, quiet_config=True)
 
 
 # --- viewer and local analytics (viewer/, stats.py) ---
@@ -434,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("proxy", help="run the gateway in the foreground")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("--daemon", action="store_true", help=argparse.SUPPRESS)  # how ensure-running starts it
-    p.set_defaults(func=cmd_proxy)
+    p.set_defaults(func=cmd_proxy, strict_config=True)
     _add_lifecycle_commands(sub)
 
     p = sub.add_parser("explain", help="where a stored call's bytes, tokens and cost went")
@@ -456,7 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Commands registered with no_settings=True get None: they build their own, or need none.
-    settings = None if getattr(args, "no_settings", False) else _settings()
+    settings = None if getattr(args, "no_settings", False) else _settings(
+        strict=getattr(args, "strict_config", False), quiet=getattr(args, "quiet_config", False)
+    )
     return int(args.func(args, settings) or 0)
 
 

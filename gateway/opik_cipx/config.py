@@ -9,16 +9,21 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
+from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import Field, field_validator
+from pydantic import Field, PrivateAttr, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+if TYPE_CHECKING:
+    from .config_load import ConfigProblem
 
 DEFAULT_PORT = 9909
 DEFAULT_UPSTREAM = "https://api.anthropic.com"
@@ -74,6 +79,13 @@ class Settings(BaseSettings):
     # One batch request stays under this many bytes (and 1000 items, Opik's limit).
     ship_batch_bytes: int = Field(default=4 * 1024**2, ge=16 * 1024, validation_alias="CIPX_SHIP_BATCH_BYTES")
 
+    # What config_load.load_settings() had to set aside to build this object (empty for a clean config).
+    _problems: list[ConfigProblem] = PrivateAttr(default_factory=list)
+
+    @property
+    def config_problems(self) -> list[ConfigProblem]:
+        return list(self._problems)
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -104,7 +116,7 @@ class Settings(BaseSettings):
         if value is None:
             return None
         if not value.startswith(("http://", "https://")):
-            raise ValueError(f"OPIK_CIPX_BASE_URL must start with http:// or https://, got {value!r}")
+            raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
     @field_validator("opik_project")
@@ -137,8 +149,8 @@ class Settings(BaseSettings):
     def _loopback_only(cls, value: str) -> str:
         if not is_loopback(value):
             raise ValueError(
-                f"refusing to bind {value!r}: the gateway serves captured prompts and "
-                "must listen on loopback only (127.0.0.1, ::1 or localhost)"
+                "must be a loopback address (127.0.0.1, ::1 or localhost): "
+                "the gateway serves captured prompts and never listens beyond this machine"
             )
         return value
 
@@ -146,7 +158,7 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
-            raise ValueError(f"CIPX_UPSTREAM_URL must start with http:// or https://, got {value!r}")
+            raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
     @field_validator("upstream_proxy")
@@ -156,7 +168,7 @@ class Settings(BaseSettings):
             return None
         if "://" in value and not value.startswith("http://"):
             # HTTPS upstreams go through the proxy in a CONNECT tunnel; the proxy itself is plain HTTP.
-            raise ValueError(f"CIPX_UPSTREAM_PROXY must be an http:// proxy URL, got {value!r}")
+            raise ValueError("must be an http:// proxy URL (HTTPS upstreams are tunnelled through it)")
         return value
 
     # Paths inside the state dir, derived so CIPX_HOME moves all of them.
@@ -242,37 +254,54 @@ def _field_keys(settings_cls: type[BaseSettings]) -> dict[str, str]:
     return keys
 
 
+class ConfigFileError(ValueError):
+    """A config file that cannot be read as TOML; ``reason`` says why, without the path."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
 def read_config_toml(path: Path, settings_cls: type[BaseSettings] | None = None) -> dict[str, Any]:
     """``config.toml`` as field values. Keys are field names or env names, any case.
 
-    A missing file is empty; a broken one raises ``ValueError`` naming the file.
+    A missing file is empty; a broken one raises :class:`ConfigFileError`.
     Top-level tables (``[opik]``) are flattened, their keys tried as-is and with
     the table's name as a prefix, so ``[opik] base_url`` means ``opik_base_url``.
     """
+    return {name: value for name, (_, value) in config_toml_items(path, settings_cls or Settings).items()}
+
+
+def config_toml_items(path: Path, settings_cls: type[BaseSettings]) -> dict[str, tuple[str, Any]]:
+    """Field name -> (the key as the user wrote it, e.g. ``[opik] base_url``, and its value)."""
     try:
         raw = path.read_bytes()
     except (FileNotFoundError, NotADirectoryError):
         return {}
+    except OSError as exc:
+        raise ConfigFileError(path, f"cannot be read ({exc.strerror or exc})") from None
     try:
         doc = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: {exc}") from None
-    keys = _field_keys(settings_cls or Settings)
-    out: dict[str, Any] = {}
+        raise ConfigFileError(path, f"is not valid TOML ({exc})") from None
+    keys = _field_keys(settings_cls)
+    out: dict[str, tuple[str, Any]] = {}
 
-    def put(key: str, value: Any) -> bool:
+    def put(key: str, written: str, value: Any) -> bool:
         name = keys.get(key.lower())
         if name is None:
             return False
-        out[name] = value
+        out[name] = (written, value)
         return True
 
     for key, value in doc.items():
         if isinstance(value, dict):
             for sub, subvalue in value.items():
-                put(f"{key}_{sub}", subvalue) or put(sub, subvalue)
+                written = f"[{key}] {sub}"
+                put(f"{key}_{sub}", written, subvalue) or put(sub, written, subvalue)
         else:
-            put(key, value)
+            put(key, key, value)
     return out
 
 
@@ -280,12 +309,21 @@ class TomlConfigSource(_DictSource):
     """``CIPX_CONFIG`` (default ``<CIPX_HOME>/config.toml``)."""
 
     def values(self) -> dict[str, Any]:
-        state = self.current_state
-        path = state.get("config_path") or state.get("CIPX_CONFIG") or os.environ.get("CIPX_CONFIG")
-        if not path:
-            home = state.get("home") or state.get("CIPX_HOME") or os.environ.get("CIPX_HOME")
-            path = Path(home) / "config.toml" if home else default_home() / "config.toml"
-        return read_config_toml(Path(os.path.expanduser(str(path))), self.settings_cls)
+        if IGNORE_CONFIG_TOML.get():
+            return {}
+        return read_config_toml(config_toml_path(self.current_state), self.settings_cls)
+
+
+def config_toml_path(state: Mapping[str, Any]) -> Path:
+    path = state.get("config_path") or state.get("CIPX_CONFIG") or os.environ.get("CIPX_CONFIG")
+    if not path:
+        home = state.get("home") or state.get("CIPX_HOME") or os.environ.get("CIPX_HOME")
+        path = Path(home) / "config.toml" if home else default_home() / "config.toml"
+    return Path(os.path.expanduser(str(path)))
+
+
+# Set while config_load.load_settings() builds Settings without a config.toml that does not parse.
+IGNORE_CONFIG_TOML: ContextVar[bool] = ContextVar("ignore_config_toml", default=False)
 
 
 def opik_config_path() -> Path:

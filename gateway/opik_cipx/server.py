@@ -72,6 +72,8 @@ class Gateway:
     async def start(self) -> None:
         s = self.settings
         ensure_home(s)
+        for problem in s.config_problems:
+            log.warning("configuration: %s", problem)
         self._load_prices()
         self.spool = await AsyncSpool.open(s.spool_path)
         self.sessions = SessionStore(self.spool)

@@ -78,6 +78,13 @@ def doctor(
 def _config_check(settings: Settings) -> Check:
     from ..pricing import PriceTable, PricingFileError
 
+    problems = settings.config_problems
+    if problems:
+        local_only = any(p.shipping for p in problems)
+        detail = "; ".join(map(str, problems))
+        if local_only:
+            detail += " (the gateway still relays every call and keeps it in the local spool)"
+        return Check("config", "fail", detail, "correct or remove the setting named above, then `opik-cipx restart`")
     try:
         PriceTable.load(settings.pricing_file)
     except PricingFileError as exc:
@@ -115,9 +122,11 @@ def _opik_check(shipper: dict[str, Any] | None, *, down: bool) -> Check:
             "no Opik destination configured: spans stay in the local spool",
             "set OPIK_CIPX_BASE_URL / OPIK_CIPX_API_KEY / OPIK_CIPX_WORKSPACE, or run `opik configure`",
         )
+    from ..ops.admin import epoch
+
     err = shipper.get("last_error") or {}
-    last = shipper.get("last_shipped") or {}
-    if err.get("at") and err["at"] > (last.get("at") or 0):
+    error_at, shipped_at = epoch(err.get("at")), epoch((shipper.get("last_shipped") or {}).get("at"))
+    if error_at is not None and (shipped_at is None or error_at > shipped_at):
         failed = f"last attempt failed: {err.get('message')}"
         return Check("opik", "fail", failed, "check the Opik URL, API key and workspace")
     return Check("opik", "ok", f"shipping to {shipper['destination'].get('base_url')}")

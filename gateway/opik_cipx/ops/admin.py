@@ -143,6 +143,8 @@ async def gateway_status(gateway: GatewayState, figures: SpoolFigures) -> dict[s
             problems.append(f"Opik is failing, spans wait in the local outbox: {last_error.get('message')}")
     if gateway.pricing_error:
         problems.append(f"pricing overrides ignored: {gateway.pricing_error}")
+    config_problems = gateway.settings.config_problems
+    problems += [f"configuration: {problem}" for problem in config_problems]
     return {
         "version": __version__,
         "pid": os.getpid(),
@@ -154,6 +156,7 @@ async def gateway_status(gateway: GatewayState, figures: SpoolFigures) -> dict[s
         "spool": spool,
         "shipper": shipper,
         "sessions": len(gateway.sessions),
+        "config_problems": [problem.to_json() for problem in config_problems],
         "problems": problems,
     }
 

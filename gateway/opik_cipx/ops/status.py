@@ -19,8 +19,20 @@ STATUS_TIMEOUT = 2.0
 
 
 def collect_status(settings: Any, timeout: float = STATUS_TIMEOUT) -> tuple[int, dict[str, Any]]:
-    """Probe the lock and pidfile, then ask the gateway itself; never trust just one of them."""
+    """Probe the lock and pidfile, then ask the gateway itself; never trust just one of them.
 
+    Settings this command could not use are problems too (the gateway, started with the same
+    configuration, set the same values aside), reported once.
+    """
+    code, doc = _collect(settings, timeout)
+    own = [f"configuration: {problem}" for problem in settings.config_problems]
+    doc["problems"] = [*doc["problems"], *(p for p in own if p not in doc["problems"])]
+    if own and code == STATUS_OK:
+        code = STATUS_DEGRADED
+    return code, doc
+
+
+def _collect(settings: Any, timeout: float) -> tuple[int, dict[str, Any]]:
     live = daemon.probe(settings)
     doc: dict[str, Any] = {"state": str(live.state), "pid": live.pid, "port": live.port, "problems": []}
     if live.state is daemon.State.STOPPED:
@@ -94,6 +106,7 @@ def render_status(code: int, doc: dict[str, Any]) -> str:
             lines.append(
                 "  (a pidfile from a gateway that died was left behind; `opik-cipx ensure-running` replaces it)"
             )
+        lines += [f"  problem: {p}" for p in doc.get("problems", [])]
         return "\n".join(lines)
     if "uptime_s" not in doc:
         head = f"opik-cipx: NOT HEALTHY (pid {pid or '?'}, port {port or '?'})"
