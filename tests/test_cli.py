@@ -96,7 +96,9 @@ def test_doctor_names_each_failure_with_its_fix_and_passes_once_set_up(env: dict
     setup_plan(settings, apply_settings=True).apply()
     cli(env, "ensure-running")
     checks = {c.name: c for c in doctor(settings, environ={}, managed=())}
-    assert {n: c.status for n, c in checks.items() if c.status == "fail"} == {"base-url": "fail"}, checks
+    # The fixture's upstream (127.0.0.1:9) refuses connections: doctor says so.
+    failing = {n: c.status for n, c in checks.items() if c.status == "fail"}
+    assert failing == {"base-url": "fail", "upstream": "fail"}, checks
     # CIPX_PORT=0 here: setup wrote the default port, which is not the running gateway's.
     assert "9909" in checks["base-url"].detail
     cli(env, "stop")  # down, the configured port (the default) is what the base URL must name
@@ -150,3 +152,28 @@ def test_a_bad_opik_setting_leaves_the_gateway_running_local_only(env: dict[str,
     assert doc["shipper"]["destination"] is None
     checks = {c["name"]: c for c in json.loads(cli(env, "doctor", "--json").stdout)["checks"]}
     assert checks["config"]["status"] == "fail" and "url_override" in checks["config"]["detail"]
+
+
+@pytest.mark.slow
+def test_an_unreachable_upstream_is_a_problem_in_status_doctor_and_logs(env: dict[str, str]) -> None:
+    import urllib.error
+    import urllib.request
+
+    assert cli(env, "ensure-running").returncode == 0  # the fixture's upstream is 127.0.0.1:9: refused
+    port = daemon.probe(Settings()).port
+    for _ in range(2):
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/messages", data=b'{"model":"m","messages":[]}',
+                                     headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=10)
+        assert err.value.code == 502
+        err.value.close()
+    status = cli(env, "status")
+    assert status.returncode == 2, status.stdout
+    assert "problem: upstream http://127.0.0.1:9 unreachable" in status.stdout
+    assert "UNREACHABLE: 2 call(s) in a row" in status.stdout
+    doc = json.loads(cli(env, "doctor", "--json").stdout)
+    upstream = next(c for c in doc["checks"] if c["name"] == "upstream")
+    assert upstream["status"] == "fail" and "cannot connect to 127.0.0.1:9" in upstream["detail"] and upstream["fix"]
+    logs = cli(env, "logs").stdout
+    assert "upstream http://127.0.0.1:9 unreachable" in logs

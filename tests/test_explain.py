@@ -119,3 +119,23 @@ def test_analyze_prices_the_shares_with_the_call_rates() -> None:
     total = sum(c.cost_usd or 0 for c in attr.categories.values()) + sum(o.cost_usd or 0 for o in attr.output_items)
     assert cost.total_usd is not None
     assert total == pytest.approx(cost.total_usd, rel=1e-6)
+
+
+async def test_explain_prints_why_a_call_failed(make_settings: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import aiohttp
+
+    async with Gateway(make_settings(upstream_url="http://127.0.0.1:9", capture_worker=False)) as gw:
+        async with aiohttp.ClientSession() as client:
+            body = {"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+            async with client.post(f"{gw.url}/v1/messages", json=body) as resp:
+                assert resp.status == 502
+        assert gw.capture is not None and await gw.capture.drain(5)
+    assert main(["explain", "--last", "1"]) == 0
+    text = capsys.readouterr().out
+    error = next(line for line in text.splitlines() if line.strip().startswith("error:"))
+    assert "127.0.0.1:9" in error or "refused" in error.lower(), error
+    assert error.rstrip().endswith("(no answer from the upstream)")
+    assert main(["explain", "--last", "1", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    doc = doc[0] if isinstance(doc, list) else doc
+    assert doc["outcome"] == "unreachable" and doc["error"] and doc["status"] is None

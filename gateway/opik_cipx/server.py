@@ -29,6 +29,7 @@ from .ops.admin import setup_admin
 from .ops.guard import guard
 from .ops.metrics import Metrics, setup_metrics
 from .ops.state import STATE_KEY, CaptureReport, JournalReport, WorkerReport
+from .ops.upstream_health import UpstreamHealth
 from .pricing import PriceTable, PricingFileError
 from .proxy import journal
 from .proxy.heap import IDLE_TRIM_SECONDS, give_back_freed_memory
@@ -67,6 +68,7 @@ class Gateway:
         self.journal: journal.Journal | None = None
         self._worker: WorkerProcess | None = None
         self.started_at: float | None = None
+        self.upstream = UpstreamHealth(settings.upstream_url)
 
     # -- startup -----------------------------------------------------------------
     async def start(self) -> None:
@@ -121,7 +123,7 @@ class Gateway:
         await self._runner.setup()
         self.relay = Relay(
             Pool(Target.parse(s.upstream_url, s.upstream_proxy)),
-            self.capture.submit,
+            self._finished,
             head_timeout=s.upstream_timeout,
             seal=self.journal.seal,
             admin=self._runner.server,
@@ -154,6 +156,12 @@ class Gateway:
                 self.capture.submit(rec)
             await asyncio.get_running_loop().run_in_executor(None, self.journal.flush)
         journal.finish_replay(self.journal.path)
+
+    def _finished(self, rec: Recorder) -> None:
+        """A call is over: note whether the upstream answered, then hand it to capture."""
+        self.upstream.observe(rec)
+        assert self.capture is not None
+        self.capture.submit(rec)
 
     def _busy(self, busy: bool) -> None:
         """The proxy started forwarding (or went idle): capture work waits for the lulls."""

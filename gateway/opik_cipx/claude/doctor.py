@@ -59,6 +59,7 @@ def doctor(
     code, doc = status.collect_status(settings)
     down = code == status.STATUS_DOWN
     checks += _gateway_checks(settings, ok=code == status.STATUS_OK, down=down, doc=doc)
+    checks.append(_upstream_check(settings))
     checks.append(_spool_check(settings))
     checks.append(_opik_check(None if down else doc.get("shipper"), down=down))
 
@@ -108,6 +109,13 @@ def _gateway_checks(settings: Settings, *, ok: bool, down: bool, doc: dict[str, 
     else:
         checks.append(Check("port", "ok", f"127.0.0.1:{port} is free to bind"))
     return checks
+
+
+def _upstream_check(settings: Settings) -> Check:
+    from ..ops.reach import reach_upstream
+
+    reach = reach_upstream(settings.upstream_url, settings.upstream_proxy)
+    return Check("upstream", "ok" if reach.ok else "fail", reach.detail, reach.fix)
 
 
 def _opik_check(shipper: dict[str, Any] | None, *, down: bool) -> Check:

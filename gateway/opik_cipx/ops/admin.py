@@ -143,6 +143,9 @@ async def gateway_status(gateway: GatewayState, figures: SpoolFigures) -> dict[s
             problems.append(f"Opik is failing, spans wait in the local outbox: {last_error.get('message')}")
     if gateway.pricing_error:
         problems.append(f"pricing overrides ignored: {gateway.pricing_error}")
+    upstream_problem = gateway.upstream.problem()
+    if upstream_problem:
+        problems.insert(0, upstream_problem)  # the one that breaks every call comes first
     config_problems = gateway.settings.config_problems
     problems += [f"configuration: {problem}" for problem in config_problems]
     return {
@@ -152,6 +155,7 @@ async def gateway_status(gateway: GatewayState, figures: SpoolFigures) -> dict[s
         "started_at": gateway.started_at,
         "uptime_s": round(time.time() - gateway.started_at, 3) if gateway.started_at else None,
         "upstream": gateway.settings.upstream_url,
+        "upstream_health": gateway.upstream.to_json(),
         "capture": capture,
         "spool": spool,
         "shipper": shipper,

@@ -152,6 +152,13 @@ def live_gauges(gateway: GatewayState) -> dict[str, tuple[str, str, float]]:
             "counter", "Capture stages that raised (the call itself was unaffected).", float(stats.errors))
         gauges["opik_cipx_capture_pending"] = (
             "gauge", "Finished calls waiting to be stored.", float(capture.pending))
+    upstream = gateway.upstream
+    gauges["opik_cipx_upstream_failures_total"] = (
+        "counter", "Calls the gateway answered itself (502/504) because the upstream did not.",
+        float(upstream.failures_total))
+    gauges["opik_cipx_upstream_consecutive_failures"] = (
+        "gauge", "Calls in a row the upstream did not answer (0 while it is healthy).",
+        float(upstream.consecutive_failures))
     depth = ship_queue_depth(gateway)
     if depth is not None:
         gauges["opik_cipx_ship_queue_depth"] = ("gauge", "Spans waiting to be shipped to Opik.", depth)

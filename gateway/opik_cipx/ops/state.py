@@ -17,6 +17,7 @@ from ..config import Settings
 from ..pricing import PriceTable
 from ..store.sessions import SessionStore
 from ..store.spool import AsyncSpool
+from .upstream_health import UpstreamHealth
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,9 @@ class GatewayState(Protocol):
 
     @property
     def sessions(self) -> SessionStore: ...
+
+    @property
+    def upstream(self) -> UpstreamHealth: ...
 
     def capture_report(self) -> CaptureReport | None: ...
 

@@ -98,6 +98,18 @@ def _size(n: Any) -> str:
     return f"{n} B"
 
 
+def _upstream(doc: dict[str, Any]) -> str:
+    health = doc.get("upstream_health") or {}
+    url = str(doc.get("upstream"))
+    failing = health.get("consecutive_failures") or 0
+    err = health.get("last_error") or {}
+    if failing:
+        return f"{url}  UNREACHABLE: {failing} call(s) in a row, last {_ago(err.get('at'))}: {err.get('message')}"
+    if health.get("last_ok_at"):
+        return f"{url}  (last answered {_ago(health['last_ok_at'])})"
+    return f"{url}  (no call relayed yet)"
+
+
 def render_status(code: int, doc: dict[str, Any]) -> str:
     pid, port = doc.get("pid"), doc.get("port")
     if code == STATUS_DOWN:
@@ -114,7 +126,7 @@ def render_status(code: int, doc: dict[str, Any]) -> str:
     state = "running" if code == STATUS_OK else "running, DEGRADED"
     rows: list[tuple[str, str]] = [
         ("version", str(doc.get("version"))),
-        ("upstream", str(doc.get("upstream"))),
+        ("upstream", _upstream(doc)),
     ]
     shipper = doc.get("shipper")
     capture = doc.get("capture") or {}

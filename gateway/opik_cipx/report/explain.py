@@ -59,6 +59,9 @@ def render_text(ex: Exchange, attr: Attribution) -> str:
         f"call {ex.id}  {attr.call_kind}{'  agent ' + attr.agent_id if attr.agent_id else ''}",
         f"  {when}  model {ex.model or '?'}  session {ex.session_id or '-'}  outcome {ex.outcome.value}",
     ]
+    if ex.error:
+        status = f"HTTP {ex.status}" if ex.status is not None else "no answer from the upstream"
+        lines.append(f"  error: {ex.error} ({status})")
     if u is not None:
         lines.append(
             f"  prompt {u.prompt_tokens:,} tokens (input {u.input_tokens:,}, cache write "
@@ -109,6 +112,8 @@ def to_json(ex: Exchange, attr: Attribution) -> dict[str, Any]:
         "session_id": ex.session_id,
         "model": ex.model,
         "outcome": ex.outcome.value,
+        "status": ex.status,
+        "error": ex.error,
         "usage": None if u is None else {
             "input_tokens": u.input_tokens, "cache_creation_input_tokens": u.cache_creation_input_tokens,
             "cache_read_input_tokens": u.cache_read_input_tokens, "output_tokens": u.output_tokens,
