@@ -75,7 +75,7 @@ def test_setup_apply_uninstall_round_trip_gives_back_the_original_bytes(claude: 
     assert capsys.readouterr().out.startswith("nothing to change")
     assert (claude / "settings.json").read_bytes() == applied
 
-    assert main(["uninstall"]) == 0
+    assert main(["uninstall", "--yes"]) == 0
     assert snapshot(claude) == before
     assert not (isolated_home / ".opik-cipx").exists()
 
@@ -182,3 +182,44 @@ def test_frozen_binary_names_the_stable_entry_point_not_its_versioned_bundle(
     link.chmod(0o755)
     bundle.chmod(0o755)
     assert provision.default_binary() == link
+
+
+def _state_dir_with_user_files(home: Path) -> Path:
+    state = home / ".opik-cipx"
+    for name in ("spool/spool.sqlite3", "spool/spool.sqlite3-wal", "spool/capture.journal", "logs/cipx.log",
+                 "logs/capture-worker.log", "port", "viewer-token", "provision.json", "bin/opik-cipx",
+                 "bin/.opik-cipx-releases/0.1-1/opik-cipx", "config.toml", "notes/mine.txt", "spool/my-export.csv"):
+        (state / name).parent.mkdir(parents=True, exist_ok=True)
+        (state / name).write_text("x")
+    return state
+
+
+def test_uninstall_removes_only_what_the_gateway_wrote(claude: Path, isolated_home: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    state = _state_dir_with_user_files(isolated_home)
+    assert main(["uninstall", "--yes"]) == 0
+    left = sorted(str(p.relative_to(state)) for p in state.rglob("*") if p.is_file())
+    assert left == ["config.toml", "notes/mine.txt", "spool/my-export.csv"]
+    assert not (state / "bin").exists() and not (state / "logs").exists()
+    out = capsys.readouterr().out
+    assert "note: left in" in out and "config.toml" in out and "notes" in out
+
+
+def test_uninstall_asks_first_and_can_keep_the_captured_calls(claude: Path, isolated_home: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    state = _state_dir_with_user_files(isolated_home)
+    assert main(["uninstall"]) == 1, "no TTY and no --yes: nothing is deleted"
+    assert "--yes" in capsys.readouterr().err and (state / "spool" / "spool.sqlite3").exists()
+    assert main(["uninstall", "--keep-data"]) == 0
+    assert (state / "spool" / "spool.sqlite3").exists() and (state / "logs" / "cipx.log").exists()
+    assert not (state / "port").exists() and not (state / "bin").exists()
+
+
+@pytest.mark.parametrize("where", ["home", "root"])
+def test_uninstall_refuses_a_state_dir_that_is_home_or_root(isolated_home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str], where: str) -> None:
+    monkeypatch.setenv("CIPX_HOME", str(isolated_home) if where == "home" else "/")
+    (isolated_home / "precious.txt").write_text("mine")
+    assert main(["uninstall", "--yes"]) == 1
+    assert "refusing to clean it up" in capsys.readouterr().err
+    assert (isolated_home / "precious.txt").exists()

@@ -212,13 +212,24 @@ def cmd_uninstall(args: argparse.Namespace, settings: Settings) -> int:
             return f"stop the gateway: {exc}"
 
     try:
-        plan = uninstall_plan(settings, stop=stop_gateway)
+        plan = uninstall_plan(settings, stop=stop_gateway, keep_data=args.keep_data)
     except ProvisionError as exc:
         print(f"opik-cipx: {exc}", file=sys.stderr)
         return 1
     if args.dry_run:
         print(plan.describe())
         return 0
+    if not args.yes and not args.keep_data and settings.spool_path.exists():
+        # Like purge: every captured call goes with it, so a person confirms or a script says so.
+        if not sys.stdin.isatty():
+            print("opik-cipx: uninstall deletes every captured call in the local spool; pass --yes to confirm, "
+                  "or --keep-data to keep them", file=sys.stderr)
+            return 1
+        print(plan.describe())
+        answer = input("Uninstall opik-cipx and delete its captured calls? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("opik-cipx: nothing changed")
+            return 1
     for line in plan.apply():
         print(line)
     for note in plan.notes:
@@ -329,8 +340,10 @@ def _add_lifecycle_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
     p.add_argument("--binary", help="the opik-cipx binary the hook scripts should run")
     p.set_defaults(func=cmd_setup, strict_config=True)
 
-    p = sub.add_parser("uninstall", help="stop, remove what setup added and the state directory")
+    p = sub.add_parser("uninstall", help="stop, remove what setup added and the gateway's files")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.add_argument("--yes", action="store_true", help="do not ask before deleting the captured calls")
+    p.add_argument("--keep-data", action="store_true", help="keep the spool (captured calls) and logs")
     p.set_defaults(func=cmd_uninstall)
 
     p = sub.add_parser("purge", help="stop the gateway and delete the local spool")

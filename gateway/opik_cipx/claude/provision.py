@@ -215,9 +215,17 @@ def _describe_merge(targets: Targets, added: dict[str, Any]) -> str:
 
 
 def uninstall_plan(
-    settings: Settings, *, home: Path | None = None, stop: Callable[[], str | None] | None = None
+    settings: Settings, *, home: Path | None = None, stop: Callable[[], str | None] | None = None,
+    keep_data: bool = False,
 ) -> Plan:
-    """Stop the gateway, take our entries out of settings.json, remove marked hooks and the state dir."""
+    """Stop the gateway, take our entries out of settings.json, remove marked hooks and, from the
+    state dir, the files the gateway wrote (by name: ops/layout.py); ``keep_data`` keeps the spool."""
+    from ..ops.layout import LayoutError, state_removal
+
+    try:
+        removal = state_removal(settings, keep_data=keep_data)
+    except LayoutError as exc:
+        raise ProvisionError(str(exc)) from None
     targets = Targets.of(settings, home)
     plan = Plan()
     if stop is not None:
@@ -227,8 +235,19 @@ def uninstall_plan(
         for path in sorted(targets.hooks_dir.iterdir()):
             if path.is_file() and is_managed(path):
                 plan.changes.append(Change("remove", path, f"remove managed hook script {path}"))
-    if settings.home.exists():
-        plan.changes.append(Change("remove-tree", settings.home, f"remove {settings.home} (spool, logs, state)"))
+    if removal.files or removal.trees:
+        kept = " (keeping the spool and logs)" if keep_data else " (spool, logs, state, installed binary)"
+
+        def remove_state() -> None:
+            # Found again now: the gateway, just stopped, may have written a last log line.
+            state_removal(settings, keep_data=keep_data).apply()
+
+        plan.changes.append(Change("run", settings.home, f"remove opik-cipx's files from {settings.home}{kept}",
+                                   run=remove_state))
+    if removal.left:
+        names = ", ".join(str(p.relative_to(settings.home)) for p in removal.left[:8])
+        more = f" and {len(removal.left) - 8} more" if len(removal.left) > 8 else ""
+        plan.notes.append(f"left in {settings.home} (not written by the gateway, or kept): {names}{more}")
     plan.notes.append(f"if the plugin is installed, also run: claude plugin uninstall {PLUGIN_ID}")
     return plan
 
