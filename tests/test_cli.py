@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -177,3 +178,110 @@ def test_an_unreachable_upstream_is_a_problem_in_status_doctor_and_logs(env: dic
     assert upstream["status"] == "fail" and "cannot connect to 127.0.0.1:9" in upstream["detail"] and upstream["fix"]
     logs = cli(env, "logs").stdout
     assert "upstream http://127.0.0.1:9 unreachable" in logs
+
+
+@pytest.mark.parametrize("args", [("logs",), ("proxy",), ("ensure-running",), ("purge", "--yes"), ("stop",),
+                                  ("status",), ("doctor",)])
+def test_a_state_dir_that_is_a_file_is_one_clear_line(env: dict[str, str], tmp_path: Path, args: tuple[str, ...]) -> None:
+    not_a_dir = tmp_path / "state-file"
+    not_a_dir.write_text("")
+    out = cli({**env, "CIPX_HOME": str(not_a_dir)}, *args)
+    assert "Traceback" not in out.stderr, out.stderr
+    assert out.returncode != 0
+    assert "is a file, not a directory" in out.stderr or "Not a directory" in out.stderr, out.stderr
+    assert "purge" not in out.stdout + out.stderr
+
+
+def _read_only(path: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run the CLI with ``path`` mounted read-only (a private mount namespace: root needs no chmod)."""
+    script = f'mount --bind "{path}" "{path}" && mount -o remount,ro,bind "{path}" && exec "$@"'
+    return subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", sys.executable, "-m", "opik_cipx.cli", *args],
+                          env=env, capture_output=True, text=True, timeout=60)
+
+
+needs_root_mounts = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                                       reason="read-only mounts need root and unshare")
+
+
+@needs_root_mounts
+def test_a_read_only_state_dir_reads_and_never_advises_deleting_data(env: dict[str, str], isolated_home: Path) -> None:
+    from opik_cipx.store.spool import Spool, connect
+
+    settings = Settings()
+    settings.spool_dir.mkdir(parents=True)
+    settings.logs_dir.mkdir(parents=True)
+    (settings.logs_dir / "cipx.log").write_text("a line\n")
+    Spool(connect(settings.spool_path)).close()
+    home = settings.home
+    stats_out = _read_only(home, "stats", "--json", env=env)
+    assert stats_out.returncode == 0, stats_out.stderr
+    assert json.loads(stats_out.stdout)["totals"]["calls"] == 0
+    assert _read_only(home, "logs", env=env).stdout == "a line\n"
+    doctor_out = _read_only(home, "doctor", "--json", env=env)
+    spool = next(c for c in json.loads(doctor_out.stdout)["checks"] if c["name"] == "spool")
+    assert spool["status"] == "fail" and "writable" in spool["fix"] and "purge" not in spool["fix"]
+    for args in (("proxy",), ("ensure-running",), ("purge", "--yes")):
+        out = _read_only(home, *args, env=env)
+        assert out.returncode != 0 and "Traceback" not in out.stderr, (args, out.stderr)
+        assert "read-only file system" in out.stderr, (args, out.stderr)
+
+
+def test_output_into_a_closed_pipe_exits_quietly(env: dict[str, str]) -> None:
+    proc = subprocess.Popen(f'"{sys.executable}" -m opik_cipx.cli --help | head -c 10 >/dev/null; '
+                            f'"{sys.executable}" -m opik_cipx.cli stats --help | head -n 1 >/dev/null',
+                            shell=True, env=env, stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_broken_pipe_mid_output_is_not_a_traceback(env: dict[str, str], tmp_path: Path) -> None:
+    log = Settings().logs_dir / daemon.LOG_NAME
+    log.parent.mkdir(parents=True)
+    log.write_text("".join(f"line {i} " + "x" * 200 + "\n" for i in range(20000)))
+    proc = subprocess.run(f'"{sys.executable}" -m opik_cipx.cli logs -n 20000 | head -n 2',
+                          shell=True, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.count("\n") == 2 and "Traceback" not in proc.stderr and "Broken" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (("stop", "--timeout", "-1"), "must be more than 0 seconds"),
+    (("stop", "--timeout", "soon"), "is not a number of seconds"),
+    (("ensure-running", "--timeout", "0"), "must be more than 0 seconds"),
+    (("status", "--timeout", "nan"), "must be more than 0 seconds"),
+    (("logs", "-n", "-5"), "must be at least 0"),
+    (("explain", "--last", "0"), "must be at least 1"),
+])
+def test_numeric_flags_are_validated(env: dict[str, str], args: tuple[str, ...], needle: str) -> None:
+    out = cli(env, *args)
+    assert out.returncode == 2 and needle in out.stderr, out.stderr
+
+
+def test_help_and_version_flag(env: dict[str, str]) -> None:
+    assert cli(env, "--version").stdout.strip() == cli(env, "version").stdout.strip()
+    text = cli(env, "--help").stdout
+    assert "SUPPRESS" not in text and "capture-worker" not in text and "stats" in text
+
+
+@pytest.mark.slow
+def test_ensure_running_reports_a_child_that_failed_at_once(env: dict[str, str]) -> None:
+    import socket
+    import time
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        out = cli({**env, "CIPX_PORT": str(port)}, "ensure-running", "--timeout", "40")
+        took = time.monotonic() - started
+    assert out.returncode == 1 and "exited while starting" in out.stderr, out.stderr
+    assert "cannot listen" in out.stderr or "in use" in out.stderr.lower(), out.stderr
+    assert took < 20, f"waited {took:.1f}s of a 40s timeout for a child that had already failed"
+
+
+@pytest.mark.slow
+def test_ensure_running_says_when_the_running_gateway_has_another_upstream(env: dict[str, str]) -> None:
+    assert cli(env, "ensure-running").returncode == 0
+    out = cli({**env, "CIPX_UPSTREAM_URL": "http://127.0.0.1:10"}, "ensure-running")
+    assert out.returncode == 0
+    assert "relays to http://127.0.0.1:9, not http://127.0.0.1:10" in out.stderr and "restart" in out.stderr

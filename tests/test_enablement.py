@@ -92,3 +92,19 @@ def test_session_lookup_supplies_cwd_and_env_and_its_absence_is_tolerated(tmp_pa
     assert en.for_session(sessions, "s2").source == "env"
     assert not en.for_session(sessions, "unknown").enabled
     assert not en.for_session(None, "s1").enabled  # no hook registry at all: what the request carries
+
+
+def test_a_debug_marker_turns_on_the_debug_log_without_opik_cipx_debug(make_settings: object) -> None:
+    import logging
+
+    from opik_cipx.ship.stage import SpanStage
+
+    settings = make_settings()  # type: ignore[operator]
+    assert not settings.opik_debug
+    stage = SpanStage(settings)
+    stage.debug("hidden %s", "line")  # no marker, no OPIK_CIPX_DEBUG: nothing is written
+    stage.debug("exchange %s: shipped", "abc", force=True)  # what a `debug` marker does
+    for handler in logging.getLogger("opik_cipx.shipper.debug").handlers:
+        handler.flush()
+    text = (settings.logs_dir / "spawn.log").read_text()
+    assert "exchange abc: shipped" in text and "hidden" not in text

@@ -67,7 +67,7 @@ async def test_explain_json_regions_cover_the_stored_body(gateway: Gateway, upst
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     await replay(gateway, "sonnet")
     assert main(["explain", "--json"]) == 0
-    out = json.loads(capsys.readouterr().out)
+    [out] = json.loads(capsys.readouterr().out)  # a list even for one call
     assert gateway.spool is not None
     ex = await gateway.spool.get(out["id"])
     assert ex is not None
@@ -136,6 +136,5 @@ async def test_explain_prints_why_a_call_failed(make_settings: Any, capsys: pyte
     assert "127.0.0.1:9" in error or "refused" in error.lower(), error
     assert error.rstrip().endswith("(no answer from the upstream)")
     assert main(["explain", "--last", "1", "--json"]) == 0
-    doc = json.loads(capsys.readouterr().out)
-    doc = doc[0] if isinstance(doc, list) else doc
+    [doc] = json.loads(capsys.readouterr().out)
     assert doc["outcome"] == "unreachable" and doc["error"] and doc["status"] is None

@@ -214,3 +214,23 @@ def test_cli_says_what_is_wrong(capsys: pytest.CaptureFixture[str]) -> None:
     assert "has not captured anything yet" in capsys.readouterr().err
     assert main(["stats", "--since", "whenever"]) == 1
     assert "cannot read --since" in capsys.readouterr().err
+
+
+def test_an_unpriced_model_costs_unknown_by_model_never_zero(tmp_path: Path) -> None:
+    spool = Spool(connect(tmp_path / "s.sqlite3"))
+    spool.add(_exchange(1, time.time(), cost=0.5))
+    spool.add(_exchange(2, time.time(), model="mystery-model", cost=None))
+    rep = stats.report(spool.conn, stats.window(), "model")
+    row = next(line for line in stats.render_text(rep).splitlines() if "mystery-model" in line)
+    assert row.rstrip().endswith("unknown") and "$0.0000" not in row
+    groups = {g["key"]: g for g in stats.to_json(rep)["groups"]}
+    assert groups["mystery-model"]["cost_usd"] is None and groups["claude-sonnet-4-5"]["cost_usd"] == pytest.approx(0.5)
+
+
+def test_a_date_or_an_age_works_as_the_window_argument(tmp_path: Path) -> None:
+    now = time.time()
+    day = datetime.fromtimestamp(now - 86400).date().isoformat()
+    assert stats.window(day, now=now) == stats.window(since=day, now=now)
+    assert stats.window("3d", now=now) == stats.window(since="3d", now=now)
+    with pytest.raises(stats.StatsError, match="a date like"):
+        stats.window("yesterday")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from . import __version__
@@ -19,6 +19,31 @@ from . import __version__
 # `version` and the hooks' fast paths pay for neither.
 if TYPE_CHECKING:
     from .config import Settings
+
+
+def _seconds(text: str) -> float:
+    """A timeout flag: a positive number of seconds (0 or less would mean "kill at once")."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    return value
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "count"
+    return parse
 
 
 def _settings(strict: bool, quiet: bool = False) -> Settings:
@@ -64,13 +89,27 @@ def cmd_proxy(args: argparse.Namespace, settings: Settings) -> int:
     try:
         import asyncio
 
-        asyncio.run(run(settings))
+        asyncio.run(run(settings, on_ready=None if args.daemon else _banner))
     except OSError as exc:
         print(f"opik-cipx: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", file=sys.stderr)
         return 3
     finally:
         lock.release()
     return 0
+
+
+def _banner(settings: Settings, port: int) -> None:
+    """What a person who just ran `opik-cipx proxy` needs next (a daemon's stdout is the log)."""
+    from .viewer import read_token, viewer_url
+
+    base = f"http://127.0.0.1:{port}"
+    lines = [f"opik-cipx: gateway listening on {base} -> {settings.upstream_url} (Ctrl-C stops it)",
+             "  point Claude Code at it, in another terminal:",
+             f"    export ANTHROPIC_BASE_URL={base}"]
+    token = read_token(settings.home)
+    if token:
+        lines.append(f"  viewer: {viewer_url(port, token, settings.host)}")
+    print("\n".join(lines), flush=True)
 
 
 def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
@@ -95,8 +134,8 @@ def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
         print(f"opik-cipx: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        out = [to_json(ex, attr) for ex, attr in results]
-        print(json.dumps(out if len(out) != 1 else out[0], indent=2))
+        # Always a list, however many calls: scripts should not have to check the shape.
+        print(json.dumps([to_json(ex, attr) for ex, attr in results], indent=2))
     else:
         print("\n\n".join(render_text(ex, attr) for ex, attr in results))
     return 0
@@ -115,7 +154,19 @@ def cmd_ensure_running(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     if not args.quiet:
         print(f"opik-cipx: running (pid {live.pid}, http://127.0.0.1:{live.port})")
+    _say_if_upstream_differs(settings, live.port)
     return 0
+
+
+def _say_if_upstream_differs(settings: Settings, port: int | None) -> None:
+    """A gateway started earlier keeps the upstream it started with; say so when it is not the one asked."""
+    from .ops.daemon import get_json
+
+    health = get_json(port, "/_cipx/health") if port else None
+    running = (health or {}).get("upstream")
+    if running and running != settings.upstream_url:
+        print(f"opik-cipx: note: the running gateway relays to {running}, not {settings.upstream_url} "
+              "(CIPX_UPSTREAM_URL); run `opik-cipx restart` to switch", file=sys.stderr)
 
 
 def cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
@@ -274,8 +325,10 @@ def cmd_logs(args: argparse.Namespace, settings: Settings) -> int:
         if not args.follow:
             return 1
     try:
-        with open(path, "a+", errors="replace") as fh:
-            fh.seek(0)
+        while not path.exists():  # --follow before the first start: wait for the gateway to write it
+            time.sleep(0.25)
+        # Read-only: `logs` must work on a read-only state dir (a mounted backup, another user's).
+        with open(path, errors="replace") as fh:
             for line in deque(fh, maxlen=max(0, args.lines)):
                 sys.stdout.write(line)
             sys.stdout.flush()
@@ -310,12 +363,12 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
 
 def _add_lifecycle_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("ensure-running", help="start the gateway in the background unless it is alive")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for it to answer (default 10)")
+    p.add_argument("--timeout", type=_seconds, default=10.0, help="seconds to wait for it to answer (default 10)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_ensure_running, strict_config=True)
 
     p = sub.add_parser("stop", help="stop the gateway gracefully (in-flight calls finish)")
-    p.add_argument("--timeout", type=float, default=None, help="seconds before it is killed (default: grace + 5)")
+    p.add_argument("--timeout", type=_seconds, default=None, help="seconds before it is killed (default: grace + 5)")
     p.set_defaults(func=cmd_stop)
 
     p = sub.add_parser("hook", help="Claude Code hook entry point (reads the hook JSON on stdin)")
@@ -329,7 +382,7 @@ def _add_lifecycle_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
         description="Exit codes: 0 running and healthy; 1 not running; 2 running but degraded or wedged.",
     )
     p.add_argument("--json", action="store_true")
-    p.add_argument("--timeout", type=float, default=2.0, help="seconds the gateway gets to answer")
+    p.add_argument("--timeout", type=_seconds, default=2.0, help="seconds the gateway gets to answer")
     p.set_defaults(func=cmd_status, quiet_config=True)
 
     p = sub.add_parser("setup", help="write Claude Code hook scripts; --apply also edits ~/.claude/settings.json")
@@ -351,7 +404,7 @@ def _add_lifecycle_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
     p.set_defaults(func=cmd_purge)
 
     p = sub.add_parser("logs", help="print the gateway log")
-    p.add_argument("-n", "--lines", type=int, default=50, help="lines from the end (default 50)")
+    p.add_argument("-n", "--lines", type=_count(0), default=50, help="lines from the end (default 50)")
     p.add_argument("-f", "--follow", action="store_true")
     p.set_defaults(func=cmd_logs)
 
@@ -420,11 +473,12 @@ def _add_viewer_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
 
     p = sub.add_parser("viewer", help="print the local viewer's URL (with this start's token)")
     p.add_argument("--open", action="store_true", help="also open it in a browser")
-    p.add_argument("--timeout", type=float, default=3.0, help=argparse.SUPPRESS)
+    p.add_argument("--timeout", type=_seconds, default=3.0, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_viewer)
 
     p = sub.add_parser("stats", help="totals, cost, cache-hit rate and breakdowns from the local spool")
-    p.add_argument("window", nargs="?", choices=WINDOWS, help="today, the last 7 days or the last 30 days")
+    p.add_argument("window", nargs="?", metavar="WINDOW",
+                   help=f"{'|'.join(WINDOWS)} (today, the last 7 or 30 days), an age like 3d or a date like 2026-05-01")
     p.add_argument("--since", metavar="WHEN", help="e.g. 3d, 12h, 2026-05-01 or 2026-05-01T09:30")
     p.add_argument("--by", choices=GROUPS, help="a per-group table")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -444,6 +498,7 @@ def cmd_version(args: argparse.Namespace, settings: Settings | None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opik-cipx", description="Where did my Claude Code tokens go?")
+    parser.add_argument("--version", action="version", version=f"opik-cipx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("proxy", help="run the gateway in the foreground")
@@ -454,14 +509,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("explain", help="where a stored call's bytes, tokens and cost went")
     p.add_argument("ids", nargs="*", metavar="CALL_ID", help="call ids (a unique prefix is enough)")
-    p.add_argument("--last", type=int, metavar="N", help="the newest N LLM calls (default 1 without ids)")
+    p.add_argument("--last", type=_count(1), metavar="N", help="the newest N LLM calls (default 1 without ids)")
     p.add_argument("--json", action="store_true", help="JSON with the regions over the stored raw body")
     p.set_defaults(func=cmd_explain)
     _add_viewer_commands(sub)
 
     # Started by the gateway itself: batches of finished calls on stdin, summaries on stdout.
-    p = sub.add_parser("capture-worker", help=argparse.SUPPRESS)
+    # Registered without help and then taken out of the listing (argparse would print it as
+    # "==SUPPRESS==").
+    p = sub.add_parser("capture-worker")
     p.set_defaults(func=cmd_capture_worker, no_settings=True)
+    sub._choices_actions = [a for a in sub._choices_actions if a.dest != "capture-worker"]
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version, no_settings=True)
@@ -469,12 +527,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (`opik-cipx stats | head`): that is not an error of ours. Point
+        # stdout at /dev/null so the interpreter's final flush cannot complain either.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     # Commands registered with no_settings=True get None: they build their own, or need none.
     settings = None if getattr(args, "no_settings", False) else _settings(
         strict=getattr(args, "strict_config", False), quiet=getattr(args, "quiet_config", False)
     )
-    return int(args.func(args, settings) or 0)
+    if settings is not None and settings.home.exists() and not settings.home.is_dir():
+        print(f"opik-cipx: the state directory {settings.home} (CIPX_HOME) is a file, not a directory; "
+              "point CIPX_HOME elsewhere", file=sys.stderr)
+        return 1
+    try:
+        return int(args.func(args, settings) or 0)
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError) or settings is None:
+            raise
+        print(f"opik-cipx: {_file_problem(exc, settings)}", file=sys.stderr)
+        return 1
+
+
+def _file_problem(exc: OSError, settings: Settings) -> str:
+    """One line for a file the command could not use; a permission problem is never "delete it"."""
+    import errno
+
+    where = str(exc.filename or settings.home)
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST) and not settings.home.is_dir() and settings.home.exists():
+        return f"the state directory {settings.home} (CIPX_HOME) is a file, not a directory; point CIPX_HOME elsewhere"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied on {where}: the state directory (CIPX_HOME) must be yours and writable"
+    if exc.errno == errno.EROFS:
+        return f"{where} is on a read-only file system: point CIPX_HOME at a writable directory"
+    return f"cannot use {where}: {exc.strerror or exc}"
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -206,6 +207,8 @@ class Gateway:
     async def stop(self) -> None:
         """Stop accepting, let in-flight calls finish within the grace period, flush captures."""
         grace = self.settings.shutdown_grace
+        if self.started_at is not None:
+            log.info("opik-cipx stopping (pid %d): in-flight calls get %gs to finish", os.getpid(), grace)
         if self._server is not None:
             self._server.close()  # stop accepting; connections are the relay's to end
         if self.relay is not None:
@@ -242,6 +245,9 @@ class Gateway:
             self.settings.port_file.unlink()
         except FileNotFoundError:
             pass
+        if self.started_at is not None:
+            log.info("opik-cipx stopped (pid %d)", os.getpid())
+            self.started_at = None
 
     async def __aenter__(self) -> Gateway:
         await self.start()
@@ -278,9 +284,11 @@ def _write_private(path: os.PathLike[str] | str, text: str) -> None:
     os.replace(tmp, path)
 
 
-async def run(settings: Settings) -> None:
+async def run(settings: Settings, on_ready: Callable[[Settings, int], None] | None = None) -> None:
     gateway = Gateway(settings)
     await gateway.start()
+    if on_ready is not None and gateway.port is not None:
+        on_ready(settings, gateway.port)
     try:
         await gateway.serve_forever()
     finally:

@@ -219,7 +219,14 @@ def _spool_check(settings: Settings) -> Check:
         finally:
             conn.close()
     except sqlite3.Error as exc:
+        if not os.access(path.parent, os.W_OK) or not os.access(path, os.R_OK):
+            # A permission problem: the data is fine, and deleting it would be the wrong fix.
+            return Check("spool", "fail", f"{path}: {exc}",
+                         f"make {path.parent} and its files readable and writable by you (owner and mode)")
         return Check("spool", "fail", f"{path}: {exc}", _PURGE)
+    if not os.access(path.parent, os.W_OK):
+        return Check("spool", "fail", f"{path.parent} is not writable: the gateway cannot store calls",
+                     f"make {path.parent} writable by you (owner and mode), or point CIPX_HOME elsewhere")
     if result != "ok":
         return Check("spool", "fail", f"{path}: integrity check says {result}", _PURGE)
     size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if p.is_file())

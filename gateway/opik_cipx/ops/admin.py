@@ -172,7 +172,8 @@ def setup_admin(app: web.Application) -> None:
     gateway = app[STATE_KEY]
 
     async def health(request: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "pid": os.getpid(), "port": gateway.port, "version": __version__})
+        return web.json_response({"ok": True, "pid": os.getpid(), "port": gateway.port, "version": __version__,
+                                  "upstream": gateway.settings.upstream_url})
 
     async def status(request: web.Request) -> web.Response:
         refused = _refuse_browsers(request)

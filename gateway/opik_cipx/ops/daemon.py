@@ -274,13 +274,15 @@ def _rotate(log_path: Path) -> None:
         pass
 
 
-def spawn(settings: Settings, argv: list[str] | None = None) -> None:
+def spawn(settings: Settings, argv: list[str] | None = None) -> int | None:
     """Double fork and exec the gateway, detached from our session, stdio to the log.
 
     The first child calls setsid and forks again, then exits at once, so the
     gateway is reparented to init, has no controlling terminal and cannot get
     one. Nothing but the exec happens in the grandchild (the caller may have
     threads), and the caller reaps the first child so no zombie is left behind.
+    Returns the gateway's pid (passed up through a pipe), so a caller can tell at
+    once when it exited instead of waiting for it to answer.
     """
     paths = Paths.of(settings)
     ensure_home(settings)
@@ -288,13 +290,18 @@ def spawn(settings: Settings, argv: list[str] | None = None) -> None:
     argv = argv or daemon_argv()
     log_fd = os.open(paths.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     null_fd = os.open(os.devnull, os.O_RDONLY)
+    pid_r, pid_w = os.pipe()
     try:
         child = os.fork()
         if child == 0:  # pragma: no cover - runs in the forked child
             try:
+                os.close(pid_r)
                 os.setsid()
-                if os.fork() != 0:
+                grandchild = os.fork()
+                if grandchild != 0:
+                    os.write(pid_w, str(grandchild).encode())
                     os._exit(0)
+                os.close(pid_w)
                 os.chdir("/")
                 os.umask(0o077)
                 os.dup2(null_fd, 0)
@@ -303,10 +310,17 @@ def spawn(settings: Settings, argv: list[str] | None = None) -> None:
                 os.execv(argv[0], argv)
             finally:
                 os._exit(127)
+        os.close(pid_w)
+        pid_w = -1
         os.waitpid(child, 0)
+        raw = os.read(pid_r, 32)
+        return int(raw) if raw.strip().isdigit() else None
     finally:
         os.close(log_fd)
         os.close(null_fd)
+        os.close(pid_r)
+        if pid_w >= 0:
+            os.close(pid_w)
 
 
 def ensure_running(settings: Settings, timeout: float = 8.0, *, argv: list[str] | None = None) -> Liveness:
@@ -328,13 +342,18 @@ def ensure_running(settings: Settings, timeout: float = 8.0, *, argv: list[str] 
         raise DaemonError(f"another caller is starting the gateway and it did not finish within {timeout:g}s") from None
     try:
         spawned = False
+        child: int | None = None
         while True:
             live = probe(settings)
             if answering(live, timeout=min(1.0, max(0.1, deadline - time.monotonic()))):
                 return live
             if live.state is State.STOPPED and not spawned:
-                spawn(settings, argv)
+                child = spawn(settings, argv)
                 spawned = True
+            elif live.state is State.STOPPED and child is not None and not _alive(child):
+                # It exited before answering (port taken, bad config): say why now, not at the deadline.
+                last = last_log_line(settings) or "-"
+                raise DaemonError(f"the gateway exited while starting; last log line: {last}")
             if time.monotonic() >= deadline:
                 break
             time.sleep(0.03)
@@ -342,6 +361,13 @@ def ensure_running(settings: Settings, timeout: float = 8.0, *, argv: list[str] 
         starter.release()
     last = last_log_line(settings) or "-"
     raise DaemonError(f"the gateway did not answer within {timeout:g}s ({live.state}); last log line: {last}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
 
 
 def last_log_line(settings: Settings) -> str | None:

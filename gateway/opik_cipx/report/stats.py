@@ -9,6 +9,7 @@ come from the same queries.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 import time
@@ -63,7 +64,11 @@ def window(name: str | None = None, since: str | None = None, *, now: float | No
     if name == "month":
         return Window("last 30 days", now - 30 * 86400)
     if name is not None:
-        raise StatsError(f"unknown window {name!r}: use today, week or month")
+        # `stats 2026-05-01` and `stats 3d` read as --since: what people type first.
+        if not (_RELATIVE.match(name) or _is_date(name)):
+            raise StatsError(f"unknown window {name!r}: use today, week, month, "
+                             "an age like 3d or a date like 2026-05-01")
+        since = name
     assert since is not None
     rel = _RELATIVE.match(since)
     if rel:
@@ -73,6 +78,14 @@ def window(name: str | None = None, since: str | None = None, *, now: float | No
     except ValueError:
         raise StatsError(f"cannot read --since {since!r}: use e.g. 3d, 12h, 2026-05-01 or 2026-05-01T09:30") from None
     return Window(f"since {at.isoformat(sep=' ')}", at.timestamp())
+
+
+def _is_date(text: str) -> bool:
+    try:
+        datetime.fromisoformat(text.strip())
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(slots=True)
@@ -322,12 +335,27 @@ def open_readonly(path: Path) -> sqlite3.Connection:
     """A read-only connection to the spool; works while the gateway writes (WAL) or is down."""
     if not path.exists():
         raise StatsError(f"no spool at {path}: the gateway has not captured anything yet")
+    uri = path.resolve().as_uri()
     try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
-        conn.execute("PRAGMA busy_timeout=5000")
-        conn.execute("SELECT 1 FROM exchanges LIMIT 1").fetchall()
+        return _probe(sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=5.0))
+    except sqlite3.Error as exc:
+        if os.access(path.parent, os.W_OK):
+            raise StatsError(f"cannot read the spool at {path}: {exc}") from exc
+    # A read-only directory (a mounted backup, a copied home): WAL mode needs to create its
+    # -shm file there, which fails. Nothing can be writing to it either, so read it as is.
+    try:
+        return _probe(sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=5.0))
     except sqlite3.Error as exc:
         raise StatsError(f"cannot read the spool at {path}: {exc}") from exc
+
+
+def _probe(conn: sqlite3.Connection) -> sqlite3.Connection:
+    try:
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("SELECT 1 FROM exchanges LIMIT 1").fetchall()
+    except sqlite3.Error:
+        conn.close()
+        raise
     return conn
 
 
@@ -336,6 +364,14 @@ def open_readonly(path: Path) -> sqlite3.Connection:
 
 def _cost(value: float) -> str:
     return f"${value:,.4f}" if value < 100 else f"${value:,.2f}"
+
+
+def _group_cost(g: Group) -> str:
+    """A group whose calls have no known price costs "unknown", never $0.0000; a group with
+    some unpriced calls shows the known part with a "+?"."""
+    if g.unknown_cost_calls and g.unknown_cost_calls >= g.calls:
+        return "unknown"
+    return _cost(g.cost_usd) + ("+?" if g.unknown_cost_calls else "")
 
 
 def _rate(value: float | None) -> str:
@@ -375,7 +411,7 @@ def render_text(rep: Report) -> str:
             for g in rep.groups:
                 lines.append(f"  {_fit(g.key, key_width):<{key_width}} {g.calls:>7,} {g.input_tokens:>11,}"
                              f" {g.cache_write_tokens:>11,} {g.cache_read_tokens:>12,} {g.output_tokens:>10,}"
-                             f" {_rate(g.cache_hit_rate):>6} {_cost(g.cost_usd):>11}")
+                             f" {_rate(g.cache_hit_rate):>6} {_group_cost(g):>11}")
         if not rep.groups:
             lines.append("  (nothing in this window)")
     return "\n".join(lines)
@@ -393,7 +429,11 @@ def to_json(rep: Report) -> dict[str, Any]:
         "by": rep.by,
     }
     if rep.by:
-        out["groups"] = [{**asdict(g), "cache_hit_rate": g.cache_hit_rate} for g in rep.groups]
+        out["groups"] = [
+            {**asdict(g), "cache_hit_rate": g.cache_hit_rate,
+             "cost_usd": None if g.unknown_cost_calls and g.unknown_cost_calls >= g.calls else g.cost_usd}
+            for g in rep.groups
+        ]
     return out
 
 

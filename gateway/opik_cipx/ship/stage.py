@@ -57,18 +57,19 @@ class SpanStage:
         self.identity = identity or IdentitySource(claude_json_path(home))
         self.options = options or LiveOptions(settings)
         self.errors = 0
-        self._debug_log = self._make_debug_log()
+        self._debug_log: logging.Logger | None = self._make_debug_log() if settings.opik_debug else None
 
     def outbox(self, spool: Spool) -> Outbox:
         return Outbox(spool.conn, max_bytes=self.settings.outbox_max_bytes)
 
     def _make_debug_log(self) -> logging.Logger:
+        """logs/spawn.log at DEBUG: made at start with OPIK_CIPX_DEBUG, or on the first call a
+        ``debug`` enablement marker covers (markers change while the gateway runs)."""
         logger = logging.getLogger("opik_cipx.shipper.debug")
-        if self.settings.opik_debug and not any(
-            isinstance(h, logging.FileHandler) and h.baseFilename.endswith(_SPAWN_LOG) for h in logger.handlers
-        ):
+        path = os.path.abspath(self.settings.logs_dir / _SPAWN_LOG)
+        if not any(isinstance(h, logging.FileHandler) and h.baseFilename == path for h in logger.handlers):
             self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
-            handler = logging.FileHandler(self.settings.logs_dir / _SPAWN_LOG, encoding="utf-8")
+            handler = logging.FileHandler(path, encoding="utf-8")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
             logger.addHandler(handler)
             logger.setLevel(logging.DEBUG)
@@ -76,6 +77,8 @@ class SpanStage:
 
     def debug(self, message: str, *args: Any, force: bool = False) -> None:
         if self.settings.opik_debug or force:
+            if self._debug_log is None:
+                self._debug_log = self._make_debug_log()
             self._debug_log.debug(message, *args)
 
     def project_name(self, env: dict[str, str] | None = None, account_uuid: str | None = None) -> str:
