@@ -161,6 +161,9 @@ def test_frozen_python_modules_include_no_test_or_dev_dependencies(extracted: Pa
 
     assert "opik_cipx.cli" in modules and "opik_cipx.server" in modules and "opik_cipx.ops.daemon" in modules
     assert not tops & FORBIDDEN_TOP_LEVEL
+    # The br and zstd codecs are loaded by name at run time: the build must carry them anyway.
+    assert "brotli" in modules and "zstandard" in tops
+    assert list(extracted.parent.rglob("_brotli*.so")), "brotli's C extension is not in the bundle"
 
 
 def test_version_reports_the_baked_version_within_budget(frozen_build: FrozenBuild, extracted: Path) -> None:
