@@ -206,6 +206,11 @@ def test_a_session_starts_the_gateway_through_the_hooks_and_is_captured_under_it
     assert second.rc == 0, second.stderr
     last = result.messages_requests()[-1].body.decode()
     assert "opik-cipx: running (pid" in last and f"port {port}" in last
+    # One allowed invocation: its output, and nothing else (no permission refusal), is in the prompt.
+    shown = last.split("## opik-cipx status", 1)[1].split("Show the status above", 1)[0]
+    assert "(opik-cipx status exit code 0: running and healthy)" in shown
+    for refusal in ("permission", "not allowed", "requires approval"):
+        assert refusal not in shown.lower(), shown
 
 
 @pytest.mark.e2e

@@ -227,6 +227,11 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
     code, doc = collect_status(settings, timeout=args.timeout)
     print(json.dumps({"exit_code": code, **doc}, indent=2) if args.json else render_status(code, doc))
+    if args.annotate:
+        # A slash command's `!` line is one invocation: the meaning of the code goes in the text.
+        meaning = {0: "running and healthy", 1: "not running", 2: "running but degraded, or not answering"}
+        print(f"(opik-cipx status exit code {code}: {meaning.get(code, 'unknown')})")
+        return 0
     return code
 
 
@@ -383,6 +388,8 @@ def _add_lifecycle_commands(sub: argparse._SubParsersAction[argparse.ArgumentPar
     )
     p.add_argument("--json", action="store_true")
     p.add_argument("--timeout", type=_seconds, default=2.0, help="seconds the gateway gets to answer")
+    p.add_argument("--annotate", action="store_true",
+                   help="end with a line saying what the exit code means, and exit 0 (for slash commands)")
     p.set_defaults(func=cmd_status, quiet_config=True)
 
     p = sub.add_parser("setup", help="write Claude Code hook scripts; --apply also edits ~/.claude/settings.json")
