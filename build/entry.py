@@ -1,6 +1,6 @@
 """PyInstaller entry point for the frozen ``opik-cipx`` binary.
 
-A separate file rather than ``opik_cipx/cli.py`` itself so the package is
+A separate file rather than the ``opik_cipx.cli`` package itself so the package is
 imported as a package (relative imports work) exactly as under ``pip install``.
 """
 

@@ -285,3 +285,26 @@ def test_ensure_running_says_when_the_running_gateway_has_another_upstream(env: 
     out = cli({**env, "CIPX_UPSTREAM_URL": "http://127.0.0.1:10"}, "ensure-running")
     assert out.returncode == 0
     assert "relays to http://127.0.0.1:9, not http://127.0.0.1:10" in out.stderr and "restart" in out.stderr
+
+
+@pytest.mark.slow
+def test_a_foreground_proxy_creates_only_private_files(env: dict[str, str]) -> None:
+    import time
+
+    settings = Settings()
+    proc = subprocess.Popen([sys.executable, "-m", "opik_cipx.cli", "proxy"], env={**env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(200):
+            if settings.port_file.exists() and settings.spool_path.exists():
+                break
+            time.sleep(0.05)
+        time.sleep(0.5)  # the capture worker opens its log
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    made = [p for p in settings.home.rglob("*") if p.is_file()]
+    assert any(p.name == "spool.sqlite3" for p in made) and any(p.name == "capture-worker.log" for p in made)
+    loose = {str(p.relative_to(settings.home)): oct(p.stat().st_mode & 0o777) for p in made
+             if p.stat().st_mode & 0o077}
+    assert loose == {}, loose

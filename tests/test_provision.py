@@ -223,3 +223,13 @@ def test_uninstall_refuses_a_state_dir_that_is_home_or_root(isolated_home: Path,
     assert main(["uninstall", "--yes"]) == 1
     assert "refusing to clean it up" in capsys.readouterr().err
     assert (isolated_home / "precious.txt").exists()
+
+
+def test_uninstall_removes_the_supervisor_unit(claude: Path, isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    unit = isolated_home / ".config" / "systemd" / "user" / "opik-cipx.service"
+    unit.parent.mkdir(parents=True)
+    unit.write_text("[Service]\n")
+    (unit.parent / "someone-else.service").write_text("[Service]\n")
+    assert main(["uninstall", "--yes"]) == 0
+    assert not unit.exists() and (unit.parent / "someone-else.service").exists()

@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     # Build, attribute and store captures in a child process (off the proxy's GIL); tests of
     # in-process capture stages turn it off.
     capture_worker: bool = Field(default=True, validation_alias="CIPX_CAPTURE_WORKER")
+    # The kill switch: `sync` tears the wiring down and `proxy` exits at once (see claude/sync.py).
+    disabled: bool = Field(default=False, validation_alias="CIPX_DISABLED")
     # Seconds in-flight streams get to finish on SIGTERM before they are cut.
     shutdown_grace: float = Field(default=10.0, ge=0, validation_alias="CIPX_SHUTDOWN_GRACE")
 

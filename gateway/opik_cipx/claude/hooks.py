@@ -159,6 +159,13 @@ def handle(
         raise ValueError(f"unknown hook event {event!r}; expected one of {sorted(EVENTS)}")
     deadline = time.monotonic() + bound_for(event) - 0.5
     payload = parse_payload(raw)
+    if settings.disabled:
+        if event == SESSION_START:  # the kill switch: undo the wiring, start nothing
+            from .sync import sync
+
+            for line in sync(settings, bring_up=False).lines:
+                log.info("sync: %s", line)
+        return
     live = daemon.ensure_running(settings, timeout=max(0.5, deadline - time.monotonic()), argv=argv)
     if event != SESSION_START:
         return
@@ -166,6 +173,11 @@ def handle(
     assert live.port is not None  # ensure_running only returns a gateway that answered on it
     register(live.port, info, timeout=deadline - time.monotonic())
     log.info("registered session %s (source=%s, cwd=%s)", info.session_id, info.source, info.cwd)
+    # Then the rest of the repair (wiring, supervisor), in the time left: the session is served.
+    from .sync import sync
+
+    for line in sync(settings, bring_up=False).lines:
+        log.info("sync: %s", line)
 
 
 def run_hook(

@@ -78,6 +78,7 @@ __all__ = [
     "ProvisionError",
     "Targets",
     "base_url",
+    "base_url_undo_plan",
     "default_binary",
     "doctor",
     "hook_command",
@@ -169,14 +170,16 @@ def setup_plan(
     apply_settings: bool,
     home: Path | None = None,
     binary: Path | None = None,
+    hooks: bool = True,
 ) -> Plan:
-    """Hook scripts (always) and, with ``apply_settings``, the settings.json merge."""
+    """Hook scripts (unless ``hooks`` is False: the plugin brings its own) and, with
+    ``apply_settings``, the settings.json merge."""
     targets = Targets.of(settings, home)
     plan = Plan()
     binary = binary or default_binary()
-    if binary is None:
+    if binary is None and hooks:
         plan.notes.append("no opik-cipx binary found on PATH; the hook scripts will search for it when they run")
-    for spec in HOOKS:
+    for spec in HOOKS if hooks else ():
         path = targets.hooks_dir / spec.script
         content = render_hook_script(spec, binary).encode()
         if path.exists() and not is_managed(path):
@@ -186,7 +189,7 @@ def setup_plan(
     if not apply_settings:
         return plan
     data, raw = load_settings(targets.settings_path)
-    merged, added = merge_settings(data, settings, targets)
+    merged, added = merge_settings(data, settings, targets, hooks=hooks)
     if merged == data:
         return plan
     like = raw.decode("utf-8", "replace") if raw is not None else None
@@ -210,8 +213,33 @@ def setup_plan(
 
 
 def _describe_merge(targets: Targets, added: dict[str, Any]) -> str:
-    hooks = ", ".join(s.event for s in HOOKS)
-    return f"merge into {targets.settings_path}: env.ANTHROPIC_BASE_URL={added['base_url']}, hooks {hooks}"
+    hooks = ", hooks " + ", ".join(s.event for s in HOOKS) if any(c.startswith("hooks") for c in added["created"]) \
+        else ""
+    return f"merge into {targets.settings_path}: env.ANTHROPIC_BASE_URL={added['base_url']}{hooks}"
+
+
+def base_url_undo_plan(settings: Settings, *, home: Path | None = None) -> Plan:
+    """Only our ANTHROPIC_BASE_URL out of settings.json (the one before it put back), hooks kept:
+    the kill switch, so Claude Code talks to Anthropic directly from its next start."""
+    targets = Targets.of(settings, home)
+    plan = Plan()
+    data, raw = load_settings(targets.settings_path)
+    env = data.get("env")
+    record = _read_record(targets.record_path) or {}
+    ours = record.get("base_url") or base_url(settings)
+    if raw is None or not isinstance(env, dict) or env.get("ANTHROPIC_BASE_URL") != ours:
+        return plan
+    new_env = dict(env)
+    previous = record.get("previous_base_url")
+    if previous:
+        new_env["ANTHROPIC_BASE_URL"] = previous
+    else:
+        del new_env["ANTHROPIC_BASE_URL"]
+    new = dump_like({**data, "env": new_env}, raw.decode("utf-8", "replace"))
+    what = f"set it back to {previous}" if previous else "remove it"
+    plan.changes.append(Change("write", targets.settings_path,
+                               f"{targets.settings_path}: ANTHROPIC_BASE_URL={ours} -> {what}", new, 0o600))
+    return plan
 
 
 def uninstall_plan(
@@ -231,6 +259,12 @@ def uninstall_plan(
     if stop is not None:
         plan.changes.append(Change("run", None, "stop the gateway", run=stop))
     plan.changes += _settings_undo(targets)
+    from ..ops import supervisor
+
+    unit = supervisor.Supervisor.for_platform(home)
+    if unit is not None and unit.path.exists():
+        plan.changes.append(Change("run", unit.path, f"remove the {unit.kind} supervisor {unit.path}",
+                                   run=lambda: supervisor.remove(unit).message))
     if targets.hooks_dir.is_dir():
         for path in sorted(targets.hooks_dir.iterdir()):
             if path.is_file() and is_managed(path):

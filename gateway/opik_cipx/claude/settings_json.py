@@ -111,9 +111,10 @@ def _is_ours(hook: object) -> bool:
 
 
 def merge_settings(
-    data: dict[str, Any], settings: Settings, targets: Targets
+    data: dict[str, Any], settings: Settings, targets: Targets, *, hooks: bool = True
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``data`` with our entries added (a new dict; key order kept) and what was added."""
+    """``data`` with our entries added (a new dict; key order kept) and what was added.
+    ``hooks=False``: only the base URL (the plugin brings its own hooks)."""
     merged: dict[str, Any] = json.loads(json.dumps(data))
     added: dict[str, Any] = {"created": [], "previous_base_url": None}
     env = merged.get("env")
@@ -125,15 +126,17 @@ def merge_settings(
         added["previous_base_url"] = env["ANTHROPIC_BASE_URL"]
     env["ANTHROPIC_BASE_URL"] = url
     added["base_url"] = url
-    hooks = merged.get("hooks")
-    if not isinstance(hooks, dict):
-        hooks = merged["hooks"] = {}
+    if not hooks:
+        return merged, added
+    listed = merged.get("hooks")
+    if not isinstance(listed, dict):
+        listed = merged["hooks"] = {}
         added["created"].append("hooks")
     snippet = settings_snippet(settings, targets)["hooks"]
     for spec in HOOKS:
-        entries = hooks.get(spec.event)
+        entries = listed.get(spec.event)
         if not isinstance(entries, list):
-            entries = hooks[spec.event] = []
+            entries = listed[spec.event] = []
             added["created"].append(f"hooks.{spec.event}")
         present = any(isinstance(e, dict) and any(_is_ours(h) for h in e.get("hooks") or []) for e in entries)
         if not present:

@@ -1,0 +1,110 @@
+"""Commands that read what was captured: explain, viewer, stats (report/, viewer/)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+from .args import seconds
+
+if TYPE_CHECKING:
+    from ..config import Settings
+
+
+def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from ..pricing import PriceTable, PricingFileError
+    from ..report.explain import ExplainError, explain, open_spool, render_text, to_json
+
+    try:
+        prices = PriceTable.load(settings.pricing_file)
+    except PricingFileError as exc:
+        print(f"opik-cipx: ignoring pricing overrides: {exc}", file=sys.stderr)
+        prices = PriceTable.builtin()
+    try:
+        spool = open_spool(settings.spool_path)
+        try:
+            last = args.last if args.last is not None else (None if args.ids else 1)
+            results = explain(spool, prices, args.ids, last)
+        finally:
+            spool.close()
+    except ExplainError as exc:
+        print(f"opik-cipx: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        # Always a list, however many calls: scripts should not have to check the shape.
+        print(json.dumps([to_json(ex, attr) for ex, attr in results], indent=2))
+    else:
+        print("\n\n".join(render_text(ex, attr) for ex, attr in results))
+    return 0
+
+
+def cmd_viewer(args: argparse.Namespace, settings: Settings) -> int:
+    import urllib.error
+    import urllib.request
+    import webbrowser
+
+    from ..viewer import read_token, viewer_url
+
+    token = read_token(settings.home)
+    try:
+        port = int(settings.port_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        port = None
+    if token is None or port is None:
+        print("opik-cipx: the gateway is not running (start it with `opik-cipx ensure-running`)", file=sys.stderr)
+        return 1
+    url = viewer_url(port, token, settings.host)
+    # Ask the gateway itself, so a token file left by a crashed gateway is not printed as live.
+    # No proxies: the URL is loopback and must never leave the machine.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    probe = url.replace("/viewer/?", "/api/filters?", 1)
+    try:
+        with opener.open(probe, timeout=args.timeout) as resp:
+            live = resp.status == 200
+    except (urllib.error.URLError, OSError):
+        live = False
+    if not live:
+        print(f"opik-cipx: no gateway answers on port {port} with the current token "
+              "(start it with `opik-cipx ensure-running`)", file=sys.stderr)
+        return 1
+    print(url)
+    if args.open and not webbrowser.open(url):
+        print("opik-cipx: could not launch a browser; open the URL above", file=sys.stderr)
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
+    from ..report import stats
+
+    try:
+        win = stats.window(args.window, args.since)
+        conn = stats.open_readonly(settings.spool_path)
+        try:
+            rep = stats.report(conn, win, args.by)
+        finally:
+            conn.close()
+    except stats.StatsError as exc:
+        print(f"opik-cipx: {exc}", file=sys.stderr)
+        return 1
+    print(stats.dumps(rep) if args.json else stats.render_text(rep))
+    return 0
+
+
+def add_viewer_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from ..report.stats import GROUPS, WINDOWS
+
+    p = sub.add_parser("viewer", help="print the local viewer's URL (with this start's token)")
+    p.add_argument("--open", action="store_true", help="also open it in a browser")
+    p.add_argument("--timeout", type=seconds, default=3.0, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_viewer)
+
+    p = sub.add_parser("stats", help="totals, cost, cache-hit rate and breakdowns from the local spool")
+    p.add_argument("window", nargs="?", metavar="WINDOW",
+                   help=f"{'|'.join(WINDOWS)} (today, the last 7 or 30 days), an age like 3d or a date like 2026-05-01")
+    p.add_argument("--since", metavar="WHEN", help="e.g. 3d, 12h, 2026-05-01 or 2026-05-01T09:30")
+    p.add_argument("--by", choices=GROUPS, help="a per-group table")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_stats)
