@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -308,3 +309,45 @@ def test_a_foreground_proxy_creates_only_private_files(env: dict[str, str]) -> N
     loose = {str(p.relative_to(settings.home)): oct(p.stat().st_mode & 0o777) for p in made
              if p.stat().st_mode & 0o077}
     assert loose == {}, loose
+
+
+@pytest.mark.slow
+def test_opik_refusing_from_the_start_is_degraded_never_wedged_across_a_restart(env: dict[str, str]) -> None:
+    import time
+    import urllib.request
+
+    opik_env = {**env, "OPIK_CIPX_BASE_URL": "http://127.0.0.1:9/opik/api", "OPIK_CIPX_API_KEY": "k",
+                "OPIK_CC_TRACING_ENABLED": "1"}
+    port_file = Path(env["HOME"]) / "upstream.port"
+    upstream = subprocess.Popen([sys.executable, "-m", "tests.support.fake_anthropic", "--port-file", str(port_file)],
+                                env=env, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            if port_file.exists():
+                break
+            time.sleep(0.05)
+        opik_env["CIPX_UPSTREAM_URL"] = f"http://127.0.0.1:{port_file.read_text().strip()}"
+        for round_ in range(2):  # before and after a restart
+            assert cli(opik_env, "restart" if round_ else "ensure-running").returncode == 0
+            port = daemon.probe(Settings()).port
+            body = b'{"model":"claude-sonnet-4-5","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}'
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/messages", data=body,
+                                         headers={"Content-Type": "application/json", "x-api-key": "k"})
+            with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=20) as resp:
+                assert resp.status == 200
+            doc: dict[str, Any] = {}
+            for _ in range(100):
+                doc = json.loads(cli(opik_env, "status", "--json").stdout)
+                if (doc.get("shipper") or {}).get("last_error"):
+                    break
+                time.sleep(0.2)
+            assert doc["state"] == "running" and doc["exit_code"] == 2, doc
+            assert any(p.startswith("Opik is failing") for p in doc["problems"]), doc["problems"]
+            assert not any("wedged" in p or "did not answer" in p for p in doc["problems"])
+            assert doc["shipper"]["last_error"]["at"] and doc["shipper"]["last_shipped"] is None
+            text = cli(opik_env, "status").stdout
+            line = next(ln for ln in text.splitlines() if "last Opik error" in ln)
+            assert " ago)" in line, line
+    finally:
+        upstream.terminate()
+        upstream.wait(timeout=10)
