@@ -93,6 +93,31 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+    import os
+    from pathlib import Path
+
+    from ..report import reconcile, stats
+
+    projects = Path(os.path.expanduser("~")) / ".claude" / "projects"
+    try:
+        win = stats.window(args.window, args.since)
+        conn = stats.open_readonly(settings.spool_path)
+        try:
+            results = reconcile.reconcile(conn, win, projects, session=args.session)
+        finally:
+            conn.close()
+    except stats.StatsError as exc:
+        print(f"opik-cipx: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(reconcile.to_json(results, win), indent=2))
+    else:
+        print(reconcile.render_text(results, win))
+    return 0
+
+
 def add_viewer_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from ..report.stats import GROUPS, WINDOWS
 
@@ -108,3 +133,10 @@ def add_viewer_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--by", choices=GROUPS, help="a per-group table")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("reconcile", help="what Claude Code's transcripts miss, against the calls on the wire")
+    p.add_argument("window", nargs="?", metavar="WINDOW", help="as for stats (default: all time)")
+    p.add_argument("--since", metavar="WHEN", help="e.g. 3d, 12h or 2026-05-01")
+    p.add_argument("--session", metavar="ID", help="one session")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_reconcile)
