@@ -35,7 +35,7 @@ ALLOWED: dict[str, set[str]] = {
     "ship": {"(root)", "model", "config", "pricing", "wire", "attribute", "store"},
     "capture": {"model", "config", "pricing", "wire", "proxy", "attribute", "store", "ship"},
     "report": {"model", "pricing", "attribute", "store"},
-    "ops": {"(root)", "model", "config", "pricing", "proxy", "capture", "store"},
+    "ops": {"(root)", "model", "config", "pricing", "wire", "proxy", "capture", "store"},
     "viewer": {"pricing", "attribute", "store", "report", "ops"},
     "claude": {"config", "pricing", "store", "ops"},
     "server": {"config", "pricing", "proxy", "capture", "store", "ship", "ops", "viewer"},

@@ -193,6 +193,11 @@ class Gateway:
     def shipper_status(self) -> dict[str, Any] | None:
         return None if self.shipper is None else self.shipper.status()
 
+    def plan_windows(self) -> dict[str, Any] | None:
+        if self.metrics.plan is None:
+            return None
+        return {**self.metrics.plan, "at": self.metrics.plan_at}
+
     # -- main loop -----------------------------------------------------------------
     async def serve_forever(self) -> None:
         loop = asyncio.get_running_loop()

@@ -311,6 +311,7 @@ class FakeAnthropic:
         self._queue: list[Turn] = list(script) if isinstance(script, Sequence) else []
         self._port = port
         self._record_dir = record_dir
+        self.extra_headers: dict[str, str] = {}
         self._runner: web.AppRunner | None = None
         self._messages_seen = 0
         self.url = ""
@@ -376,6 +377,9 @@ class FakeAnthropic:
             headers[f"anthropic-ratelimit-{kind}-limit"] = str(limit)
             headers[f"anthropic-ratelimit-{kind}-remaining"] = str(limit - 1)
             headers[f"anthropic-ratelimit-{kind}-reset"] = "2030-01-01T00:00:00Z"
+        # E.g. the anthropic-ratelimit-unified-* plan windows a subscription login gets.
+        for name, value in self.extra_headers.items():
+            headers[name] = value
         return headers
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
@@ -714,6 +718,7 @@ async def _serve(args: argparse.Namespace) -> None:
     if record_dir is not None:
         record_dir.mkdir(parents=True, exist_ok=True)
     fake = FakeAnthropic(script, port=args.port, record_dir=record_dir)
+    fake.extra_headers = dict(h.split("=", 1) for h in args.header or [])
     await fake.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -739,6 +744,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     group.add_argument("--script", help="JSON: a list of Turn dicts, or {'rules': [...], 'default': {...}}")
     group.add_argument("--script-factory", help="module:attr of a zero-argument function returning a script")
     parser.add_argument("--record-dir", help="write each request/response here as NNNN.{json,body,response}")
+    parser.add_argument("--header", action="append", metavar="NAME=VALUE", help="an extra header on every answer")
     args = parser.parse_args(argv)
     asyncio.run(_serve(args))
 

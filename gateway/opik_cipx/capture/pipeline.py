@@ -23,6 +23,7 @@ from ..ship.enablement import SessionLookup
 from ..ship.shipper import Shipper
 from ..ship.stage import SpanStage
 from .commands import CommandIndex
+from .session_summary import summary_stage
 from .stages import AfterStage, StoreStage, prepare, store_attribution, store_exchange
 
 
@@ -58,7 +59,8 @@ def capture_chain(
         return prepare(rec, prices(), commands_for)
 
     spans = SpanStage(settings, sessions=sessions)
-    return Chain(build, [store_exchange, store_attribution, *extra_stages, spans.record], spans)
+    stages = [store_exchange, store_attribution, summary_stage(settings.home), *extra_stages, spans.record]
+    return Chain(build, stages, spans)
 
 
 def after_stages(observe: Callable[[Exchange], Awaitable[None]], shipper: Shipper) -> list[AfterStage]:

@@ -8,19 +8,18 @@ codes. The commands live in ``lifecycle.py`` (running and wiring the gateway) an
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .. import __version__
-from .args import count
-from .lifecycle import add_lifecycle_commands, cmd_proxy
-from .reports import add_viewer_commands, cmd_explain
 
 # pydantic and asyncio cost ~100 ms each to import: commands import what they use, so
-# `version` and the hooks' fast paths pay for neither.
+# `version` and the hooks' fast paths pay for neither; argparse and the command modules are
+# loaded only once a command is parsed, so `statusline` pays for none of it.
 if TYPE_CHECKING:
+    import argparse
+
     from ..config import Settings
 
 
@@ -58,6 +57,12 @@ def cmd_version(args: argparse.Namespace, settings: Settings | None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
+    from .args import count
+    from .lifecycle import add_lifecycle_commands, cmd_proxy
+    from .reports import add_viewer_commands, cmd_explain
+
     parser = argparse.ArgumentParser(prog="opik-cipx", description="Where did my Claude Code tokens go?")
     parser.add_argument("--version", action="version", version=f"opik-cipx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -89,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["statusline"]:
+        # Claude Code runs this after every assistant message: no argparse, no Settings.
+        from ..report.statusline import main as statusline_main
+
+        return statusline_main()
     try:
         return _main(argv)
     except BrokenPipeError:

@@ -350,6 +350,10 @@ def add_lifecycle_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
     p.add_argument("--timeout", type=seconds, default=None, help="seconds for each of stop and start")
     p.set_defaults(func=cmd_restart, strict_config=True)
 
+    # Answered before argparse runs (cli/__init__.py); listed here for --help.
+    p = sub.add_parser("statusline", help="Claude Code statusLine command: session cost, context, cache, plan windows")
+    p.set_defaults(func=lambda args, settings: 0, no_settings=True)
+
     p = sub.add_parser("hook", help="Claude Code hook entry point (reads the hook JSON on stdin)")
     p.add_argument("agent", choices=["claude_code"])
     p.add_argument("event", help="session-start | pre-tool-use | user-prompt-submit")

@@ -160,6 +160,7 @@ async def gateway_status(gateway: GatewayState, figures: SpoolFigures) -> dict[s
         "spool": spool,
         "shipper": shipper,
         "sessions": len(gateway.sessions),
+        "plan": gateway.plan_windows(),
         "config_problems": [problem.to_json() for problem in config_problems],
         "problems": problems,
     }

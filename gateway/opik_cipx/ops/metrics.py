@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from ..model import Exchange
+from ..wire.ratelimit import plan_windows
 from .state import GatewayState, state_of
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -65,10 +66,16 @@ class Metrics:
         self.cost: dict[str, float] = defaultdict(float)  # model -> USD
         self.unknown_cost: dict[str, int] = defaultdict(int)  # model -> calls with no price
         self.ttfb = Histogram(TTFB_BUCKETS)
+        # The plan windows (5h / 7d utilization) the newest answer announced; None with an API key.
+        self.plan: dict[str, Any] | None = None
+        self.plan_at: float | None = None
 
     async def observe(self, ex: Exchange) -> None:
         """Capture stage: count one finished exchange. O(1), no I/O."""
         self.requests[ex.kind.value] += 1
+        windows = plan_windows(ex.response_headers)
+        if windows is not None:
+            self.plan, self.plan_at = windows, ex.started_at
         if ex.ttfb_ms is not None:
             self.ttfb.observe(ex.ttfb_ms / 1000.0)
         if not ex.is_llm_call:
@@ -111,6 +118,12 @@ class Metrics:
         ttfb += [("_sum", {}, self.ttfb.sum), ("_count", {}, float(self.ttfb.count))]
         family("opik_cipx_upstream_ttfb_seconds", "histogram",
                "Seconds from the request's arrival to the upstream's first response byte.", ttfb)
+        plan = self.plan or {}
+        utilization = [("", {"window": name}, w["utilization"]) for name in ("five_hour", "seven_day")
+                       if isinstance(w := plan.get(name), dict) and isinstance(w.get("utilization"), float)]
+        if utilization:
+            family("opik_cipx_plan_utilization", "gauge",
+                   "Share (0-1) of the Claude plan window used, as the newest answer announced.", utilization)
         for name, (kind, help_text, value) in sorted((gauges or {}).items()):
             family(name, kind, help_text, [("", {}, value)])
         return "\n".join(out) + "\n"

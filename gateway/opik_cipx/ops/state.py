@@ -73,6 +73,8 @@ class GatewayState(Protocol):
 
     def shipper_status(self) -> dict[str, Any] | None: ...
 
+    def plan_windows(self) -> dict[str, Any] | None: ...
+
 
 STATE_KEY: web.AppKey[GatewayState] = web.AppKey("gateway_state")
 

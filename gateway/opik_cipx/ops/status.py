@@ -169,6 +169,11 @@ def render_status(code: int, doc: dict[str, Any]) -> str:
         )
     )
     rows.append(("sessions", f"{doc.get('sessions', '-')} registered"))
+    plan = doc.get("plan") or {}
+    windows = [f"{label} {100 * w['utilization']:.0f}%" for label, key in (("5h", "five_hour"), ("7d", "seven_day"))
+               if isinstance(w := plan.get(key), dict) and isinstance(w.get("utilization"), (int, float))]
+    if windows:
+        rows.append(("plan", f"{', '.join(windows)} used, status {plan.get('status') or '-'}"))
     width = max(len(k) for k, _ in rows)
     lines = [f"opik-cipx: {state} (pid {pid}, port {port}, up {_duration(doc.get('uptime_s') or 0)})"]
     lines += [f"  {k.ljust(width)}  {v}" for k, v in rows]

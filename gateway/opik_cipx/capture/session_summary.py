@@ -1,0 +1,108 @@
+"""A small per-session summary kept current after each stored call, for the status line.
+
+Claude Code runs the status-line command after every assistant message; it must answer in a
+few milliseconds, so it must not query the spool or import the gateway. This store stage does
+the work once per call, inside the batch's transaction where the call's rows are already
+visible: the session's cost so far (subagents and side calls included), its cache-hit rate,
+the last main call's prompt size, top categories and cache behaviour, the plan windows the
+answer announced, and whether the upstream answered. The result goes to
+``<CIPX_HOME>/sessions/<session id>.json``, written atomically, 0600.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from ..attribute.analysis import Captured
+from ..model import CallKind, Outcome
+from ..store.spool import Spool
+from ..wire.ratelimit import plan_windows
+
+log = logging.getLogger(__name__)
+
+SUMMARY_DIR = "sessions"
+_SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+# A cache entry lives 5 minutes by default: a main call after a longer gap re-writes its prefix.
+CACHE_TTL_SECONDS = 300.0
+
+
+def summary_path(home: Path, session_id: str) -> Path | None:
+    return home / SUMMARY_DIR / f"{session_id}.json" if _SAFE_ID.fullmatch(session_id) else None
+
+
+def session_summary(sp: Spool, item: Captured) -> dict[str, Any] | None:
+    ex = item.exchange
+    sid = ex.session_id
+    if not sid or ex.kind is not CallKind.MESSAGES:
+        return None
+    conn = sp.conn
+    calls, cost, unknown, cache_read, prompt = conn.execute(
+        "SELECT count(*), total(cost_usd), total(usage IS NOT NULL AND cost_usd IS NULL),"
+        " total(cache_read_input_tokens),"
+        " total(input_tokens + cache_creation_input_tokens + cache_read_input_tokens)"
+        " FROM exchanges WHERE session_id = ? AND kind = 'messages'", (sid,)).fetchone()
+    out: dict[str, Any] = {
+        "session_id": sid, "updated_at": time.time(), "calls": int(calls), "cost_usd": float(cost),
+        "unpriced_calls": int(unknown), "cache_hit_rate": (cache_read / prompt) if prompt else None,
+        "last_outcome": ex.outcome.value, "last_error": ex.error if ex.outcome is Outcome.UNREACHABLE else None,
+    }
+    windows = plan_windows(ex.response_headers)
+    if windows is not None:
+        out["plan"] = windows
+    query = (
+        "SELECT e.id, e.model, e.started_at, e.input_tokens, e.cache_creation_input_tokens,"
+        " e.cache_read_input_tokens, e.cost_usd FROM exchanges e JOIN attribution a ON a.exchange_id = e.id"
+        " WHERE e.session_id = ? AND a.call_kind IN ({}) AND e.usage IS NOT NULL"
+        " ORDER BY e.started_at DESC LIMIT 2")
+    # The conversation's own calls; a client that is not Claude Code has no "main" shape, so
+    # then whatever it sent that is not a subagent's or a helper's.
+    main = conn.execute(query.format("'main'"), (sid,)).fetchall() or conn.execute(
+        query.format("'side', 'compaction'"), (sid,)).fetchall()
+    if main:
+        last_id, model, at, inp, write, read, last_cost = main[0]
+        total = inp + write + read
+        top = conn.execute(
+            "SELECT category, total(tokens) AS t FROM attribution_items WHERE exchange_id = ? AND side = 'request'"
+            " GROUP BY category ORDER BY t DESC LIMIT 2", (last_id,)).fetchall()
+        gap = at - main[1][2] if len(main) > 1 else None
+        out["last_main"] = {
+            "id": last_id, "model": model, "prompt_tokens": total, "cache_write_tokens": write,
+            "cache_read_tokens": read, "cost_usd": last_cost,
+            "top_categories": [[name, (tokens / total) if total else 0.0] for name, tokens in top],
+            # Re-wrote a prefix that had been cached: an idle gap past the TTL, then mostly writes.
+            "cold": bool(gap is not None and gap > CACHE_TTL_SECONDS and write > read),
+            "gap_s": gap,
+        }
+    return out
+
+
+def write_summary(home: Path, summary: dict[str, Any]) -> None:
+    path = summary_path(home, summary["session_id"])
+    if path is None:
+        return
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(summary, fh, separators=(",", ":"))
+    os.replace(tmp, path)
+
+
+def summary_stage(home: Path) -> Any:
+    """A store stage: after the call's rows, refresh its session's summary file."""
+
+    def stage(sp: Spool, item: Captured) -> None:
+        try:
+            summary = session_summary(sp, item)
+            if summary is not None:
+                write_summary(home, summary)
+        except Exception:  # a status line is never worth a lost capture
+            log.warning("session summary for %s not written", item.exchange.session_id, exc_info=True)
+
+    return stage

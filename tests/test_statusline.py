@@ -1,0 +1,134 @@
+"""The status line: a segment from the per-session summary, plan windows, alerts, speed paths."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from opik_cipx.capture import session_summary
+from opik_cipx.report import statusline
+from opik_cipx.report.statusline import render
+from opik_cipx.server import Gateway
+from opik_cipx.wire.ratelimit import is_limited, plan_windows
+from tests.support.fake_anthropic import FakeAnthropic, Turn
+
+PLAN = {
+    "anthropic-ratelimit-unified-status": "allowed",
+    "anthropic-ratelimit-unified-5h-utilization": "0.12",
+    "anthropic-ratelimit-unified-5h-reset": "1765000000",
+    "anthropic-ratelimit-unified-7d-utilization": "0.71",
+    "anthropic-ratelimit-unified-7d-reset": "1765500000",
+    "anthropic-ratelimit-unified-representative-claim": "five_hour",
+    "anthropic-ratelimit-unified-overage-status": "rejected",
+}
+
+
+def test_plan_windows_are_parsed_and_absent_headers_mean_none() -> None:
+    w = plan_windows(PLAN)
+    assert w is not None and w["status"] == "allowed" and w["representative_claim"] == "five_hour"
+    assert w["five_hour"] == {"utilization": 0.12, "reset": 1765000000, "status": None}
+    assert w["seven_day"]["utilization"] == 0.71 and w["overage"]["status"] == "rejected"
+    assert plan_windows({"request-id": "r"}) is None
+    assert not is_limited(w) and is_limited({**w, "seven_day": {"utilization": 0.93}})
+    assert is_limited({"status": "allowed_warning"})
+
+
+def _summary(**over: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "cost_usd": 1.874, "unpriced_calls": 0, "cache_hit_rate": 0.91, "last_outcome": "complete",
+        "last_main": {"model": "claude-opus-4-8", "prompt_tokens": 84_000, "cost_usd": 0.2, "cold": False,
+                      "top_categories": [["builtin_tools", 0.48], ["mcp", 0.06]]},
+        "plan": plan_windows(PLAN),
+    }
+    doc.update(over)
+    return doc
+
+
+def test_the_segment_shows_cost_context_cache_categories_and_windows() -> None:
+    text = render(_summary(), {"session_id": "s"}, alive=True)
+    assert text == "◆ $1.87 · ctx 42% · cache 91% · tools 48% mcp 6% · 5h 12% 7d 71%"
+    # Claude Code's own window size wins over the model's default.
+    assert "ctx 8%" in render(_summary(), {"context_window": {"context_window_size": 1_000_000}}, alive=True)
+
+
+def test_one_alert_the_most_urgent() -> None:
+    deep = _summary(last_main={**_summary()["last_main"], "prompt_tokens": 180_000})
+    assert render(deep, {}, alive=True).endswith(" · compact")
+    limited = {**deep, "plan": plan_windows({**PLAN, "anthropic-ratelimit-unified-7d-utilization": "0.95"})}
+    assert render(limited, {}, alive=True).endswith(" · limit (allowed)")
+    down = {**limited, "last_outcome": "unreachable"}
+    assert render(down, {}, alive=True).endswith(" · offline: upstream unreachable")
+    cold = _summary(last_main={**_summary()["last_main"], "cold": True, "cost_usd": 0.42})
+    assert render(cold, {}, alive=True).endswith(" · cold ($0.42)")
+    long = _summary(last_main={**_summary()["last_main"], "prompt_tokens": 250_000, "model": "claude-sonnet-4-5[1m]"})
+    assert render(long, {}, alive=True).endswith(" · 200k+")
+    assert render(_summary(), {}, alive=False) == "◆ opik-cipx offline"
+
+
+def _run(env: dict[str, str], payload: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "opik_cipx.cli", "statusline"], input=json.dumps(payload),
+                          env=env, capture_output=True, text=True, timeout=30)
+
+
+def test_the_users_own_line_comes_first_and_the_switches_work(gateway_env: dict[str, str], isolated_home: Path) -> None:
+    state = isolated_home / ".opik-cipx"
+    state.mkdir(exist_ok=True)
+    (state / statusline.WRAPPED_FILE).write_text(json.dumps({"command": "read x; echo \"mine: $x\" | cut -c1-40"}))
+    out = _run(gateway_env, {"session_id": "s1"})
+    assert out.returncode == 0 and out.stdout.splitlines() == ['mine: {"session_id": "s1"}', "◆ opik-cipx offline"]
+    assert _run({**gateway_env, "OPIK_CIPX_STATUSLINE_DISPLAY": "0"}, {}).stdout.splitlines()[0].startswith("mine:")
+    assert _run({**gateway_env, "OPIK_CIPX_STATUSLINE": "off"}, {}).stdout == "◆ opik-cipx offline\n"
+    # Garbage in: still one line, still exit 0.
+    bad = subprocess.run([sys.executable, "-m", "opik_cipx.cli", "statusline"], input="not json",
+                         env={**gateway_env, "OPIK_CIPX_STATUSLINE": "off"}, capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 0 and bad.stdout == "◆ opik-cipx offline\n" and bad.stderr == ""
+
+
+async def test_captured_calls_keep_the_session_summary_current(make_settings: Any) -> None:
+    async with FakeAnthropic([Turn(text="a"), Turn(text="b")]) as up:
+        up.extra_headers = dict(PLAN)
+        settings = make_settings(upstream_url=up.url, capture_worker=False)
+        async with Gateway(settings) as gw:
+            body = {"model": "claude-sonnet-4-5", "max_tokens": 8, "stream": True,
+                    "messages": [{"role": "user", "content": "hi"}]}
+            async with aiohttp.ClientSession() as client:
+                for _ in range(2):
+                    async with client.post(f"{gw.url}/v1/messages", json=body,
+                                           headers={"x-api-key": "k", "X-Claude-Code-Session-Id": "sess-9"}) as r:
+                        await r.read()
+            assert gw.capture is not None and await gw.capture.drain(5)
+            async with aiohttp.ClientSession() as client:
+                async with client.get(f"{gw.url}/_cipx/status") as r:
+                    status_doc = await r.json()
+                async with client.get(f"{gw.url}/_cipx/metrics") as r:
+                    metrics = await r.text()
+            assert status_doc["plan"]["five_hour"]["utilization"] == 0.12 and status_doc["plan"]["at"]
+            assert 'opik_cipx_plan_utilization{window="seven_day"} 0.71' in metrics
+            assert gw.spool is not None
+            cost = (await gw.spool.run(lambda sp: sp.conn.execute(
+                "SELECT total(cost_usd) FROM exchanges WHERE session_id = 'sess-9'").fetchone()))[0]
+    path = session_summary.summary_path(settings.home, "sess-9")
+    assert path is not None and path.stat().st_mode & 0o777 == 0o600
+    doc = json.loads(path.read_text())
+    assert doc["calls"] == 2 and abs(doc["cost_usd"] - cost) < 1e-12 and cost > 0
+    assert doc["plan"]["seven_day"]["utilization"] == 0.71
+    assert doc["last_main"]["prompt_tokens"] > 0 and doc["last_main"]["top_categories"]
+    text = render(doc, {"session_id": "sess-9"}, alive=True)
+    assert text.startswith(f"◆ ${cost:.2f} · ctx ") and "5h 12% 7d 71%" in text
+    assert session_summary.SUMMARY_DIR == statusline.SUMMARY_DIR, "writer and reader agree on the place"
+    assert session_summary.summary_path(settings.home, "../etc") is None
+
+
+def test_statusline_imports_nothing_heavy(gateway_env: dict[str, str]) -> None:
+    code = ("import sys, io; sys.stdin = io.TextIOWrapper(io.BytesIO(b'{}')); from opik_cipx.cli import main; "
+            "sys.argv = ['opik-cipx', 'statusline']; main(); "
+            "print([m for m in ('pydantic', 'asyncio', 'argparse', 'sqlite3', 'aiohttp') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], env=gateway_env, capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+    assert os.environ.get("CIPX_HOME")
