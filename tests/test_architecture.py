@@ -37,7 +37,7 @@ ALLOWED: dict[str, set[str]] = {
     "report": {"model", "pricing", "attribute", "store"},
     "ops": {"(root)", "model", "config", "pricing", "wire", "proxy", "capture", "store"},
     "viewer": {"pricing", "attribute", "store", "report", "ops"},
-    "claude": {"config", "pricing", "store", "ops"},
+    "claude": {"config", "pricing", "store", "report", "ops"},
     "server": {"config", "pricing", "proxy", "capture", "store", "ship", "ops", "viewer"},
     "cli": {"(root)", "config", "config_load", "pricing", "proxy", "capture", "report", "ops", "viewer", "claude", "server"},
 }

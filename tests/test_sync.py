@@ -120,3 +120,39 @@ def test_sync_and_restart_from_the_command_line(gateway_env: dict[str, str], iso
     assert off.returncode == 0 and f"pid {second} keeps serving" in off.stdout
     assert daemon.probe(Settings()).pid == second
     assert "ANTHROPIC_BASE_URL" not in _settings_json(isolated_home).get("env", {})
+
+
+def test_the_users_status_line_is_wrapped_and_given_back(isolated_home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    from opik_cipx.report.statusline import WRAPPED_FILE
+
+    path = isolated_home / ".claude" / "settings.json"
+    path.parent.mkdir()
+    theirs = {"type": "command", "command": "~/bin/my-line.sh", "padding": 1}
+    path.write_text(json.dumps({"statusLine": theirs, "model": "opus"}, indent=2))
+    sync(Settings(), managed=(), bring_up=False, supervise=Recorder().install)
+    data = _settings_json(isolated_home)
+    assert data["statusLine"]["command"].endswith(" statusline")
+    saved = json.loads((isolated_home / ".opik-cipx" / WRAPPED_FILE).read_text())
+    assert saved == {"command": "~/bin/my-line.sh", "original": theirs}
+    sync(Settings(), managed=(), bring_up=False, supervise=Recorder().install)  # idempotent: still theirs saved
+    assert json.loads((isolated_home / ".opik-cipx" / WRAPPED_FILE).read_text())["command"] == "~/bin/my-line.sh"
+
+    monkeypatch.setenv("OPIK_CIPX_STATUSLINE", "off")
+    sync(Settings(), managed=(), bring_up=False, supervise=Recorder().install)
+    assert _settings_json(isolated_home)["statusLine"] == theirs
+    monkeypatch.delenv("OPIK_CIPX_STATUSLINE")
+
+    sync(Settings(), managed=(), bring_up=False, supervise=Recorder().install)
+    edited = _settings_json(isolated_home)
+    edited["model"] = "sonnet"  # edited since: uninstall takes ours out and puts theirs back
+    path.write_text(json.dumps(edited, indent=2))
+    from opik_cipx.claude.provision import uninstall_plan
+
+    uninstall_plan(Settings()).apply()
+    assert _settings_json(isolated_home)["statusLine"] == theirs
+
+    managed = tmp_path / "managed.json"
+    managed.write_text(json.dumps({"statusLine": {"type": "command", "command": "corp-line"}}))
+    sync(Settings(), managed=(managed,), bring_up=False, supervise=Recorder().install)
+    assert _settings_json(isolated_home)["statusLine"] == theirs, "a managed status line is never fought over"

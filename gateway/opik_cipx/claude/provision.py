@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import sys
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings
+from ..report.statusline import WRAPPED_FILE
 from .doctor import MANAGED_SETTINGS, Check, doctor
 from .launcher import (
     HOOKS,
@@ -54,6 +56,7 @@ from .settings_json import (
     base_url,
     dump_like,
     hook_command,
+    is_our_status_line,
     load_settings,
     merge_settings,
     settings_snippet,
@@ -88,6 +91,7 @@ __all__ = [
     "render_launcher",
     "settings_snippet",
     "setup_plan",
+    "status_line_undo_plan",
     "strip_settings",
     "uninstall_plan",
 ]
@@ -171,6 +175,7 @@ def setup_plan(
     home: Path | None = None,
     binary: Path | None = None,
     hooks: bool = True,
+    status_line: bool = False,
 ) -> Plan:
     """Hook scripts (unless ``hooks`` is False: the plugin brings its own) and, with
     ``apply_settings``, the settings.json merge."""
@@ -189,7 +194,18 @@ def setup_plan(
     if not apply_settings:
         return plan
     data, raw = load_settings(targets.settings_path)
-    merged, added = merge_settings(data, settings, targets, hooks=hooks)
+    command = f"{shlex.quote(str(binary)) if binary else 'opik-cipx'} statusline" if status_line else None
+    merged, added = merge_settings(data, settings, targets, hooks=hooks, status_line=command)
+    earlier = _read_record(targets.record_path) or {}
+    if "previous_status_line" not in added and earlier.get("previous_status_line") is not None:
+        added["previous_status_line"] = earlier["previous_status_line"]  # wrapped by an earlier run
+    wrapped = added.get("previous_status_line")
+    if status_line:
+        content = json.dumps({"command": wrapped.get("command") if isinstance(wrapped, dict) else None,
+                              "original": wrapped}, indent=2).encode()
+        path = settings.home / WRAPPED_FILE
+        if _read(path) != content:
+            plan.changes.append(Change("write", path, f"save the status line ours wraps in {path}", content, 0o600))
     if merged == data:
         return plan
     like = raw.decode("utf-8", "replace") if raw is not None else None
@@ -216,6 +232,25 @@ def _describe_merge(targets: Targets, added: dict[str, Any]) -> str:
     hooks = ", hooks " + ", ".join(s.event for s in HOOKS) if any(c.startswith("hooks") for c in added["created"]) \
         else ""
     return f"merge into {targets.settings_path}: env.ANTHROPIC_BASE_URL={added['base_url']}{hooks}"
+
+
+def status_line_undo_plan(settings: Settings, *, home: Path | None = None) -> Plan:
+    """OPIK_CIPX_STATUSLINE=off: the user's own status line back (or none), ours out."""
+    targets = Targets.of(settings, home)
+    plan = Plan()
+    data, raw = load_settings(targets.settings_path)
+    if raw is None or not is_our_status_line(data.get("statusLine")):
+        return plan
+    previous = (_read_record(targets.record_path) or {}).get("previous_status_line")
+    new = dict(data)
+    if previous is not None:
+        new["statusLine"] = previous
+    else:
+        del new["statusLine"]
+    content = dump_like(new, raw.decode("utf-8", "replace"))
+    what = "put the user's own status line back" if previous is not None else "remove our status line"
+    plan.changes.append(Change("write", targets.settings_path, f"{targets.settings_path}: {what}", content, 0o600))
+    return plan
 
 
 def base_url_undo_plan(settings: Settings, *, home: Path | None = None) -> Plan:

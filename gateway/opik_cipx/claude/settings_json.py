@@ -110,11 +110,32 @@ def _is_ours(hook: object) -> bool:
     return isinstance(hook, dict) and mentions_our_script(hook.get("command"))
 
 
+STATUS_LINE_MARK = " statusline"  # our statusLine command is `<binary> statusline`
+
+
+def is_our_status_line(value: object) -> bool:
+    return isinstance(value, dict) and str(value.get("command") or "").endswith(STATUS_LINE_MARK)
+
+
+def merge_status_line(merged: dict[str, Any], added: dict[str, Any], command: str | None) -> None:
+    """Our status line in ``merged``, the user's own (if any) in ``added["previous_status_line"]``
+    so ours can run it underneath and uninstall can put it back. ``command`` None: leave it."""
+    if command is None:
+        return
+    current = merged.get("statusLine")
+    if current is not None and not is_our_status_line(current):
+        added["previous_status_line"] = current
+    merged["statusLine"] = {"type": "command", "command": command, "padding": 0}
+    added["status_line"] = command
+
+
 def merge_settings(
-    data: dict[str, Any], settings: Settings, targets: Targets, *, hooks: bool = True
+    data: dict[str, Any], settings: Settings, targets: Targets, *, hooks: bool = True,
+    status_line: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``data`` with our entries added (a new dict; key order kept) and what was added.
-    ``hooks=False``: only the base URL (the plugin brings its own hooks)."""
+    ``hooks=False``: only the base URL (the plugin brings its own hooks); ``status_line``: our
+    status-line command, wrapping the user's own."""
     merged: dict[str, Any] = json.loads(json.dumps(data))
     added: dict[str, Any] = {"created": [], "previous_base_url": None}
     env = merged.get("env")
@@ -126,6 +147,7 @@ def merge_settings(
         added["previous_base_url"] = env["ANTHROPIC_BASE_URL"]
     env["ANTHROPIC_BASE_URL"] = url
     added["base_url"] = url
+    merge_status_line(merged, added, status_line)
     if not hooks:
         return merged, added
     listed = merged.get("hooks")
@@ -145,8 +167,15 @@ def merge_settings(
 
 
 def strip_settings(data: dict[str, Any], record: dict[str, Any] | None) -> dict[str, Any]:
-    """``data`` without what setup added: our hook entries, containers we created, our base URL."""
+    """``data`` without what setup added: our hook entries, containers we created, our base URL,
+    our status line (the user's own put back)."""
     out: dict[str, Any] = json.loads(json.dumps(data))
+    if is_our_status_line(out.get("statusLine")):
+        previous = (record or {}).get("previous_status_line")
+        if previous is not None:
+            out["statusLine"] = previous
+        else:
+            del out["statusLine"]
     created = set((record or {}).get("created") or ["env", "hooks", *(f"hooks.{s.event}" for s in HOOKS)])
     hooks = out.get("hooks")
     if isinstance(hooks, dict):

@@ -12,6 +12,7 @@ pointed at it finish normally.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from typing import Any
 from ..config import Settings
 from ..ops import daemon, supervisor
 from .doctor import MANAGED_SETTINGS, _managed_settings
-from .provision import base_url_undo_plan, default_binary, setup_plan
+from .provision import base_url_undo_plan, default_binary, setup_plan, status_line_undo_plan
 from .settings_json import PLUGIN_ID, ProvisionError, Targets, load_settings
 
 
@@ -56,6 +57,15 @@ def _managed_base_url(docs: list[dict[str, Any]]) -> str | None:
         if isinstance(env, dict) and env.get("ANTHROPIC_BASE_URL"):
             return str(env["ANTHROPIC_BASE_URL"])
     return None
+
+
+def wants_status_line(managed_docs: list[dict[str, Any]], environ: dict[str, str] | None = None) -> bool:
+    """Ours wraps the user's status line unless they opted out or managed settings set one
+    (a platform team's status line is never fought over)."""
+    env = os.environ if environ is None else environ
+    if env.get("OPIK_CIPX_STATUSLINE", "").strip().lower() == "off":
+        return False
+    return not any(doc.get("statusLine") for doc in managed_docs)
 
 
 def sync(
@@ -99,12 +109,16 @@ def _wire(settings: Settings, report: SyncReport, *, home: Path | None, managed_
         report.say(f"Claude Code settings: ANTHROPIC_BASE_URL={managed_url} comes from managed settings (left as is)")
         if plugin:
             return
+    wrap = wants_status_line(managed_docs)
     try:
-        plan = setup_plan(settings, apply_settings=managed_url is None, home=home, hooks=not plugin)
+        plan = setup_plan(settings, apply_settings=managed_url is None, home=home, hooks=not plugin,
+                          status_line=wrap)
+        done = plan.apply()
+        if not wrap:
+            done += status_line_undo_plan(settings, home=home).apply()
     except ProvisionError as exc:
         report.fail(f"Claude Code settings: {exc}")
         return
-    done = plan.apply()
     if done:
         report.lines += [f"Claude Code settings: {line}" for line in done]
     elif managed_url is None:

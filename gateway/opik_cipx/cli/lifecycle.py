@@ -205,7 +205,12 @@ def cmd_setup(args: argparse.Namespace, settings: Settings) -> int:
     from ..claude.provision import ProvisionError, Targets, settings_snippet, setup_plan
 
     try:
-        plan = setup_plan(settings, apply_settings=args.apply, binary=Path(args.binary) if args.binary else None)
+        from ..claude.doctor import MANAGED_SETTINGS, _managed_settings
+        from ..claude.sync import wants_status_line
+
+        wrap = args.apply and wants_status_line([d for _, d in _managed_settings(MANAGED_SETTINGS)])
+        plan = setup_plan(settings, apply_settings=args.apply, binary=Path(args.binary) if args.binary else None,
+                          status_line=wrap)
     except ProvisionError as exc:
         print(f"opik-cipx: {exc}", file=sys.stderr)
         return 1

@@ -18,7 +18,9 @@ from ..config import Settings
 # Top-level files of the state dir (pidfile and locks from daemon.py, the port file, the viewer's
 # token, setup's record) and the names they take while being written atomically.
 TOP_FILES = ("port", "gateway.lock", "gateway.pid", "start.lock", "viewer-token", "provision.json",
-             "supervisor.json", "*.tmp")
+             "statusline-wrapped.json", "*.tmp")
+# The status line's per-session summaries (capture/session_summary.py).
+SESSION_FILES = ("*.json", ".*.tmp")
 # The captured calls: SQLite and its side files, the capture journal, the busy flag.
 SPOOL_FILES = ("spool.sqlite3", "spool.sqlite3-*", "capture.journal*", "proxy.busy", "*.tmp")
 LOG_FILES = ("cipx.log*", "capture-worker.log*", "spawn.log*")
@@ -72,7 +74,9 @@ def state_removal(settings: Settings, *, keep_data: bool = False) -> Removal:
     out = Removal()
     if not home.is_dir():
         return out
-    _match(home, TOP_FILES, out, skip={"spool", "logs", "bin"})
+    _match(home, TOP_FILES, out, skip={"spool", "logs", "bin", "sessions"})
+    _match(home / "sessions", SESSION_FILES, out)
+    out.dirs.append(home / "sessions")
     if not keep_data:
         _match(settings.spool_dir, SPOOL_FILES, out)
         _match(settings.logs_dir, LOG_FILES, out)

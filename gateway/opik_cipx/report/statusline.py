@@ -18,8 +18,10 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False  # typing and pathlib cost this command ~6 ms of its budget: not imported
+if TYPE_CHECKING:
+    from typing import Any
 
 SUMMARY_DIR = "sessions"  # as capture/session_summary.py writes it
 WRAPPED_FILE = "statusline-wrapped.json"  # the user's own statusLine, saved by setup/sync
@@ -32,22 +34,27 @@ USER_COMMAND_TIMEOUT = 2.0
 CATEGORY_LABELS = {"builtin_tools": "tools", "tool_io": "tool io", "messages": "chat", "assistant": "chat"}
 
 
-def home() -> Path:
-    return Path(os.environ.get("CIPX_HOME") or Path(os.path.expanduser("~")) / ".opik-cipx")
+def home() -> str:
+    return os.environ.get("CIPX_HOME") or os.path.join(os.path.expanduser("~"), ".opik-cipx")
 
 
-def gateway_alive(state: Path) -> bool:
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        return fh.read()
+
+
+def gateway_alive(state: str) -> bool:
     """The launcher's check, in Python: a port file, and the pidfile's process started when it says."""
     try:
-        if not (state / "port").read_text().strip():
+        if not _read(os.path.join(state, "port")).strip():
             return False
-        fields = (state / "gateway.pid").read_text().split()
+        fields = _read(os.path.join(state, "gateway.pid")).split()
         pid = int(fields[0])
         ticks = fields[1] if len(fields) > 1 else "-"
     except (OSError, ValueError, IndexError):
         return False
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = _read(f"/proc/{pid}/stat")
     except OSError:
         try:
             os.kill(pid, 0)
@@ -121,10 +128,10 @@ def _alert(summary: dict[str, Any], last: dict[str, Any], depth: float | None, p
     return None
 
 
-def _user_line(state: Path, raw: bytes) -> str | None:
+def _user_line(state: str, raw: bytes) -> str | None:
     """The user's own status line, run as Claude Code would run it; None when there is none."""
     try:
-        saved = json.loads((state / WRAPPED_FILE).read_text())
+        saved = json.loads(_read(os.path.join(state, WRAPPED_FILE)))
         command = saved["command"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -160,7 +167,7 @@ def main(stdin: bytes | None = None) -> int:
         summary = None
         if isinstance(sid, str) and sid and "/" not in sid and not sid.startswith("."):
             try:
-                summary = json.loads((state / SUMMARY_DIR / f"{sid}.json").read_text())
+                summary = json.loads(_read(os.path.join(state, SUMMARY_DIR, f"{sid}.json")))
             except (OSError, ValueError):
                 summary = None
         lines.append(render(summary, claude, alive=gateway_alive(state), now=time.time()))
