@@ -31,11 +31,20 @@ def gateway_middle(home: Path) -> str:
     )
 
 
-def stored(home: Path) -> list[Exchange]:
+def stored(home: Path) -> tuple[list[Exchange], dict[str, dict[tuple[str, str], int]], dict[str, tuple[int, int]]]:
+    """The stored calls in order, their request-side attribution items, (unattributed, body) bytes."""
     spool = Spool(connect(home / "spool" / "spool.sqlite3"))
     try:
-        return sorted((ex for row in spool.calls(limit=100) if (ex := spool.get(row.id)) is not None),
-                      key=lambda e: e.started_at)
+        calls = sorted((ex for row in spool.calls(limit=100) if (ex := spool.get(row.id)) is not None),
+                       key=lambda e: e.started_at)
+        items: dict[str, dict[tuple[str, str], int]] = {}
+        for ex_id, side, category, item, tokens in spool.conn.execute(
+                "SELECT exchange_id, side, category, item, tokens FROM attribution_items"):
+            if side == "request":
+                items.setdefault(ex_id, {})[(category, item)] = tokens
+        sizes = {r[0]: (r[1], r[2]) for r in spool.conn.execute(
+            "SELECT exchange_id, unattributed_bytes, body_bytes FROM attribution")}
+        return calls, items, sizes
     finally:
         spool.close()
 
@@ -58,12 +67,13 @@ def test_codex_exec_through_the_gateway(tmp_path: Path, websocket: bool) -> None
     # No fallback retries: relayed, the run is within a second of the direct one.
     assert run.seconds < direct.seconds + 1.0, (run.seconds, direct.seconds)
 
-    calls = [ex for ex in stored(home) if ex.kind is CallKind.RESPONSES]
+    exchanges, items, sizes = stored(home)
+    calls = [ex for ex in exchanges if ex.kind is CallKind.RESPONSES]
     transports = {"WEBSOCKET" if websocket else "POST"}
     assert {ex.method for ex in calls} == transports
     billed = [ex for ex in calls if ex.usage is not None]
     assert len(billed) == len(generating(run.requests)) == 2
-    assert all(ex.outcome is Outcome.COMPLETE and ex.session_id for ex in calls)
+    assert [(ex.outcome, bool(ex.session_id), ex.error) for ex in calls] == [(Outcome.COMPLETE, True, None)] * len(calls)
     for ex, answer in zip(billed, SCRIPT, strict=True):
         u = ex.usage
         assert u is not None
@@ -72,6 +82,14 @@ def test_codex_exec_through_the_gateway(tmp_path: Path, websocket: bool) -> None
                                         answer.reasoning_tokens)
     # What was stored is what reached the fake, byte for byte.
     assert sorted(ex.request_body for ex in calls) == sorted(r["body"] for r in run.requests)
+    # Attribution: measured to within 1 %, the shell call's output in tool_io under its tool.
+    for ex in calls:
+        unattributed, body = sizes[ex.id]
+        assert unattributed <= 0.01 * body
+    follow_up = items[billed[1].id]
+    assert follow_up.get(("tool_io", "exec"), 0) > 0 and ("tool_io", "(unknown)") not in follow_up
+    assert sum(follow_up.values()) == billed[1].usage.prompt_tokens  # type: ignore[union-attr]
+    assert follow_up[("system", "base instructions")] > 0  # inherited over WebSocket, sent over HTTP
     if websocket:
         assert all("permessage-deflate" in r["extensions"] for r in run.requests)  # compressed frames captured
         assert json.loads(billed[1].request_body)["previous_response_id"] == json.loads(

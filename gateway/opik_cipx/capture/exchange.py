@@ -76,7 +76,11 @@ def build_with_summary(rec: Recorder, prices: PriceTable | None) -> tuple[Exchan
     if decode_error and ex.outcome is Outcome.COMPLETE and ex.is_llm_call:
         ex.outcome = Outcome.UNPARSEABLE
         ex.error = decode_error
-    if rec.forced_outcome is not None:
+    # Codex hangs up as soon as it has read response.completed, often before the HTTP body's
+    # last chunk: the answer was whole, so that is not a call the client lost.
+    answered = (kind is CallKind.RESPONSES and rec.forced_outcome is Outcome.CLIENT_GONE
+                and summary is not None and summary.outcome is Outcome.COMPLETE)
+    if rec.forced_outcome is not None and not answered:
         # The wire's verdict (unreachable, cut off, client gone) outranks what the bytes suggest.
         ex.outcome = rec.forced_outcome
         ex.error = rec.error if not ex.error else f"{rec.error}; {ex.error}"
