@@ -152,6 +152,11 @@ class Exchange:
     response_bytes: int = 0
 
     @property
+    def client(self) -> str:
+        """Which client made the call: ``codex`` or ``claude-code`` (see :func:`client_of`)."""
+        return client_of(self.kind, self.path, self.request_headers)
+
+    @property
     def is_llm_call(self) -> bool:
         return self.kind is CallKind.MESSAGES or self.kind is CallKind.RESPONSES
 
@@ -195,3 +200,16 @@ def classify(method: str, path: str) -> CallKind:
     if method in ("POST", "WEBSOCKET") and bare in ("/v1/responses", "/backend-api/codex/responses"):
         return CallKind.RESPONSES
     return CallKind.OTHER
+
+
+CODEX = "codex"
+CLAUDE_CODE = "claude-code"
+
+
+def client_of(kind: CallKind, path: str, headers: dict[str, str]) -> str:
+    """``codex`` for Responses calls and anything Codex sent (its ``originator`` header, the
+    ChatGPT backend's paths); ``claude-code`` otherwise, as every call was before Codex came."""
+    if kind is CallKind.RESPONSES or path.startswith("/backend-api/") or "originator" in headers:
+        return CODEX
+    return CLAUDE_CODE
+
