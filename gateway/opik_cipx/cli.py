@@ -450,7 +450,53 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version, no_settings=True)
+    _add_codex_options(sub)
     return parser
+
+
+# --- Codex (codex/): `setup --codex`, and the Codex side of `uninstall` ---------------------------
+def _add_codex_options(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    setup = sub.choices["setup"]
+    setup.add_argument("--codex", action="store_true",
+                       help="point Codex at the gateway (openai_base_url in ~/.codex/config.toml, the rest kept"
+                            " byte for byte) and start the gateway")
+    setup.set_defaults(func=lambda a, s: cmd_setup_codex(a, s) if a.codex else cmd_setup(a, s))
+    sub.choices["uninstall"].set_defaults(func=_uninstall_with_codex)
+
+
+def cmd_setup_codex(args: argparse.Namespace, settings: Settings) -> int:
+    """What `opik-cipx sync codex` runs too: gateway up, then Codex pointed at its port."""
+    from .codex import WiringError, codex_config_path, sync_codex
+    from .ops.daemon import DaemonError, ensure_running
+
+    if args.dry_run:
+        print(f"would start the gateway and set openai_base_url in {codex_config_path()}")
+        return 0
+    port = settings.port
+    try:
+        port = ensure_running(settings).port or port
+    except DaemonError as exc:
+        print(f"opik-cipx: gateway not started ({exc}); Codex pointed at port {port} anyway", file=sys.stderr)
+    try:
+        print(sync_codex(settings, port))
+    except WiringError as exc:
+        print(f"opik-cipx: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _uninstall_with_codex(args: argparse.Namespace, settings: Settings) -> int:
+    from .codex import WiringError, unsync_codex
+
+    if not args.dry_run:  # before the state directory, which holds the original, goes
+        try:
+            message = unsync_codex(settings)
+        except WiringError as exc:
+            print(f"opik-cipx: {exc}", file=sys.stderr)
+            return 1
+        if message:
+            print(message)
+    return cmd_uninstall(args, settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
