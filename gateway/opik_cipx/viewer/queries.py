@@ -18,7 +18,7 @@ from ..store import attribution as attribution_store
 from ..store.spool import Spool
 
 MAX_PAGE = 500
-CALL_KINDS = ("main", "subagent", "compaction", "title", "side", "count_tokens", "other")
+CALL_KINDS = ("main", "subagent", "compaction", "title", "side", "warmup", "count_tokens", "other")
 MAX_SESSION_CALLS = 5000
 
 _LIST_COLUMNS = (
