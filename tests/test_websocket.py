@@ -102,3 +102,33 @@ async def test_refused_upgrade_is_relayed_as_is(make_settings: Callable[..., Set
             assert err.value.status == 426  # Codex falls back to HTTP at once on 426
             rows = await captured(gw, 1)
     assert rows[0].status == 426 and rows[0].outcome is Outcome.HTTP_ERROR
+
+
+async def test_a_chained_turn_is_attributed_alike_at_capture_and_on_reanalysis(
+    codex_gateway: Gateway, fake: FakeResponses
+) -> None:
+    from opik_cipx.store import attribution as attribution_store
+
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(f"{codex_gateway.url}/v1/responses", headers=HEADERS, compress=15) as ws:
+            first = await _turn(ws, {"type": "response.create", "model": "gpt-5.1-codex",
+                                     "input": [{"type": "message", "role": "developer",
+                                                "content": [{"type": "input_text", "text": "You are Codex. " * 200}]},
+                                               {"type": "message", "role": "user",
+                                                "content": [{"type": "input_text", "text": "hi"}]}]})
+            call = await _turn(ws, {"type": "response.create", "model": "gpt-5.1-codex",
+                                    "previous_response_id": first[-1]["response"]["id"], "input": []})
+            call_id = call[-1]["response"]["output"][0]["call_id"]
+            await _turn(ws, {"type": "response.create", "model": "gpt-5.1-codex",
+                             "previous_response_id": call[-1]["response"]["id"],
+                             "input": [{"type": "custom_tool_call_output", "call_id": call_id, "output": "1"}]})
+    rows = sorted(await captured(codex_gateway, 3), key=lambda e: e.started_at)
+    last = rows[-1]
+    assert codex_gateway.spool is not None
+    stored = await codex_gateway.spool.run(lambda sp: attribution_store.load(sp.conn, last.id))
+    again = await codex_gateway.spool.run(lambda sp: attribution_store.reanalyze(sp.conn, last, codex_gateway.prices))
+    assert stored is not None
+    at_capture = {(t["category"], t["item"]): t["tokens"] for t in stored["items"]}
+    assert at_capture[("tool_io", "exec")] > 0 and ("tool_io", "(unknown)") not in at_capture
+    assert at_capture[("system", "base instructions")] > 0  # the first turn's context, inherited
+    assert {(t.category, t.item): t.tokens for t in again.items} == at_capture

@@ -63,7 +63,10 @@ def analyze(
         )
     blocks = response_content(ex) if content is None else content
     if responses:
-        return allocate_chained(attr, usage, rates, output_blocks(blocks), inherited or {})
+        out = allocate_chained(attr, usage, rates, output_blocks(blocks), inherited or {})
+        if calls:
+            out.cache_split["calls"] = dict(calls)  # stored: a re-analysis names the same tools
+        return out
     return allocate(attr, usage, rates, blocks)
 
 

@@ -404,8 +404,18 @@ def allocate_chained(attr: Attribution, usage: Usage | None, rates: RatesLike | 
         cat.tokens += r + f
         if cat.cost_usd is not None and cost is not None:
             cat.cost_usd += cost
-    out.cache_split["inherited"] = {"bytes": prior_bytes, "tokens": {"cache_read": read, "input": fresh}}
+    # Kept with the stored attribution, so a later re-analysis (viewer, explain) shares alike.
+    out.cache_split["inherited"] = {"bytes": prior_bytes, "tokens": {"cache_read": read, "input": fresh},
+                                    "context": [[c, i, b] for (c, i), b in inherited.items()]}
     return out
+
+
+def stored_chain(cache_split: Mapping[str, Any]) -> tuple[dict[str, str], Context]:
+    """The ``calls`` and inherited context a stored attribution was made with (see analyze)."""
+    calls = cache_split.get("calls")
+    context = (cache_split.get("inherited") or {}).get("context") or []
+    return (dict(calls) if isinstance(calls, dict) else {},
+            {(str(c), str(i)): int(b) for c, i, b in context if isinstance(b, int)})
 
 
 def previous_response_id(body: bytes) -> str | None:
