@@ -132,3 +132,34 @@ async def test_a_chained_turn_is_attributed_alike_at_capture_and_on_reanalysis(
     assert at_capture[("tool_io", "exec")] > 0 and ("tool_io", "(unknown)") not in at_capture
     assert at_capture[("system", "base instructions")] > 0  # the first turn's context, inherited
     assert {(t.category, t.item): t.tokens for t in again.items} == at_capture
+
+
+async def test_a_capture_bug_never_breaks_the_tunnel(
+    codex_gateway: Gateway, fake: FakeResponses, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from opik_cipx.wire.websocket import MessageReader
+
+    def broken(self: MessageReader, data: bytes) -> list[Any]:
+        raise RuntimeError("a capture bug")
+
+    monkeypatch.setattr(MessageReader, "feed", broken)
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(f"{codex_gateway.url}/v1/responses", headers=HEADERS, compress=15) as ws:
+            for _ in range(2):  # the tunnel goes on relaying after capture gave up
+                events = await _turn(ws, {"type": "response.create", "model": "gpt-5.1-codex", "input": []})
+                assert events[-1]["type"] == "response.completed"
+    assert [r.sent for r in fake.requests][-1] == events
+    assert "relaying without it" in caplog.text
+
+
+async def test_an_unreachable_openai_upstream_answers_the_upgrade_502(make_settings: Callable[..., Settings]) -> None:
+    from tests.support.gateway import free_port
+
+    gw = Gateway(make_settings(upstream_url="http://127.0.0.1:9",
+                               openai_upstream_url=f"http://127.0.0.1:{free_port()}", capture_worker=False))
+    async with gw, aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await http.ws_connect(f"{gw.url}/v1/responses", headers=HEADERS)
+        assert err.value.status == 502
+        rows = await captured(gw, 1)
+    assert rows[0].outcome is Outcome.UNREACHABLE and rows[0].path == "/v1/responses"
