@@ -38,8 +38,11 @@ ALLOWED: dict[str, set[str]] = {
     "ops": {"(root)", "model", "config", "pricing", "wire", "proxy", "capture", "store"},
     "viewer": {"pricing", "attribute", "store", "report", "ops"},
     "claude": {"config", "pricing", "store", "report", "ops"},
+    # Codex's wiring (config.toml): settings only; the daemon is brought up by its caller.
+    "codex": {"config"},
     "server": {"config", "pricing", "proxy", "capture", "store", "ship", "ops", "viewer"},
-    "cli": {"(root)", "config", "config_load", "pricing", "proxy", "capture", "report", "ops", "viewer", "claude", "server"},
+    "cli": {"(root)", "config", "config_load", "pricing", "proxy", "capture", "report", "ops", "viewer", "claude",
+            "codex", "server"},
 }
 
 

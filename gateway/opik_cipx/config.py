@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 DEFAULT_PORT = 9909
 DEFAULT_UPSTREAM = "https://api.anthropic.com"
+DEFAULT_OPENAI_UPSTREAM = "https://api.openai.com"  # Codex with an API key
+DEFAULT_CHATGPT_UPSTREAM = "https://chatgpt.com"  # Codex with a ChatGPT login (/backend-api/...)
 DEFAULT_OPIK_PROJECT = "claude-code"
 OPIK_CLOUD_URL = "https://www.comet.com/opik/api"
 
@@ -51,6 +53,10 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", validation_alias="CIPX_HOST")
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535, validation_alias="CIPX_PORT")
     upstream_url: str = Field(default=DEFAULT_UPSTREAM, validation_alias="CIPX_UPSTREAM_URL")
+    # Codex's upstreams: requests are routed to them by path and headers (proxy/routing.py).
+    openai_upstream_url: str = Field(default=DEFAULT_OPENAI_UPSTREAM, validation_alias="CIPX_OPENAI_UPSTREAM_URL")
+    chatgpt_upstream_url: str = Field(default=DEFAULT_CHATGPT_UPSTREAM,
+                                      validation_alias="CIPX_CHATGPT_UPSTREAM_URL")
     upstream_proxy: str | None = Field(default=None, validation_alias="CIPX_UPSTREAM_PROXY")
     pricing_path: Path | None = Field(default=None, validation_alias="CIPX_PRICING_PATH")
     # Seconds to wait for the upstream's response head before answering 504.
@@ -156,7 +162,7 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("upstream_url")
+    @field_validator("upstream_url", "openai_upstream_url", "chatgpt_upstream_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):

@@ -19,6 +19,7 @@ class CallKind(StrEnum):
 
     MESSAGES = "messages"  # POST /v1/messages: an LLM call
     COUNT_TOKENS = "count_tokens"  # POST /v1/messages/count_tokens: counted, not an LLM call
+    RESPONSES = "responses"  # OpenAI Responses: POST /v1/responses, or one turn on its WebSocket
     OTHER = "other"  # HEAD /, model listing, anything else: forwarded and counted
 
 
@@ -56,6 +57,8 @@ class Usage:
     inference_geo: str | None = None
     speed: str | None = None  # "fast" for fast mode
     raw: dict[str, Any] = field(default_factory=dict)
+    # OpenAI's output_tokens_details.reasoning_tokens: a part of output_tokens, not added to it.
+    reasoning_tokens: int = 0
 
     @property
     def prompt_tokens(self) -> int:
@@ -149,8 +152,13 @@ class Exchange:
     response_bytes: int = 0
 
     @property
+    def client(self) -> str:
+        """Which client made the call: ``codex`` or ``claude-code`` (see :func:`client_of`)."""
+        return client_of(self.kind, self.path, self.request_headers)
+
+    @property
     def is_llm_call(self) -> bool:
-        return self.kind is CallKind.MESSAGES
+        return self.kind is CallKind.MESSAGES or self.kind is CallKind.RESPONSES
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict; bodies as base64 so arbitrary bytes round-trip."""
@@ -188,4 +196,20 @@ def classify(method: str, path: str) -> CallKind:
         return CallKind.MESSAGES
     if method == "POST" and bare == "/v1/messages/count_tokens":
         return CallKind.COUNT_TOKENS
+    # "WEBSOCKET" is the relay's method for one turn on a Responses WebSocket (proxy/websocket.py).
+    if method in ("POST", "WEBSOCKET") and bare in ("/v1/responses", "/backend-api/codex/responses"):
+        return CallKind.RESPONSES
     return CallKind.OTHER
+
+
+CODEX = "codex"
+CLAUDE_CODE = "claude-code"
+
+
+def client_of(kind: CallKind, path: str, headers: dict[str, str]) -> str:
+    """``codex`` for Responses calls and anything Codex sent (its ``originator`` header, the
+    ChatGPT backend's paths); ``claude-code`` otherwise, as every call was before Codex came."""
+    if kind is CallKind.RESPONSES or path.startswith("/backend-api/") or "originator" in headers:
+        return CODEX
+    return CLAUDE_CODE
+

@@ -140,3 +140,23 @@ BUILTIN: dict[str, tuple[PriceRow, ...]] = {
     # Haiku 3's cache prices are rounded on the price list, not the multipliers.
     "claude-3-haiku": (_row("2024-03-13", 0.25, 1.25, cache_read=0.03, cache_write_5m=0.30),),
 }
+
+# OpenAI models Codex CLI uses (USD per million tokens; cached input has its own rate and there
+# is no cache-write charge). Source: OpenAI's public API pricing page (platform.openai.com/docs/
+# pricing) as of December 2025, first row at each model's launch date. Models newer than that
+# (codex-cli 0.171's default, gpt-6.2-sol, among them) are unknown until a pricing.toml row
+# names them: priced as unknown, never $0.
+OPENAI: dict[str, tuple[PriceRow, ...]] = {
+    "gpt-5": (_row("2025-08-07", 1.25, 10, cache_read=0.125),),
+    "gpt-5-mini": (_row("2025-08-07", 0.25, 2, cache_read=0.025),),
+    "gpt-5-nano": (_row("2025-08-07", 0.05, 0.40, cache_read=0.005),),
+    "gpt-5-codex": (_row("2025-09-15", 1.25, 10, cache_read=0.125),),
+    "gpt-5.1": (_row("2025-11-13", 1.25, 10, cache_read=0.125),),
+    "gpt-5.1-codex": (_row("2025-11-13", 1.25, 10, cache_read=0.125),),
+    "gpt-5.1-codex-mini": (_row("2025-11-13", 0.25, 2, cache_read=0.025),),
+    "gpt-5.1-codex-max": (_row("2025-11-19", 1.25, 10, cache_read=0.125),),
+    "gpt-5.2": (_row("2025-12-11", 1.75, 14, cache_read=0.175),),
+    "codex-mini-latest": (_row("2025-05-16", 1.50, 6, cache_read=0.375),),
+}
+BUILTIN.update(OPENAI)
+

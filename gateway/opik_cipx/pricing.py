@@ -125,6 +125,7 @@ class PricingFileError(Exception):
 
 _VENDOR_PREFIX = re.compile(r"^(?:[a-z0-9-]+\.)?anthropic\.")
 _DATE_SEGMENT = re.compile(r"^\d{8}$")
+_OPENAI_SNAPSHOT = re.compile(r"^-\d{4}-\d{2}-\d{2}(?:$|[-@:\[])")  # gpt-5-2025-08-07
 _SEGMENT_END = re.compile(r"[-@:\[]")
 
 
@@ -142,6 +143,8 @@ def _continues_same_model(rest: str) -> bool:
         return True
     if rest[0] != "-":
         return False
+    if _OPENAI_SNAPSHOT.match(rest):
+        return True
     segment = _SEGMENT_END.split(rest[1:], 1)[0]
     # "-1", "-10", "-6x": a version, i.e. another model. "-20250514": a snapshot
     # date. "-v1", "-latest": a suffix of this model.

@@ -36,6 +36,7 @@ from .proxy import journal
 from .proxy.heap import IDLE_TRIM_SECONDS, give_back_freed_memory
 from .proxy.recorder import Recorder
 from .proxy.relay import Relay
+from .proxy.routing import Upstream
 from .proxy.upstream import Pool, Target
 from .ship.shipper import Shipper
 from .store.sessions import SessionStore
@@ -128,6 +129,8 @@ class Gateway:
             head_timeout=s.upstream_timeout,
             seal=self.journal.seal,
             admin=self._runner.server,
+            upstreams={Upstream.OPENAI: Pool(Target.parse(s.openai_upstream_url, s.upstream_proxy)),
+                       Upstream.CHATGPT: Pool(Target.parse(s.chatgpt_upstream_url, s.upstream_proxy))},
         )
         self.relay.on_busy = self._busy
         self._server = await asyncio.get_running_loop().create_server(

@@ -7,13 +7,16 @@ Pure: an Exchange and a price table in, an Attribution out.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..model import Exchange
+from ..model import CallKind, Exchange
 from ..pricing import PriceTable
 from ..wire.response import read_response
+from ..wire.responses import read_responses
 from . import Attribution, allocate, attribute_request
+from .responses import Context, allocate_chained, attribute_responses, output_blocks
 
 
 def response_content(ex: Exchange) -> list[dict[str, Any]]:
@@ -21,6 +24,10 @@ def response_content(ex: Exchange) -> list[dict[str, Any]]:
     if ex.status is None or not ex.response_body:
         return []
     content_type = ex.response_headers.get("content-type", "")
+    if ex.kind is CallKind.RESPONSES:
+        websocket = ex.method == "WEBSOCKET"  # stored as JSON lines, one message each
+        chunks = [(0.0, line) for line in ex.response_body.split(b"\n")] if websocket else [(0.0, ex.response_body)]
+        return read_responses(ex.status, content_type, chunks, websocket=websocket).content
     return read_response(ex.status, content_type, [(0.0, ex.response_body)]).content
 
 
@@ -29,13 +36,21 @@ def analyze(
     prices: PriceTable | None,
     content: list[dict[str, Any]] | None = None,
     commands: tuple[str, ...] = (),
+    calls: Mapping[str, str] | None = None,
+    inherited: Context | None = None,
 ) -> Attribution:
     """Regions of the request body, with the call's billed tokens and cost shared over them.
 
     ``content`` is the response's content blocks when the caller already has them;
-    ``commands`` names the session's custom slash commands (see capture/commands.py).
+    ``commands`` names the session's custom slash commands (see capture/commands.py); ``calls``
+    names the tools earlier responses called, for a Responses turn's tool outputs, and
+    ``inherited`` the server-side context a turn chained with ``previous_response_id`` bills for.
     """
-    attr = attribute_request(ex.request_body, headers=ex.request_headers, path=ex.path, commands=commands)
+    responses = ex.kind is CallKind.RESPONSES
+    if responses:
+        attr = attribute_responses(ex.request_body, calls=calls)
+    else:
+        attr = attribute_request(ex.request_body, headers=ex.request_headers, path=ex.path, commands=commands)
     usage = ex.usage
     rates = None
     if prices is not None and usage is not None:
@@ -46,7 +61,13 @@ def analyze(
             speed=usage.speed,
             inference_geo=usage.inference_geo,
         )
-    return allocate(attr, usage, rates, response_content(ex) if content is None else content)
+    blocks = response_content(ex) if content is None else content
+    if responses:
+        out = allocate_chained(attr, usage, rates, output_blocks(blocks), inherited or {})
+        if calls:
+            out.cache_split["calls"] = dict(calls)  # stored: a re-analysis names the same tools
+        return out
+    return allocate(attr, usage, rates, blocks)
 
 
 @dataclass(slots=True)

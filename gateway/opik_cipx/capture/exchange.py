@@ -8,6 +8,7 @@ from ..proxy.recorder import Recorder
 from ..wire.redact import redact_headers
 from ..wire.request import model_from_body, session_from_body, speed_from_body
 from ..wire.response import ResponseSummary, decode_content, read_response
+from ..wire.responses import read_responses
 
 
 def _ms(t: float | None, t0: float) -> float | None:
@@ -33,8 +34,11 @@ def build_with_summary(rec: Recorder, prices: PriceTable | None) -> tuple[Exchan
 
     summary: ResponseSummary | None = None
     # Only /v1/messages bodies are messages; count_tokens answers {"input_tokens": N}.
+    websocket = rec.method == "WEBSOCKET"  # one turn on a Responses WebSocket: chunks are messages
     if rec.status is not None and decoded and kind is CallKind.MESSAGES:
         summary = read_response(rec.status, content_type, zip(rec.times, decoded))
+    elif rec.status is not None and kind is CallKind.RESPONSES and (decoded or websocket):
+        summary = read_responses(rec.status, content_type, zip(rec.times, decoded), websocket=websocket)
 
     ex = Exchange(
         id=rec.id,
@@ -46,12 +50,14 @@ def build_with_summary(rec: Recorder, prices: PriceTable | None) -> tuple[Exchan
         request_body=rec.body,
         status=rec.status,
         response_headers=response_headers,
-        response_body=b"".join(decoded),
+        # A WebSocket turn's messages as JSON lines; an HTTP body as it was.
+        response_body=b"\n".join(decoded) if websocket else b"".join(decoded),
         response_encoding=encoding,
-        streamed=content_type.startswith("text/event-stream"),
+        streamed=websocket or content_type.startswith("text/event-stream"),
         ttfb_ms=_ms(rec.t_head, rec.t_start),
         duration_ms=_ms(rec.t_end, rec.t_start),
-        session_id=request_headers.get("x-claude-code-session-id") or session_from_body(rec.body),
+        session_id=(request_headers.get("x-claude-code-session-id") or request_headers.get("session-id")
+                    or session_from_body(rec.body)),
         agent_id=request_headers.get("x-claude-code-agent-id"),
         model=model_from_body(rec.body) if kind is not CallKind.OTHER else None,
         request_bytes=len(rec.body),
@@ -67,16 +73,20 @@ def build_with_summary(rec: Recorder, prices: PriceTable | None) -> tuple[Exchan
     elif rec.status is not None and rec.status >= 400:
         ex.outcome = Outcome.HTTP_ERROR
         ex.error = f"HTTP {rec.status}"
-    if decode_error and ex.outcome is Outcome.COMPLETE and kind is CallKind.MESSAGES:
+    if decode_error and ex.outcome is Outcome.COMPLETE and ex.is_llm_call:
         ex.outcome = Outcome.UNPARSEABLE
         ex.error = decode_error
-    if rec.forced_outcome is not None:
+    # Codex hangs up as soon as it has read response.completed, often before the HTTP body's
+    # last chunk: the answer was whole, so that is not a call the client lost.
+    answered = (kind is CallKind.RESPONSES and rec.forced_outcome is Outcome.CLIENT_GONE
+                and summary is not None and summary.outcome is Outcome.COMPLETE)
+    if rec.forced_outcome is not None and not answered:
         # The wire's verdict (unreachable, cut off, client gone) outranks what the bytes suggest.
         ex.outcome = rec.forced_outcome
         ex.error = rec.error if not ex.error else f"{rec.error}; {ex.error}"
     if ex.usage is not None and ex.usage.speed is None:
         ex.usage.speed = speed_from_body(rec.body)
-    if kind is CallKind.MESSAGES and ex.usage is not None and prices is not None:
+    if ex.is_llm_call and ex.usage is not None and prices is not None:
         ex.cost = prices.price(ex.model, ex.usage, at=ex.started_at)
     return ex, summary
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..attribute.analysis import Captured
+from ..attribute.responses import CallMemory
 from ..config import Settings
 from ..model import Exchange
 from ..pricing import PriceTable
@@ -53,10 +54,12 @@ def capture_chain(
         info = table.get(session_id) if table is not None and session_id else None
         return index.names(info.cwd if info is not None else None)
 
+    calls = CallMemory()  # one per process: the calls each Codex turn made, for the next turn
+
     def build(rec: Recorder) -> Captured:
         if before_build is not None:
             before_build(rec)
-        return prepare(rec, prices(), commands_for)
+        return prepare(rec, prices(), commands_for, calls)
 
     spans = SpanStage(settings, sessions=sessions)
     stages = [store_exchange, store_attribution, summary_stage(settings.home), *extra_stages, spans.record]

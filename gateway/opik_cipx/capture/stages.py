@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from ..attribute.analysis import Captured, analyze
+from ..attribute.responses import CallMemory, calls_in_output, context_after, previous_response_id
+from ..model import CallKind
 from ..pricing import PriceTable
 from ..proxy.recorder import Recorder
 from ..store import attribution as attribution_store
@@ -23,15 +25,26 @@ def prepare(
     rec: Recorder,
     prices: PriceTable | None,
     commands_for: Callable[[str | None], tuple[str, ...]] | None = None,
+    calls: CallMemory | None = None,
 ) -> Captured:
     """Build the Exchange and, for LLM calls, attribute it once for every stage that needs it.
 
-    ``commands_for`` maps a session id to its custom slash command names.
+    ``commands_for`` maps a session id to its custom slash command names; ``calls`` remembers
+    what recent Responses turns called, for the next turn's tool outputs.
     """
     ex, summary = build_with_summary(rec, prices)
     if not ex.is_llm_call:
         return Captured(ex)
     content = summary.content if summary is not None else []
+    if ex.kind is CallKind.RESPONSES:
+        previous = previous_response_id(ex.request_body)
+        known = calls.before(previous) if calls is not None else {}
+        inherited = calls.context(previous) if calls is not None else {}
+        attr = analyze(ex, prices, content, calls=known, inherited=inherited)
+        if calls is not None and summary is not None:
+            calls.remember(summary.message_id, {**known, **calls_in_output(content)},
+                           context_after(inherited, attr, content))
+        return Captured(ex, attr, content)
     commands = commands_for(ex.session_id) if commands_for is not None else ()
     return Captured(ex, analyze(ex, prices, content, commands), content, commands)
 

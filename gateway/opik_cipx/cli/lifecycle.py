@@ -104,6 +104,8 @@ def _say_if_upstream_differs(settings: Settings, port: int | None) -> None:
 def cmd_sync(args: argparse.Namespace, settings: Settings) -> int:
     from ..claude.sync import sync, to_json
 
+    if args.client == "codex":
+        return cmd_setup_codex(args, settings)
     report = sync(settings, timeout=args.timeout)
     print(to_json(report) if args.json else "\n".join(f"opik-cipx: {line}" for line in report.lines))
     return 0 if report.ok else 1
@@ -198,7 +200,30 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return code
 
 
+def cmd_setup_codex(args: argparse.Namespace, settings: Settings) -> int:
+    """`setup --codex` and `sync codex`: gateway up, then Codex pointed at its port."""
+    from ..codex import WiringError, codex_config_path, sync_codex
+    from ..ops.daemon import DaemonError, ensure_running
+
+    if args.dry_run:
+        print(f"would start the gateway and set openai_base_url in {codex_config_path()}")
+        return 0
+    port = settings.port
+    try:
+        port = ensure_running(settings).port or port
+    except DaemonError as exc:
+        print(f"opik-cipx: gateway not started ({exc}); Codex pointed at port {port} anyway", file=sys.stderr)
+    try:
+        print(sync_codex(settings, port))
+    except WiringError as exc:
+        print(f"opik-cipx: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_setup(args: argparse.Namespace, settings: Settings) -> int:
+    if getattr(args, "codex", False):
+        return cmd_setup_codex(args, settings)
     import json
     from pathlib import Path
 
@@ -254,6 +279,15 @@ def cmd_uninstall(args: argparse.Namespace, settings: Settings) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("opik-cipx: nothing changed")
             return 1
+    from ..codex import WiringError, unsync_codex
+
+    try:  # before the state directory, which holds Codex's original config, goes
+        codex = unsync_codex(settings)
+    except WiringError as exc:
+        print(f"opik-cipx: {exc}", file=sys.stderr)
+        return 1
+    if codex:
+        print(codex)
     for line in plan.apply():
         print(line)
     for note in plan.notes:
@@ -347,9 +381,11 @@ def add_lifecycle_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
     p = sub.add_parser("sync", help="repair everything: gateway up, supervisor installed, Claude Code pointed at it",
                        description="Idempotent; prints what it changed. With CIPX_DISABLED=1 it takes the "
                                    "gateway out of Claude Code's path instead.")
+    p.add_argument("client", nargs="?", choices=["claude", "codex"], default="claude",
+                   help="claude (default): Claude Code; codex: point Codex's config.toml at the gateway")
     p.add_argument("--json", action="store_true")
     p.add_argument("--timeout", type=seconds, default=10.0, help="seconds to wait for the gateway to answer")
-    p.set_defaults(func=cmd_sync, strict_config=True)
+    p.set_defaults(func=cmd_sync, strict_config=True, dry_run=False)
 
     p = sub.add_parser("restart", help="stop gracefully and start again (picks up a new binary or settings)")
     p.add_argument("--timeout", type=seconds, default=None, help="seconds for each of stop and start")
@@ -381,6 +417,9 @@ def add_lifecycle_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
     )
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     p.add_argument("--binary", help="the opik-cipx binary the hook scripts should run")
+    p.add_argument("--codex", action="store_true",
+                   help="point Codex at the gateway (openai_base_url in ~/.codex/config.toml, the rest kept"
+                        " byte for byte) and start the gateway")
     p.set_defaults(func=cmd_setup, strict_config=True)
 
     p = sub.add_parser("uninstall", help="stop, remove what setup added and the gateway's files")

@@ -24,6 +24,9 @@ SESSION_FILES = ("*.json", ".*.tmp")
 # The captured calls: SQLite and its side files, the capture journal, the busy flag.
 SPOOL_FILES = ("spool.sqlite3", "spool.sqlite3-*", "capture.journal*", "proxy.busy", "*.tmp")
 LOG_FILES = ("cipx.log*", "capture-worker.log*", "spawn.log*")
+# Codex's wiring record and the config.toml it replaced (codex/wiring.py); uninstall restores
+# Codex's file from it before this removal runs.
+CODEX_FILES = ("config.toml.orig", "wired.json", "*.tmp")
 # install.sh's default layout: the entry point and the release bundles it points into.
 BIN_ENTRIES = ("opik-cipx", ".opik-cipx-releases")
 
@@ -74,9 +77,10 @@ def state_removal(settings: Settings, *, keep_data: bool = False) -> Removal:
     out = Removal()
     if not home.is_dir():
         return out
-    _match(home, TOP_FILES, out, skip={"spool", "logs", "bin", "sessions"})
+    _match(home, TOP_FILES, out, skip={"spool", "logs", "bin", "sessions", "codex"})
     _match(home / "sessions", SESSION_FILES, out)
-    out.dirs.append(home / "sessions")
+    _match(home / "codex", CODEX_FILES, out)
+    out.dirs += [home / "sessions", home / "codex"]
     if not keep_data:
         _match(settings.spool_dir, SPOOL_FILES, out)
         _match(settings.logs_dir, LOG_FILES, out)

@@ -45,6 +45,7 @@ class Call:
         "mode",
         "out",
         "parser",
+        "pool",
         "reason",
         "rec",
         "relay",
@@ -68,6 +69,7 @@ class Call:
         self.headers = headers
         self.http11 = http11
         self.keep_alive = keep_alive
+        self.pool = down.relay.pick(target, headers)  # the upstream this path/client goes to
         self.rec = Recorder(method.decode("latin-1"), target.decode("latin-1"), HeaderList(headers))
         self.request_done = False
         self.chunked_up = False
@@ -110,7 +112,7 @@ class Call:
         self.timer = loop.call_later(self.relay.head_timeout, self._head_timeout)
         if self.expect_continue and not self.request_done:
             self.down.write(CONTINUE)
-        conn = self.relay.pool.take()
+        conn = self.pool.take()
         if conn is not None:
             self._attach(conn)
         else:
@@ -132,7 +134,7 @@ class Call:
             self.down.call_done(self, self.keep_alive)
 
     def _request_head(self) -> bytes:
-        target = self.relay.pool.target
+        target = self.pool.target
         lines = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (self.method, target.request_target(self.target),
                                                       target.host_header),
                  header_block(end_to_end(self.headers, REQUEST_DROP))]
@@ -146,18 +148,18 @@ class Call:
 
     async def _connect(self) -> None:
         try:
-            conn = await self.relay.pool.open()
+            conn = await self.pool.open()
         except asyncio.CancelledError:
             raise
         except (OSError, UpstreamError, TimeoutError, ValueError) as exc:
             if not self.finished:
-                self._fail(502, f"opik-cipx: cannot reach upstream {self.relay.pool.target.url}: "
+                self._fail(502, f"opik-cipx: cannot reach upstream {self.pool.target.url}: "
                                 f"{type(exc).__name__}: {exc}")
             return
         finally:
             self.connecting = None
         if self.finished:
-            self.relay.pool.give_back(conn)
+            self.pool.give_back(conn)
             return
         self._attach(conn)
 
@@ -292,7 +294,7 @@ class Call:
                 self.connecting = asyncio.get_running_loop().create_task(self._connect())
                 return
             why = f": {exc}" if exc else ""
-            self._fail(502, f"opik-cipx: upstream {self.relay.pool.target.url} closed the connection "
+            self._fail(502, f"opik-cipx: upstream {self.pool.target.url} closed the connection "
                             f"before responding{why}")
         elif self.until_close and exc is None:
             # A body without Content-Length or chunked framing ends with the connection.
@@ -353,7 +355,7 @@ class Call:
         self.timer = None
         if self.head_sent or self.finished:
             return
-        self._fail(504, f"opik-cipx: upstream {self.relay.pool.target.url} sent no response within "
+        self._fail(504, f"opik-cipx: upstream {self.pool.target.url} sent no response within "
                         f"{self.relay.head_timeout:g}s")
 
     def _finish(self, *, keep_alive: bool) -> None:
@@ -370,7 +372,7 @@ class Call:
         conn, self.conn = self.conn, None
         if conn is not None:
             if self.upstream_reusable and self.request_done and self.completing:
-                self.relay.pool.give_back(conn)
+                self.pool.give_back(conn)
             else:
                 conn.abort()
         rec = self.rec

@@ -20,13 +20,16 @@ import asyncio
 import collections
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import httptools
 
 from .call import Call
 from .http import ADMIN_PREFIX, HOP_BY_HOP, MAX_HEAD, end_to_end, gateway_error, header_block
 from .recorder import Recorder
+from .routing import Upstream, route
 from .upstream import Pool
+from .websocket import Tunnel
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +50,13 @@ class Relay:
         head_timeout: float,
         seal: Callable[[Recorder], None],
         admin: Callable[[], asyncio.Protocol] | None = None,
+        upstreams: dict[Upstream, Pool] | None = None,
     ) -> None:
         self.pool = pool
+        # Codex's upstreams beside Anthropic's (proxy/routing.py); WebSocket upgrades to them are
+        # tunnelled (proxy/websocket.py) and tracked in ``tunnels`` for shutdown.
+        self.upstreams = {Upstream.ANTHROPIC: pool, **(upstreams or {})}
+        self.tunnels: set[Any] = set()
         # Receives each finished Recorder; must be cheap and must not raise (CaptureSink ensures both).
         self.record = record
         # Makes a complete call durable (the capture journal) before the bytes that complete
@@ -76,6 +84,9 @@ class Relay:
             if self.closing:
                 self._idle_event.set()
 
+    def pick(self, target: bytes, headers: list[tuple[bytes, bytes]]) -> Pool:
+        return self.upstreams.get(route(target, headers), self.pool)
+
     def protocol(self) -> Downstream:
         return Downstream(self)
 
@@ -96,7 +107,10 @@ class Relay:
                 log.warning("shutdown: cutting %d calls still in flight after %.0fs", self.in_flight, grace)
         for down in list(self.connections):
             down.abort()
-        self.pool.close()
+        for tunnel in list(self.tunnels):
+            tunnel.abort()
+        for pool in self.upstreams.values():
+            pool.close()
 
 
 class Downstream(asyncio.Protocol):
@@ -140,8 +154,9 @@ class Downstream(asyncio.Protocol):
                 return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._reject(501, "opik-cipx: protocol upgrades and CONNECT are not forwarded")
+        except httptools.HttpParserUpgrade as upgrade:
+            if not self._tunnel(data[upgrade.args[0] if upgrade.args else len(data):]):
+                self._reject(501, "opik-cipx: protocol upgrades and CONNECT are not forwarded")
         except httptools.HttpParserError as exc:
             if isinstance(exc, httptools.HttpParserCallbackError) and not self.too_large:
                 log.error("proxy: error handling a request", exc_info=exc)  # a bug here, not bad input
@@ -286,6 +301,19 @@ class Downstream(asyncio.Protocol):
         if self._paused:  # nothing waits on what we read now: take it, so the client can finish
             self._paused.clear()
             transport.resume_reading()
+
+    def _tunnel(self, rest: bytes) -> bool:
+        """A WebSocket upgrade to an OpenAI upstream: hand the connection to a tunnel for good."""
+        if self.active is not None or self.parser.get_method() != b"GET" or self.transport is None:
+            return False
+        target = b"".join(self._url)
+        pool = self.relay.upstreams.get(route(target, self._headers))
+        if pool is None or pool is self.relay.pool:
+            return False  # Anthropic's API has no WebSocket: refused as before
+        self.relay.connections.discard(self)
+        self.closed = True
+        Tunnel(self.relay, pool, self.transport, target, self._headers, rest).start()
+        return True
 
     def _hand_to_admin(self, data: bytes) -> None:
         """Give this connection, bytes read so far included, to the aiohttp app for good."""

@@ -19,7 +19,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-GROUPS = ("model", "category", "mcp", "project", "session", "day")
+GROUPS = ("model", "category", "mcp", "project", "session", "day", "client")
+# An LLM call's client follows from its wire kind (model.client_of): Responses calls are Codex's.
+CLIENT_SQL = "CASE WHEN kind = 'responses' THEN 'codex' ELSE 'claude-code' END"
 WINDOWS = ("today", "week", "month")
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([mhdw])\s*$")
@@ -149,7 +151,7 @@ class Report:
 
 def _where(win: Window, alias: str = "") -> tuple[str, list[Any]]:
     prefix = f"{alias}." if alias else ""
-    clauses = [f"{prefix}kind = 'messages'"]
+    clauses = [f"{prefix}kind IN ('messages', 'responses')"]
     params: list[Any] = []
     if win.since is not None:
         clauses.append(f"{prefix}started_at >= ?")
@@ -320,6 +322,8 @@ def groups(conn: sqlite3.Connection, win: Window, by: str) -> list[Group]:
         out = _by_items(conn, win, "i.category")
     elif by == "mcp":
         out = _by_mcp(conn, win)
+    elif by == "client":
+        out = _by_column(conn, win, CLIENT_SQL, "?")
     else:
         raise StatsError(f"unknown grouping {by!r}: use one of {', '.join(GROUPS)}")
     if by == "day":

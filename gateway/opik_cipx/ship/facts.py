@@ -154,7 +154,8 @@ def _from_document(body: bytes) -> _Parts:
     except ValueError:
         doc = {}
     doc = doc if isinstance(doc, dict) else {}
-    messages = doc.get("messages")
+    # A Responses body (Codex) carries its conversation as "input" items.
+    messages = doc.get("messages") if "messages" in doc else doc.get("input")
     messages = messages if isinstance(messages, list) else []
     return _trailing_messages(messages), len(messages), doc.get("metadata")
 

@@ -168,6 +168,7 @@ def cc_metadata(facts: CallFacts, ctx: SessionContext) -> dict[str, Any]:
     compaction = attr.categories.get("compaction")
     cc: dict[str, Any] = {
         "exchange_id": ex.id,
+        "client": ex.client,
         "session_id": ctx.session_id,
         "agent_id": ex.agent_id,
         "call_kind": attr.call_kind,

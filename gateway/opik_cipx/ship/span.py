@@ -83,22 +83,23 @@ def llm_span(
     if previous_request_bytes is not None:
         cc["compaction"]["request_bytes_before"] = previous_request_bytes
         cc["compaction"]["request_bytes_delta"] = ex.request_bytes - previous_request_bytes
-    tags = ["claude-code", f"call:{facts.call_kind}"]
+    tags = [ex.client, f"call:{facts.call_kind}"]
     if ex.agent_id:
         tags.append(f"agent:{ex.agent_id}"[:100])
     tags.extend(t for t in ctx.identity.tags() if t not in tags)
+    codex = ex.client == "codex"
     span: dict[str, Any] = {
         "id": llm_span_id(ex),
         "trace_id": ctx.trace_id,
         "project_name": ctx.project_name,
-        "name": _SPAN_NAMES.get(facts.call_kind, facts.call_kind),
+        "name": "codex" if codex and facts.call_kind == "main" else _SPAN_NAMES.get(facts.call_kind, facts.call_kind),
         "type": "llm",
         "start_time": iso(ex.started_at),
         "end_time": iso(end_of(ex)),
         "input": clip({"messages": facts.new_messages, "message_count": facts.message_count}),
         "output": clip({"role": "assistant", "content": facts.content, "stop_reason": ex.stop_reason}),
         "metadata": {"cc": cc},
-        "provider": PROVIDER,
+        "provider": "openai" if codex else PROVIDER,
         "usage": usage_map(ex),
         "tags": tags,
         "last_updated_at": updated_at,

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..attribute import Attribution, ItemTotal
 from ..attribute.analysis import SessionCall, analyze
+from ..attribute.responses import stored_chain
 from ..model import Exchange
 from ..pricing import PriceTable
 from .migrations import transaction
@@ -93,7 +94,9 @@ def stored_commands(conn: sqlite3.Connection, exchange_id: str) -> tuple[str, ..
 
 def reanalyze(conn: sqlite3.Connection, ex: Exchange, prices: PriceTable | None) -> Attribution:
     """A stored call analyzed again with what its capture knew, so every reader sees the same buckets."""
-    return analyze(ex, prices, commands=stored_commands(conn, ex.id))
+    stored = load(conn, ex.id) or {}
+    calls, inherited = stored_chain(stored.get("cache_split") or {})  # a Codex turn's previous responses
+    return analyze(ex, prices, commands=tuple(stored.get("commands") or ()), calls=calls, inherited=inherited)
 
 
 def session_calls(conn: sqlite3.Connection, session_id: str) -> list[SessionCall]:

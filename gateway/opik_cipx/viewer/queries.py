@@ -18,7 +18,7 @@ from ..store import attribution as attribution_store
 from ..store.spool import Spool
 
 MAX_PAGE = 500
-CALL_KINDS = ("main", "subagent", "compaction", "title", "side", "count_tokens", "other")
+CALL_KINDS = ("main", "subagent", "compaction", "title", "side", "warmup", "count_tokens", "other")
 MAX_SESSION_CALLS = 5000
 
 _LIST_COLUMNS = (
@@ -80,6 +80,7 @@ def _row(values: tuple[Any, ...]) -> dict[str, Any]:
     body, unattributed = row.pop("body_bytes"), row.pop("unattributed_bytes")
     row["unattributed_pct"] = (100.0 * unattributed / body) if body else None
     row["call_kind"] = row["call_kind"] or row["kind"]
+    row["client"] = "codex" if row["kind"] == "responses" else "claude-code"  # as model.client_of
     return row
 
 
