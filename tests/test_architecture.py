@@ -41,8 +41,8 @@ ALLOWED: dict[str, set[str]] = {
     # Codex's wiring (config.toml): settings only; the daemon is brought up by its caller.
     "codex": {"config"},
     "server": {"config", "pricing", "proxy", "capture", "store", "ship", "ops", "viewer"},
-    "cli": {"(root)", "config", "config_load", "pricing", "proxy", "capture", "report", "ops", "viewer", "claude",
-            "codex", "server"},
+    "cli": {"(root)", "config", "config_load", "pricing", "proxy", "capture", "ship", "report", "ops", "viewer",
+            "claude", "codex", "server"},
 }
 
 

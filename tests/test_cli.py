@@ -351,3 +351,18 @@ def test_opik_refusing_from_the_start_is_degraded_never_wedged_across_a_restart(
     finally:
         upstream.terminate()
         upstream.wait(timeout=10)
+
+
+def test_tracing_writes_the_marker_and_says_what_decides(env: dict[str, str], tmp_path: Path, isolated_home: Path) -> None:
+    project = tmp_path / "proj"
+    project.mkdir()
+    out = cli(env, "tracing", "status", "--project", str(project))
+    assert "is off (decided by the default (off))" in out.stdout
+    out = cli(env, "tracing", "on", "--global", "--project", str(project))
+    assert (isolated_home / ".claude" / ".opik-tracing-enabled").read_text() == "on\n"
+    assert "is on (decided by " in out.stdout and "no Opik destination" in out.stdout
+    out = cli(env, "tracing", "off", "--project", str(project))
+    assert (project / ".claude" / ".opik-tracing-enabled").read_text() == "off\n"
+    assert "is off (decided by " + str(project / ".claude" / ".opik-tracing-enabled") in out.stdout
+    out = cli({**env, "OPIK_CC_TRACING_ENABLED": "1"}, "tracing", "status", "--project", str(tmp_path))
+    assert "decided by OPIK_CC_TRACING_ENABLED in the environment" in out.stdout

@@ -45,7 +45,9 @@ def test_the_chain_stores_the_exchange_then_its_attribution_then_the_span_stage(
 
     chain = capture_chain(settings, PriceTable.builtin, lambda: None, extra_stages=[extra], home=settings.home)
     assert chain.stages[:2] == [store_exchange, store_attribution]
-    assert chain.stages[2] is extra and chain.stages[-1] == chain.spans.record
+    # Then the status line's session summary (capture/session_summary.py), the caller's stages, the spans.
+    assert chain.stages[2].__module__ == "opik_cipx.capture.session_summary"
+    assert chain.stages[3] is extra and chain.stages[-1] == chain.spans.record
 
     ensure_home(settings)
     assert settings.opik_url is None

@@ -179,14 +179,16 @@ def test_a_session_starts_the_gateway_through_the_hooks_and_is_captured_under_it
     port = free_port()
     result = run_claude_session(
         ws,
-        [["-p", "hello", "--output-format", "json"], ["-p", "/opik-cipx:status"]],
-        script=[Turn(text="hello from the fake"), Turn(text="status relayed")],
+        [["-p", "hello", "--output-format", "json"], ["-p", "/opik-cipx:status"],
+         ["-p", "/opik-cipx:tracing debug"], ["-p", "/opik-cipx:viewer"]],
+        script=[Turn(text="hello from the fake"), Turn(text="status relayed"), Turn(text="tracing relayed"),
+                Turn(text="viewer relayed")],
         # No process in the middle: the SessionStart hook must bring the gateway up by itself.
         middle=f'export CIPX_UPSTREAM_URL="$UPSTREAM_URL"; echo http://127.0.0.1:{port} > "$MIDDLE_URL_FILE"',
         extra_env={"CIPX_PORT": str(port), "PATH": BARE_PATH},
         after=f"{shlex.quote(str(binary))} status --json; {shlex.quote(str(binary))} stop",
     )
-    first, second = result.calls
+    first, second, third, fourth = result.calls
     assert first.rc == 0, first.stderr + result.upstream_log
     reply = first.json()
     assert reply["result"] == "hello from the fake"
@@ -204,13 +206,21 @@ def test_a_session_starts_the_gateway_through_the_hooks_and_is_captured_under_it
 
     # /opik-cipx:status ran `opik-cipx status` and put its output into the prompt.
     assert second.rc == 0, second.stderr
-    last = result.messages_requests()[-1].body.decode()
+    last = next(r.body.decode() for r in result.messages_requests() if b"## opik-cipx status" in r.body)
     assert "opik-cipx: running (pid" in last and f"port {port}" in last
     # One allowed invocation: its output, and nothing else (no permission refusal), is in the prompt.
     shown = last.split("## opik-cipx status", 1)[1].split("Show the status above", 1)[0]
     assert "(opik-cipx status exit code 0: running and healthy)" in shown
     for refusal in ("permission", "not allowed", "requires approval"):
         assert refusal not in shown.lower(), shown
+
+    # /opik-cipx:tracing debug wrote the project's marker; /opik-cipx:viewer printed the live URL.
+    assert third.rc == 0 and fourth.rc == 0, third.stderr + fourth.stderr
+    bodies = [r.body.decode() for r in result.messages_requests()]
+    tracing = next(b for b in bodies if "## opik-cipx tracing" in b)
+    assert "on, with debug logging" in tracing and (ws.project / ".claude" / ".opik-tracing-enabled").read_text() == "debug\n"
+    viewer = next(b for b in bodies if "## opik-cipx viewer" in b)
+    assert f"http://127.0.0.1:{port}/_cipx/viewer/?token=" in viewer
 
 
 @pytest.mark.e2e

@@ -134,6 +134,42 @@ def _gateway_command() -> list[str]:
     return gateway_command()
 
 
+def cmd_tracing(args: argparse.Namespace, settings: Settings) -> int:
+    """Write or remove the enablement marker, then say what now decides and how it resolved."""
+    import os
+    from pathlib import Path
+
+    from ..ship.enablement import MARKER, Enablement
+
+    home = Path(os.path.expanduser("~"))
+    project = Path(args.project or os.getcwd())
+    marker = (home if args.scope_global else project) / MARKER
+    if args.state in ("on", "debug"):
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("debug\n" if args.state == "debug" else "on\n")
+        print(f"opik-cipx: wrote {marker} ({args.state})")
+    elif args.state == "off":
+        if args.scope_global:
+            try:
+                marker.unlink()
+                print(f"opik-cipx: removed {marker}")
+            except FileNotFoundError:
+                print(f"opik-cipx: no {marker} to remove")
+        else:
+            # A project marker saying off wins over the environment and the global marker.
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text("off\n")
+            print(f"opik-cipx: wrote {marker} (off)")
+    decision = Enablement(home, ttl=0).decide(str(project))
+    state = ("on, with debug logging" if decision.debug else "on") if decision.enabled else "off"
+    where = {"env": "OPIK_CC_TRACING_ENABLED in the environment", "default": "the default (off)"}.get(
+        decision.source, decision.source.split(":", 1)[-1])
+    print(f"opik-cipx: shipping to Opik for {project} is {state} (decided by {where})")
+    if decision.enabled and settings.opik_url is None:
+        print("opik-cipx: note: no Opik destination is configured, so spans stay in the local spool")
+    return 0
+
+
 def cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
     from ..ops.daemon import DaemonError, stop
 
@@ -390,6 +426,13 @@ def add_lifecycle_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
     p = sub.add_parser("restart", help="stop gracefully and start again (picks up a new binary or settings)")
     p.add_argument("--timeout", type=seconds, default=None, help="seconds for each of stop and start")
     p.set_defaults(func=cmd_restart, strict_config=True)
+
+    p = sub.add_parser("tracing", help="turn shipping to Opik on, off or to debug for this project (or --global)")
+    p.add_argument("state", choices=["on", "off", "debug", "status"])
+    p.add_argument("--global", dest="scope_global", action="store_true",
+                   help="the marker in ~/.claude instead of the project's")
+    p.add_argument("--project", metavar="DIR", help="the project (default: the current directory)")
+    p.set_defaults(func=cmd_tracing)
 
     # Answered before argparse runs (cli/__init__.py); listed here for --help.
     p = sub.add_parser("statusline", help="Claude Code statusLine command: session cost, context, cache, plan windows")
