@@ -280,3 +280,21 @@ def test_recovery_reads_a_large_journal_one_frame_at_a_time(tmp_path: Path) -> N
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "gateway")})
     count, grew_mib = map(int, out.stdout.split())
     assert count == 48 and grew_mib < 16, f"replaying a 48 MB journal grew the process by {grew_mib} MiB"
+
+
+def test_response_credentials_never_reach_the_journal_file(tmp_path: Path) -> None:
+    j = journal.Journal(tmp_path / "j")
+    rec = recorder(1)
+    rec.response_head(200, ((b"content-type", b"application/json"), (b"Set-Cookie", b"__cf_bm=CFSECRET; HttpOnly"),
+                            (b"set-cookie2", b"old=COOKIE2SECRET"), (b"x-auth-token", b"TOKENSECRET"),
+                            (b"WWW-Authenticate", b"Bearer realm=REALMSECRET"),
+                            (b"anthropic-ratelimit-tokens-remaining", b"7")))
+    j.seal(rec)
+    raw = j.path.read_bytes()
+    for secret in (b"CFSECRET", b"COOKIE2SECRET", b"TOKENSECRET", b"REALMSECRET"):
+        assert secret not in raw
+    (payload,) = journal.read_frames(j.path)
+    # What capture needs of the head is still there.
+    assert journal.load(payload).response_headers == (
+        (b"content-type", b"application/json"), (b"anthropic-ratelimit-tokens-remaining", b"7"))
+    j.close()

@@ -61,6 +61,12 @@ def _headers(headers: Any) -> list[tuple[Any, Any]]:
     return [(n, v) for n, v in items if not is_secret_header(n)]
 
 
+def _response_headers(headers: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes], ...]:
+    """The upstream's headers minus what it hands the client as a credential (``set-cookie``, a
+    session token, ``www-authenticate``...): the same rule as for requests, before the disk."""
+    return tuple((n, v) for n, v in headers if not is_secret_header(n))
+
+
 def dump_parts(rec: Recorder, generation: int = 0) -> tuple[list[bytes], int]:
     """The frame for ``rec`` as buffers to write in order, and its total length."""
     state: dict[str, Any] = {name: getattr(rec, name) for name in _FIELDS}
@@ -68,6 +74,7 @@ def dump_parts(rec: Recorder, generation: int = 0) -> tuple[list[bytes], int]:
     if rec.forced_outcome is not None:
         state["forced_outcome"] = rec.forced_outcome.value
     state["request_headers"] = _headers(rec.request_headers)
+    state["response_headers"] = _response_headers(rec.response_headers)
     body = rec.body_parts
     state["body_sizes"] = [len(part) for part in body]
     state["chunk_sizes"] = [len(chunk) for chunk in rec.chunks]
