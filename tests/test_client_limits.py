@@ -7,6 +7,7 @@ import contextlib
 import time
 
 import aiohttp
+import pytest
 
 from opik_cipx.model import Outcome
 from opik_cipx.proxy.client_limits import ClientLimits, Phase, overdue, to_evict
@@ -96,6 +97,7 @@ async def test_a_body_that_stops_arriving_ends_the_call_as_the_clients_doing(gat
     assert ex.outcome is Outcome.CLIENT_GONE and "client stalled" in (ex.error or "")
 
 
+@pytest.mark.slow  # a subprocess or a flood of connections, several seconds
 async def test_a_slowloris_cannot_exhaust_the_gateway_and_real_calls_keep_flowing(
     gateway: Gateway, upstream: FakeAnthropic
 ) -> None:

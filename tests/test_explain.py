@@ -121,6 +121,7 @@ def test_analyze_prices_the_shares_with_the_call_rates() -> None:
     assert total == pytest.approx(cost.total_usd, rel=1e-6)
 
 
+@pytest.mark.slow  # a subprocess or a flood of connections, several seconds
 def test_explain_last_n_streams_with_memory_bounded_independent_of_n(tmp_path: Any) -> None:
     """`explain --last N --json` loads and prints one call at a time. Stated bound: the process
     grows by under 48 MiB explaining 240 calls of ~400 KB each (~96 MB of bodies); holding them

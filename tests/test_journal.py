@@ -253,6 +253,7 @@ def test_an_interrupted_replay_keeps_the_calls_journaled_after_it(tmp_path: Path
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("capture")] == []
 
 
+@pytest.mark.slow  # a subprocess or a flood of connections, several seconds
 def test_recovery_reads_a_large_journal_one_frame_at_a_time(tmp_path: Path) -> None:
     import subprocess
     import sys
