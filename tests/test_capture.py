@@ -6,7 +6,12 @@ import asyncio
 import uuid
 from typing import Any
 
+from opik_cipx.attribute.analysis import Captured
+from opik_cipx.capture.exchange import build_exchange
+from opik_cipx.capture.quarantine import quarantined as quarantined_exchange
 from opik_cipx.capture.sink import CaptureSink
+from opik_cipx.capture.stages import PoisonBatch
+from opik_cipx.model import Exchange, Outcome
 from opik_cipx.proxy.recorder import HeaderList, Recorder
 
 
@@ -30,17 +35,112 @@ async def run_sink(sink: CaptureSink) -> asyncio.Task[None]:
     return asyncio.create_task(sink.run())
 
 
-async def test_a_store_that_raises_is_counted_not_raised() -> None:
-    async def broken(batch: list[Recorder]) -> Any:
-        raise OSError("disk full")
+async def test_a_store_that_raises_is_counted_held_and_retried_not_raised() -> None:
+    outage = [True]
+    stored: list[str] = []
+
+    async def flaky(batch: list[Recorder]) -> Any:
+        if outage[0]:
+            raise OSError("disk full")
+        stored.extend(rec.id for rec in batch)
+        return [], []
 
     errors: list[str] = []
-    sink = CaptureSink(broken, [], on_error=lambda where, exc: errors.append(where))
+    journal = Journal()
+    sink = CaptureSink(flaky, [], on_error=lambda where, exc: errors.append(where), journal=journal,
+                       retry_after=0.05)
     task = await run_sink(sink)
-    sink.submit(finished_call())
-    assert await sink.drain(2.0)
-    assert sink.stats.errors == 1 and errors == ["store batch"]
+    rec = finished_call()
+    sink.submit(rec)
+    assert not await sink.drain(0.3)  # not silently done: the call is held, and says so
+    assert sink.stats.held == 1 and sink.pending == 1 and sink.stats.errors >= 1
+    assert set(errors) == {"store batch"} and journal.confirmed == []  # the journal keeps it
+    outage[0] = False
+    assert await sink.drain(5.0)
+    assert stored == [rec.id] and journal.confirmed == [rec.id]
+    assert sink.stats.held == 0 and sink.pending == 0 and sink.stats.retried >= 1
     task.cancel()
+
+
+class Journal:
+    """The journal's confirm side, recorded."""
+
+    def __init__(self) -> None:
+        self.confirmed: list[str] = []
+        self.appended: list[str] = []
+
+    def append(self, rec: Recorder) -> None:
+        self.appended.append(rec.id)
+
+    def confirm(self, ids: list[str]) -> None:
+        self.confirmed.extend(ids)
+
+
+class PoisonedStore:
+    """Dies (as the worker process would) on any batch holding a poisoned call."""
+
+    def __init__(self, poisoned: set[str]) -> None:
+        self.poisoned = poisoned
+        self.calls: list[int] = []
+        self.stored: list[str] = []
+
+    async def __call__(self, batch: list[Recorder]) -> tuple[list[Any], list[Any]]:
+        self.calls.append(len(batch))
+        if any(rec.id in self.poisoned for rec in batch):
+            raise PoisonBatch("capture worker failed twice on this batch: exit status -11")
+        self.stored.extend(rec.id for rec in batch)
+        return [Captured(build_exchange(rec, None)) for rec in batch], []
+
+
+async def test_a_batch_the_store_dies_on_is_bisected_to_the_one_call_which_is_quarantined() -> None:
+    calls = [finished_call() for _ in range(16)]
+    poison = calls[11]
+    poison.body = b'{"model": "claude", "messages": [\x00 not json'
+    poison.response_head(200, ((b"content-type", b"text/event-stream"), (b"set-cookie", b"s=1")))
+    poison.chunk(b"event: message_start\ndata: {broken\n\n")
+    store = PoisonedStore({poison.id})
+    quarantined: list[tuple[Exchange, str]] = []
+
+    async def quarantine(rec: Recorder, error: str) -> Captured:
+        ex = quarantined_exchange(rec, error)
+        quarantined.append((ex, error))
+        return Captured(ex)
+
+    journal = Journal()
+    sink = CaptureSink(store, [], max_batch=16, journal=journal, quarantine=quarantine)
+    for rec in calls:
+        sink.submit(rec)
+    task = await run_sink(sink)
+    assert await sink.drain(5.0)
+    task.cancel()
+    # Every other call stored; the poisoned one found in log2(16) splits, never sent alone twice.
+    assert sorted(store.stored) == sorted(rec.id for rec in calls if rec is not poison)
+    assert store.calls == [16, 8, 8, 4, 2, 2, 1, 1, 4]
+    ((ex, error),) = quarantined
+    assert ex.id == poison.id and ex.outcome is Outcome.UNPARSEABLE
+    assert ex.request_body == poison.body and ex.response_body == b"".join(poison.chunks)
+    assert "exit status -11" in error and error in (ex.error or "") and "set-cookie" not in ex.response_headers
+    # Counted truthfully, and the journal released every call: it can rewind again.
+    assert sink.stats.captured == 16 and sink.stats.quarantined == 1 and sink.stats.held == 0
+    assert sink.stats.retried == 16 + 8 + 4 + 2
+    assert sorted(journal.confirmed) == sorted(rec.id for rec in calls)
+
+
+async def test_a_poisoned_call_whose_bytes_are_gone_is_reported_not_retried_forever() -> None:
+    rec = finished_call()
+    errors: list[str] = []
+
+    async def lost(rec: Recorder, error: str) -> Captured:
+        raise ValueError(f"call {rec.id} is no longer in the journal")
+
+    journal = Journal()
+    sink = CaptureSink(PoisonedStore({rec.id}), [], journal=journal, quarantine=lost,
+                       on_error=lambda where, exc: errors.append(where))
+    task = await run_sink(sink)
+    sink.submit(rec)
+    assert await sink.drain(5.0)
+    task.cancel()
+    assert errors == ["quarantine"] and sink.stats.held == 0 and journal.confirmed == [rec.id]
 
 
 async def test_past_the_byte_bound_calls_are_dropped_from_memory_not_blocking() -> None:

@@ -152,3 +152,43 @@ async def test_the_proxy_raises_the_busy_flag_only_while_a_call_is_in_flight(
             assert worker.busy.busy
             await r.read()
     assert not worker.busy.busy
+
+
+async def test_a_call_that_kills_the_worker_is_quarantined_and_the_journal_rewinds(
+    upstream: FakeAnthropic, make_settings: Any, monkeypatch: Any
+) -> None:
+    from opik_cipx.capture import worker as capture_worker
+    from opik_cipx.model import Outcome
+    from tests.support import poison_worker
+
+    monkeypatch.setattr(capture_worker, "worker_argv", poison_worker.argv)
+    async with Gateway(make_settings(upstream_url=upstream.url)) as gw:
+        assert gw.capture is not None and gw.journal is not None
+        gw.capture.busy(True)  # hold the batch until all six are in, so they share one batch
+        poison = request_body(messages=[{"role": "user", "content": poison_worker.PILL.decode()}])
+        bodies = [request_body(), request_body(), poison, request_body(), request_body(), request_body()]
+        async with aiohttp.ClientSession() as s:
+            for body in bodies:
+                async with s.post(gw.url + "/v1/messages", data=body, headers={"x-api-key": API_KEY}) as r:
+                    assert r.status == 200
+                    await r.read()
+        gw.capture.busy(False)
+        rows = await captured(gw, 6, timeout=60)
+        assert await gw.capture.drain(60)
+        by_outcome = sorted((ex.outcome, ex.request_body == poison) for ex in rows)
+        assert by_outcome == [(Outcome.COMPLETE, False)] * 5 + [(Outcome.UNPARSEABLE, True)]
+        (bad,) = [ex for ex in rows if ex.outcome is Outcome.UNPARSEABLE]
+        assert bad.response_body and "capture worker failed twice" in (bad.error or "")
+        stats = gw.capture.stats
+        assert stats.quarantined == 1 and stats.held == 0 and stats.captured == 6 and gw.capture.pending == 0
+        async with aiohttp.ClientSession() as s:
+            async with s.get(gw.url + "/_cipx/status") as r:
+                doc = (await r.json())["capture"]
+        assert (doc["quarantined"], doc["held"], doc["pending"]) == (1, 0, 0) and doc["retried"] >= 2
+        # Every call is confirmed, so the journal rewinds and the next calls reuse its start.
+        await asyncio.to_thread(gw.journal.flush)
+        assert gw.journal._end == 0
+        async with aiohttp.ClientSession() as s:
+            async with s.post(gw.url + "/v1/messages", data=request_body(), headers={"x-api-key": API_KEY}) as r:
+                await r.read()
+        assert len(await captured(gw, 7, timeout=30)) == 7

@@ -138,3 +138,54 @@ async def test_explain_prints_why_a_call_failed(make_settings: Any, capsys: pyte
     assert main(["explain", "--last", "1", "--json"]) == 0
     [doc] = json.loads(capsys.readouterr().out)
     assert doc["outcome"] == "unreachable" and doc["error"] and doc["status"] is None
+
+
+@pytest.mark.slow  # a subprocess or a flood of connections, several seconds
+def test_explain_last_n_streams_with_memory_bounded_independent_of_n(tmp_path: Any) -> None:
+    """`explain --last N --json` loads and prints one call at a time. Stated bound: the process
+    grows by under 48 MiB explaining 240 calls of ~400 KB each (~96 MB of bodies); holding them
+    all, as it used to, grew it by about 300 MiB (measured: 17 MiB after, 305 before)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from opik_cipx.model import CallKind, Exchange, Usage
+    from opik_cipx.store.spool import Spool, connect
+
+    home = tmp_path / "cipx"
+    (home / "spool").mkdir(parents=True)
+    env = {**os.environ, "CIPX_HOME": str(home), "HOME": str(tmp_path),
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "gateway")}
+    probe = "from opik_cipx.config import Settings; print(Settings().spool_path)"
+    spool_path = Path(subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                                     check=True).stdout.strip())
+    spool_path.parent.mkdir(parents=True, exist_ok=True)
+    spool = Spool(connect(spool_path))
+    n = 240
+    for i in range(n):
+        text = f"call {i} " + os.urandom(150_000).hex()[: 400_000 - 16]  # not deduplicated away
+        body = json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 8,
+                           "messages": [{"role": "user", "content": text}]}).encode()
+        spool.add(Exchange(id=f"{i:032x}", started_at=1_780_000_000.0 + i, method="POST", path="/v1/messages",
+                           kind=CallKind.MESSAGES, request_body=body, status=200,
+                           response_body=b'{"type":"message","content":[]}', model="claude-sonnet-4-5",
+                           usage=Usage(input_tokens=100_000, output_tokens=1), request_bytes=len(body)))
+    spool.close()
+    code = (
+        "import sys, io\n"
+        "from pathlib import Path\n"
+        "from opik_cipx import cli\n"
+        "import opik_cipx.report.explain, opik_cipx.attribute.analysis, opik_cipx.store.attribution\n"
+        "def hwm():\n"
+        "    line = next(x for x in Path('/proc/self/status').read_text().splitlines() if x.startswith('VmHWM'))\n"
+        "    return int(line.split()[1])\n"
+        "base = hwm()\n"
+        "out, sys.stdout = sys.stdout, open('/dev/null', 'w')\n"
+        "rc = cli.main(['explain', '--last', sys.argv[1], '--json'])\n"
+        "sys.stdout = out\n"
+        "print(rc, (hwm() - base) // 1024)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code, str(n)], env=env, capture_output=True, text=True, check=True)
+    rc, grew_mib = map(int, run.stdout.split())
+    assert rc == 0 and grew_mib < 48, f"explain --last {n} --json grew the process by {grew_mib} MiB"

@@ -127,19 +127,19 @@ def test_a_torn_frame_over_a_rewound_journal_hides_the_stale_frames_behind_it(tm
     data[end - 10 : end + 4] = before[end - 10 : end + 4]
     j.path.write_bytes(bytes(data))
     assert journal.load(bytes(data[end + 4 : end + old[1].frame[1]])).id == old[1].id
-    replayed = journal.take_over(j.path)
+    replayed = list(journal.take_over(j.path))
     assert not {r.id for r in replayed} & {o.id for o in old}
 
 
 def test_take_over_keeps_an_interrupted_replay(tmp_path: Path) -> None:
     path = tmp_path / "capture.journal"
     _write(path, [recorder(1)])
-    first = journal.take_over(path)  # start-up 1 dies before finish_replay
+    first = list(journal.take_over(path))  # start-up 1 dies before finish_replay
     _write(path, [recorder(2)])
-    second = journal.take_over(path)
+    second = list(journal.take_over(path))
     assert [r.id for r in first] == [second[0].id] and len(second) == 2
     journal.finish_replay(path)
-    assert journal.take_over(path) == []
+    assert list(journal.take_over(path)) == []
 
 
 async def test_a_restarted_gateway_stores_what_its_killed_predecessor_journaled(
@@ -232,3 +232,70 @@ def test_frames_name_no_module_of_ours(tmp_path: Path) -> None:
     frame = journal.dump(rec)
     assert b"opik_cipx" not in frame
     assert journal.load(frame[4:]).forced_outcome is Outcome.TRUNCATED
+
+
+def test_an_interrupted_replay_keeps_the_calls_journaled_after_it(tmp_path: Path) -> None:
+    # Real journals end with an end mark and carry their own generation: a second journal
+    # appended to the first would be read as stale. Each is replayed on its own.
+    path = tmp_path / "capture.journal"
+    j = journal.Journal(path)
+    first = recorder(1)
+    j.seal(first)
+    j.close()
+    assert [r.id for r in journal.take_over(path)] == [first.id]  # start-up 1 dies here
+    j = journal.Journal(path)
+    second = recorder(2)
+    j.seal(second)
+    j.close()
+    assert [r.id for r in journal.take_over(path)] == [first.id, second.id]
+    journal.finish_replay(path)
+    assert list(journal.take_over(path)) == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("capture")] == []
+
+
+@pytest.mark.slow  # a subprocess or a flood of connections, several seconds
+def test_recovery_reads_a_large_journal_one_frame_at_a_time(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "capture.journal"
+    with path.open("wb") as fh:
+        for i in range(48):
+            rec = recorder(i)
+            rec.body = b'{"pad":"' + b"x" * 1_000_000 + b'"}'  # 48 MB of journal
+            fh.write(journal.dump(rec))
+    # Peak memory of a fresh process replaying it: bounded by a frame or two, not the file.
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so it would report pytest's.
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from opik_cipx.proxy import journal\n"
+        "def hwm():\n"
+        "    line = next(x for x in Path('/proc/self/status').read_text().splitlines() if x.startswith('VmHWM'))\n"
+        "    return int(line.split()[1])\n"
+        "base = hwm()\n"
+        "n = sum(1 for _ in journal.take_over(Path(sys.argv[1])))\n"
+        "print(n, (hwm() - base) // 1024)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "gateway")})
+    count, grew_mib = map(int, out.stdout.split())
+    assert count == 48 and grew_mib < 16, f"replaying a 48 MB journal grew the process by {grew_mib} MiB"
+
+
+def test_response_credentials_never_reach_the_journal_file(tmp_path: Path) -> None:
+    j = journal.Journal(tmp_path / "j")
+    rec = recorder(1)
+    rec.response_head(200, ((b"content-type", b"application/json"), (b"Set-Cookie", b"__cf_bm=CFSECRET; HttpOnly"),
+                            (b"set-cookie2", b"old=COOKIE2SECRET"), (b"x-auth-token", b"TOKENSECRET"),
+                            (b"WWW-Authenticate", b"Bearer realm=REALMSECRET"),
+                            (b"anthropic-ratelimit-tokens-remaining", b"7")))
+    j.seal(rec)
+    raw = j.path.read_bytes()
+    for secret in (b"CFSECRET", b"COOKIE2SECRET", b"TOKENSECRET", b"REALMSECRET"):
+        assert secret not in raw
+    (payload,) = journal.read_frames(j.path)
+    # What capture needs of the head is still there.
+    assert journal.load(payload).response_headers == (
+        (b"content-type", b"application/json"), (b"anthropic-ratelimit-tokens-remaining", b"7"))
+    j.close()

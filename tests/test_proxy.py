@@ -566,3 +566,19 @@ async def test_an_error_answer_reaches_a_client_that_is_still_sending(gateway: G
         out = await raw_exchange(gateway.port, head)
         assert out.startswith(b"HTTP/1.1 431") and b"Connection: close" in out
     assert not upstream.requests
+
+
+async def test_chunked_response_trailers_are_relayed(make_settings: Any) -> None:
+    from tests.support.raw_upstream import Answer, RawUpstream
+
+    payload = json.dumps({"type": "message", "content": []}).encode()
+    answer = Answer(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+                    b"Trailer: X-Checksum\r\n\r\n%x\r\n%s\r\n0\r\nX-Checksum: sha256=abc\r\nX-Server-Timing: 12\r\n\r\n"
+                    % (len(payload), payload))
+    async with RawUpstream(lambda *_: answer) as up, Gateway(make_settings(upstream_url=up.url)) as gw:
+        out = await raw_exchange(gw.port, post_bytes(request_body(stream=False), close=True))
+        (ex,) = await captured(gw)
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert b"\r\nTrailer: X-Checksum" in head
+    assert body == b"%x\r\n%s\r\n0\r\nX-Checksum: sha256=abc\r\nX-Server-Timing: 12\r\n\r\n" % (len(payload), payload)
+    assert ex.response_body == payload and ex.outcome is not Outcome.TRUNCATED

@@ -10,18 +10,20 @@ Tests run the real gateway in-process as an async context manager.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from aiohttp import web
 
 from .capture.pipeline import after_stages, capture_chain
+from .capture.quarantine import into_spool
 from .capture.sink import CaptureSink
 from .capture.stages import StoreBatch, StoreStage, in_thread
 from .capture.worker import WorkerProcess
@@ -105,6 +107,7 @@ class Gateway:
             on_error=lambda where, exc: shipper.telemetry.report(exc, f"capture.{where}"),
             journal=self.journal,
             by_reference=self._worker is not None,
+            quarantine=into_spool(self.spool, self.journal),  # a call the worker dies on
         )
         self._capture_task = asyncio.create_task(self.capture.run(), name="cipx-capture")
         self._tasks.append(self._capture_task)
@@ -148,17 +151,28 @@ class Gateway:
             self.pricing_error = str(exc)
             log.error("ignoring pricing overrides: %s", exc)
 
-    async def _replay_journal(self, recs: list[Recorder]) -> None:
-        """Capture again what a killed predecessor journaled but never stored."""
+    async def _replay_journal(self, recs: Iterator[Recorder]) -> None:
+        """Capture again what a killed predecessor journaled but never stored.
+
+        Streamed: a journal the last run could not rewind may be far larger than memory should
+        hold, so calls are read, checked against the spool and handed on a group at a time,
+        each group journaled anew (so the worker reads it by reference and this process lets
+        go of the bytes) and waiting for room in the capture backlog rather than overflowing it.
+        """
         assert self.spool is not None and self.capture is not None and self.journal is not None
-        if recs:
-            ids = [r.id for r in recs]
-            stored = await self.spool.run(lambda sp: sp.existing_ids(ids))
-            missing = [r for r in recs if r.id not in stored]
-            log.info("journal: %d calls left by the last run, %d not yet stored", len(recs), len(missing))
-            for rec in missing:
+        loop = asyncio.get_running_loop()
+        seen = missing = 0
+        while group := await loop.run_in_executor(None, _take, recs, _REPLAY_GROUP):
+            ids = [r.id for r in group]
+            stored = await self.spool.run(lambda sp, ids=ids: sp.existing_ids(ids))  # type: ignore[misc]
+            todo = [r for r in group if r.id not in stored]
+            seen, missing = seen + len(group), missing + len(todo)
+            await loop.run_in_executor(None, _seal_all, self.journal, todo)
+            for rec in todo:
+                await self.capture.room()
                 self.capture.submit(rec)
-            await asyncio.get_running_loop().run_in_executor(None, self.journal.flush)
+        if seen:
+            log.info("journal: %d calls left by the last run, %d not yet stored", seen, missing)
         journal.finish_replay(self.journal.path)
 
     def _finished(self, rec: Recorder) -> None:
@@ -267,6 +281,19 @@ class Gateway:
     @property
     def url(self) -> str:
         return f"http://{self.settings.host}:{self.port}"
+
+
+# Calls read from a left-over journal per spool look-up.
+_REPLAY_GROUP = 64
+
+
+def _take(recs: Iterator[Recorder], n: int) -> list[Recorder]:
+    return list(itertools.islice(recs, n))
+
+
+def _seal_all(jrnl: journal.Journal, recs: list[Recorder]) -> None:
+    for rec in recs:
+        jrnl.seal(rec)
 
 
 def _bound_port(server: asyncio.Server) -> int:

@@ -13,11 +13,15 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..proxy.busy import MAX_DEFER
 from ..proxy.recorder import Recorder
-from .stages import AfterStage, Failure, StoreBatch, stage_name
+from .stages import AfterStage, Failure, PoisonBatch, StoreBatch, stage_name
+
+if TYPE_CHECKING:
+    from ..attribute.analysis import Captured
+    from .quarantine import Quarantine
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +35,9 @@ class CaptureStats:
     last_error: str | None = None
     batches: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
+    held: int = 0  # now: the store failed on them (e.g. disk full); kept, journaled, retried
+    quarantined: int = 0  # stored raw as unparseable: the store died on each of them
+    retried: int = 0  # calls handed to the store again after a failed attempt
 
 
 class CaptureSink:
@@ -41,6 +48,12 @@ class CaptureSink:
     thread — where each is built, analyzed and stored with its attribution and
     outbox records, and the batch commits once. Every call is journaled before
     that, so a crash loses nothing; the batching keeps the backlog short.
+
+    A batch the store dies on (:class:`~.stages.PoisonBatch`) is split in halves until
+    the call to blame is alone; that one goes to ``quarantine`` (stored raw, as
+    unparseable) and the rest are stored normally. A store that fails without dying
+    (e.g. the disk is full) leaves its batch *held*: counted, kept in the journal,
+    retried after ``retry_after`` seconds (doubling up to ``max_retry_after``).
     """
 
     def __init__(
@@ -55,8 +68,17 @@ class CaptureSink:
         journal: Any = None,
         by_reference: bool = False,
         max_defer: float = MAX_DEFER,
+        quarantine: Quarantine | None = None,
+        retry_after: float = 2.0,
+        max_retry_after: float = 60.0,
     ) -> None:
         self._store = store
+        self._quarantine = quarantine
+        self._held: list[Recorder] = []
+        self._retry_after = retry_after
+        self._max_retry_after = max_retry_after
+        self._backoff = retry_after
+        self._retry_at = 0.0
         self._journal = journal  # journal.Journal: makes the backlog survive kill -9
         # The store reads journaled calls back from the journal (the capture worker does): their
         # bytes need not wait in this process's memory. Freed at once, the next call's buffers
@@ -72,6 +94,8 @@ class CaptureSink:
         self._pending_bytes = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._roomy = asyncio.Event()  # the backlog is under half its bounds (see room())
+        self._roomy.set()
         # Clear while the proxy is forwarding a call (see busy()): batches wait for a lull, so
         # the hand-off to the store (threads, pipes, the worker waking) stays off calls' paths.
         self._quiet = asyncio.Event()
@@ -107,20 +131,65 @@ class CaptureSink:
             self.stats.dropped += 1
             log.exception("capture submit failed")
 
+    async def room(self, timeout: float = 30.0) -> None:
+        """Wait until the backlog is under half its bounds: for a producer (the start-up replay
+        of a left-over journal) that should not shed calls the way the hot path may. Bounded:
+        a store that is failing (held calls) must not stall the gateway's start for good."""
+        self._note_room()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._roomy.wait()
+        except TimeoutError:
+            pass
+
+    def _note_room(self) -> None:
+        if self._queue.qsize() < self._queue.maxsize // 2 and self._pending_bytes < self._max_pending_bytes // 2:
+            self._roomy.set()
+        else:
+            self._roomy.clear()
+
     async def run(self) -> None:
         while True:
-            batch = [await self._queue.get()]
-            await self._lull(batch[0])
-            while len(batch) < self._max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            batch, queued = await self._next_batch()
             try:
                 await self._process(batch)
             finally:
+                if queued:
+                    for _ in batch:
+                        self._queue.task_done()
+                self._settle()
+
+    async def _next_batch(self) -> tuple[list[Recorder], bool]:
+        """The next calls to store, and whether they came off the queue (else: held ones due for
+        a retry). Held calls are retried on their own schedule, also while no new call comes."""
+        while True:
+            if self._held and time.monotonic() >= self._retry_at:
+                batch, self._held = self._held[: self._max_batch], self._held[self._max_batch :]
+                self.stats.held = len(self._held)
                 for rec in batch:
                     self._pending_bytes -= rec.size
-                    self._queue.task_done()
-                if self._queue.empty():
-                    self._idle.set()
+                self.stats.retried += len(batch)
+                return batch, False
+            try:
+                if self._held:
+                    async with asyncio.timeout(max(0.0, self._retry_at - time.monotonic())):
+                        first = await self._queue.get()
+                else:
+                    first = await self._queue.get()
+            except TimeoutError:
+                continue
+            batch = [first]
+            await self._lull(first)
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            for rec in batch:
+                self._pending_bytes -= rec.size
+            self._note_room()
+            return batch, True
+
+    def _settle(self) -> None:
+        if self._queue.empty() and not self._held:
+            self._idle.set()
 
     async def _lull(self, first: Recorder) -> None:
         """Wait until no call is being forwarded, or until ``first`` has waited ``max_defer``."""
@@ -137,13 +206,15 @@ class CaptureSink:
     async def _process(self, batch: list[Recorder]) -> None:
         failures: list[Failure] = []
         try:
-            done, failures = await self._store(batch)
-        except Exception as exc:  # noqa: BLE001 - e.g. the disk is full: count it, keep serving
+            done = await self._store_bisecting(batch, failures)
+        except Exception as exc:  # noqa: BLE001 - e.g. the disk is full: hold the calls, keep serving
             failures.append(("store batch", exc))
             done = []
+            self._hold(batch)
         else:
+            self._backoff = self._retry_after
             if self._journal is not None:
-                # Committed (or failed for good in build): either way no replay is owed.
+                # Committed, quarantined, or failed for good in build: no replay is owed.
                 self._journal.confirm([rec.id for rec in batch])
         self.stats.batches += 1
         for item in done:
@@ -157,6 +228,42 @@ class CaptureSink:
                 failures.append((stage_name(stage), exc))
         for where, error in failures:
             self._fail(where, error)
+
+    async def _store_bisecting(self, batch: list[Recorder], failures: list[Failure]) -> list[Captured]:
+        """Store ``batch``; if the store dies on it, store each half, down to the single call
+        that kills it, which is quarantined. Raises what the store raised for any other reason."""
+        try:
+            done, failed = await self._store(batch)
+        except PoisonBatch as exc:
+            if len(batch) == 1 and self._quarantine is not None:
+                (rec,) = batch
+                try:
+                    item = await self._quarantine(rec, str(exc))
+                except ValueError as lost:  # its bytes are gone: report it, never retry forever
+                    failures.append(("quarantine", lost))
+                    return []
+                self.stats.quarantined += 1
+                failures.append(("quarantine", exc))
+                return [item]
+            if len(batch) == 1:
+                raise
+            log.warning("capture: the store died on a batch of %d calls; splitting it", len(batch))
+            mid = len(batch) // 2
+            self.stats.retried += len(batch)
+            first = await self._store_bisecting(batch[:mid], failures)
+            return first + await self._store_bisecting(batch[mid:], failures)
+        failures.extend(failed)
+        return done
+
+    def _hold(self, batch: list[Recorder]) -> None:
+        """Keep calls the store failed on for a later retry: never silently, always counted."""
+        self._held.extend(batch)
+        self.stats.held = len(self._held)
+        # Still in memory: counted against the bound, so a long outage sheds new calls to the
+        # journal (captured at the next start) rather than growing the gateway.
+        self._pending_bytes += sum(rec.size for rec in batch)
+        self._retry_at = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, self._max_retry_after)
 
     def _fail(self, where: str, exc: BaseException) -> None:
         self.stats.errors += 1
@@ -179,4 +286,5 @@ class CaptureSink:
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize()
+        """Calls waiting to be stored: queued, and held for a retry."""
+        return self._queue.qsize() + len(self._held)

@@ -70,6 +70,11 @@ AfterStage = Callable[[list[Captured]], Awaitable[None]]
 Failure = tuple[str, BaseException]
 
 
+class PoisonBatch(Exception):
+    """The store died on this batch itself (its process crashed, twice), rather than reporting
+    an error: one of the calls may be what kills it, so the sink splits the batch to find it."""
+
+
 def store_batch(
     sp: Spool,
     batch: list[Recorder],

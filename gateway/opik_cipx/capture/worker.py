@@ -11,8 +11,10 @@ one transaction (the same chain, from :mod:`~opik_cipx.capture.pipeline`, that t
 in-process path uses) and answers on stdout with the stored Exchanges minus their bytes, which
 the parent's after-commit stages (metrics, shipper wake-up) read.
 
-If the child dies, the batch it held is retried once on a fresh child; calls
-are confirmed in the journal only once stored, so nothing is lost either way.
+If the child dies, the batch it held is retried once on a fresh child; if that
+dies too, :class:`WorkerDied` tells the sink to bisect the batch down to the one
+call to blame (see :mod:`~opik_cipx.capture.sink`). Calls are confirmed in the
+journal only once stored, so nothing is lost either way.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from ..model import Exchange
 from ..proxy import journal
 from ..proxy.busy import BusyFlag
 from ..proxy.recorder import Recorder
-from .stages import Failure, store_batch
+from .stages import Failure, PoisonBatch, store_batch
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -50,6 +52,10 @@ _INLINE, _REF = 0, 1
 
 class WorkerError(RuntimeError):
     """The worker died or answered something unreadable."""
+
+
+class WorkerDied(WorkerError, PoisonBatch):
+    """The worker died on the same batch twice: the sink bisects it to find the call to blame."""
 
 
 def _write_frame(out: BinaryIO, payload: bytes) -> None:
@@ -264,7 +270,7 @@ class WorkerProcess:
                 return reply
             except (WorkerError, OSError) as exc:
                 if attempt == 2:
-                    raise WorkerError(f"capture worker failed twice: {exc}") from exc
+                    raise WorkerDied(f"capture worker failed twice on this batch: {exc}") from exc
                 self._kill()
         raise AssertionError("unreachable")
 

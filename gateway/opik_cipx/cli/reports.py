@@ -13,10 +13,8 @@ if TYPE_CHECKING:
 
 
 def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
-    import json
-
     from ..pricing import PriceTable, PricingFileError
-    from ..report.explain import ExplainError, explain, open_spool, render_text, to_json
+    from ..report.explain import ExplainError, open_spool, resolve_ids, write
 
     try:
         prices = PriceTable.load(settings.pricing_file)
@@ -27,17 +25,13 @@ def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
         spool = open_spool(settings.spool_path)
         try:
             last = args.last if args.last is not None else (None if args.ids else 1)
-            results = explain(spool, prices, args.ids, last)
+            # Streamed, one call at a time: memory stays bounded whatever --last asks for.
+            write(spool, prices, resolve_ids(spool, args.ids, last), sys.stdout, as_json=args.json)
         finally:
             spool.close()
     except ExplainError as exc:
         print(f"opik-cipx: {exc}", file=sys.stderr)
         return 1
-    if args.json:
-        # Always a list, however many calls: scripts should not have to check the shape.
-        print(json.dumps([to_json(ex, attr) for ex, attr in results], indent=2))
-    else:
-        print("\n\n".join(render_text(ex, attr) for ex, attr in results))
     return 0
 
 

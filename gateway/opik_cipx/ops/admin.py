@@ -108,10 +108,15 @@ async def gateway_status(gateway: GatewayState, figures: SpoolFigures) -> dict[s
             "dropped": st.dropped,
             "errors": st.errors,
             "pending": report.pending,
+            "held": st.held,  # the store failed on them; kept in the journal and retried
+            "quarantined": st.quarantined,  # stored raw as unparseable: capture died on each
+            "retried": st.retried,
             "last_error": st.last_error,
         }
         if st.errors:
             problems.append(f"{st.errors} capture stage error(s); last: {st.last_error}")
+        if st.held:
+            problems.append(f"{st.held} call(s) held: the store failed on them; retrying (the journal keeps them)")
         worker = report.worker
         capture["worker"] = None if worker is None else {"pid": worker.pid, "restarts": worker.restarts}
         if worker is not None and worker.restarts:

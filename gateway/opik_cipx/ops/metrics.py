@@ -163,6 +163,12 @@ def live_gauges(gateway: GatewayState) -> dict[str, tuple[str, str, float]]:
             "counter", "Calls forwarded but not captured because the capture queue was full.", float(stats.dropped))
         gauges["opik_cipx_capture_errors_total"] = (
             "counter", "Capture stages that raised (the call itself was unaffected).", float(stats.errors))
+        gauges["opik_cipx_capture_held"] = (
+            "gauge", "Calls the store failed on, kept in the journal for a retry.", float(stats.held))
+        gauges["opik_cipx_capture_quarantined_total"] = (
+            "counter", "Calls stored raw as unparseable because capture died on them.", float(stats.quarantined))
+        gauges["opik_cipx_capture_retried_total"] = (
+            "counter", "Calls handed to the store again after a failed attempt.", float(stats.retried))
         gauges["opik_cipx_capture_pending"] = (
             "gauge", "Finished calls waiting to be stored.", float(capture.pending))
     upstream = gateway.upstream

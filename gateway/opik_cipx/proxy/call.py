@@ -9,7 +9,16 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from .http import CONTINUE, LAST_CHUNK, REQUEST_DROP, RESPONSE_DROP, end_to_end, gateway_error, header_block
+from .http import (
+    CONTINUE,
+    HOP_BY_HOP,
+    LAST_CHUNK,
+    REQUEST_DROP,
+    RESPONSE_DROP,
+    end_to_end,
+    gateway_error,
+    header_block,
+)
 from .recorder import HeaderList, Recorder
 from .upstream import Connection, UpstreamError
 
@@ -20,6 +29,10 @@ log = logging.getLogger(__name__)
 
 # How a response body is framed toward the client.
 _NONE, _LENGTH, _CHUNKED, _RAW = range(4)
+# A body re-framed chunked toward the client keeps the upstream's Trailer announcement: its
+# trailer fields are relayed. A close-delimited one (HTTP/1.0 clients) can carry none.
+_RECHUNKED_DROP = (RESPONSE_DROP - {b"trailer"}) | {b"content-length"}
+_RAW_DROP = RESPONSE_DROP | {b"content-length"}
 
 
 class Call:
@@ -56,6 +69,7 @@ class Call:
         "started",
         "target",
         "timer",
+        "trailers",
         "until_close",
         "upstream_reusable",
     )
@@ -95,6 +109,7 @@ class Call:
         self.interim = False
         self.reason = b""
         self.resp_headers: list[tuple[bytes, bytes]] = []
+        self.trailers: list[tuple[bytes, bytes]] = []  # a chunked response's trailer fields
         # What one upstream read produced for the client: sent in one write when the read is
         # parsed, not one write per chunk (a burst of SSE events costs one syscall, not ten).
         self.out: list[bytes] = []
@@ -205,7 +220,8 @@ class Call:
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.resp_headers.append((name, value))
+        # After the head, the parser reports a chunked body's trailer fields the same way.
+        (self.trailers if self.head_sent else self.resp_headers).append((name, value))
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -241,7 +257,7 @@ class Call:
         if mode == _RAW:
             self.keep_alive = False
         self.mode = mode
-        drop = RESPONSE_DROP if mode in (_NONE, _LENGTH) else RESPONSE_DROP | {b"content-length"}
+        drop = RESPONSE_DROP if mode in (_NONE, _LENGTH) else _RECHUNKED_DROP if mode == _CHUNKED else _RAW_DROP
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, self.reason), header_block(end_to_end(raw, drop))]
         if mode == _CHUNKED:
             lines.append(b"Transfer-Encoding: chunked\r\n")
@@ -278,7 +294,13 @@ class Call:
             self.interim = False
             return
         if not self.completing and not self.finished:
-            self._complete(LAST_CHUNK if self.mode == _CHUNKED else b"")
+            self._complete(self._last_chunk() if self.mode == _CHUNKED else b"")
+
+    def _last_chunk(self) -> bytes:
+        """The zero-size chunk, with the upstream's trailer fields when it sent any."""
+        if not self.trailers:
+            return LAST_CHUNK
+        return b"0\r\n" + header_block(end_to_end(self.trailers, HOP_BY_HOP)) + b"\r\n"
 
     def upstream_lost(self, exc: Exception | None) -> None:
         self.upstream_reusable = False
@@ -312,10 +334,10 @@ class Call:
         if conn is not None and conn.transport is not None and not conn.closed:
             (conn.transport.pause_reading if paused else conn.transport.resume_reading)()
 
-    def client_lost(self) -> None:
+    def client_lost(self, why: str = "client disconnected") -> None:
         if self.finished:
             return
-        self.rec.client_gone("client disconnected")
+        self.rec.client_gone(why)
         self.upstream_reusable = False
         self._finish(keep_alive=False)
 

@@ -62,7 +62,7 @@ def header_block(headers: list[tuple[bytes, bytes]]) -> bytes:
 def gateway_error(status: int, message: str, *, close: bool = False, kind: str = "api_error") -> bytes:
     """A whole response in Anthropic's error shape, which the client's SDK knows how to read."""
     body = json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
-    reason = {400: b"Bad Request", 431: b"Request Header Fields Too Large", 502: b"Bad Gateway",
-              504: b"Gateway Timeout"}.get(status, b"Error")
+    reason = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large",
+              502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout"}.get(status, b"Error")
     return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n"
             % (status, reason, len(body), b"Connection: close\r\n" if close else b"")) + body

@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..model import Outcome
 from ..wire.redact import is_secret_header
@@ -61,6 +61,12 @@ def _headers(headers: Any) -> list[tuple[Any, Any]]:
     return [(n, v) for n, v in items if not is_secret_header(n)]
 
 
+def _response_headers(headers: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes], ...]:
+    """The upstream's headers minus what it hands the client as a credential (``set-cookie``, a
+    session token, ``www-authenticate``...): the same rule as for requests, before the disk."""
+    return tuple((n, v) for n, v in headers if not is_secret_header(n))
+
+
 def dump_parts(rec: Recorder, generation: int = 0) -> tuple[list[bytes], int]:
     """The frame for ``rec`` as buffers to write in order, and its total length."""
     state: dict[str, Any] = {name: getattr(rec, name) for name in _FIELDS}
@@ -68,6 +74,7 @@ def dump_parts(rec: Recorder, generation: int = 0) -> tuple[list[bytes], int]:
     if rec.forced_outcome is not None:
         state["forced_outcome"] = rec.forced_outcome.value
     state["request_headers"] = _headers(rec.request_headers)
+    state["response_headers"] = _response_headers(rec.response_headers)
     body = rec.body_parts
     state["body_sizes"] = [len(part) for part in body]
     state["chunk_sizes"] = [len(chunk) for chunk in rec.chunks]
@@ -140,35 +147,46 @@ def read_at(fd: int, offset: int, length: int, expect_id: str) -> Recorder:
 
 
 def read_frames(path: Path) -> Iterator[bytes]:
-    """Every current frame, up to the end mark. A torn last frame (killed mid-write) is ignored,
+    """Every current frame, up to the end mark, read one at a time (the file may be large: a
+    journal the last run could not rewind). A torn last frame (killed mid-write) is ignored,
     and so is everything from a frame of another generation on: the rest of a rewound journal."""
     try:
-        data = path.read_bytes()
+        fh = path.open("rb")
     except FileNotFoundError:
         return
-    for _, payload in _frames(data, str(path)):
-        yield payload
+    with fh:
+        for _, _, payload in _frames(fh, str(path)):
+            assert payload is not None
+            yield payload
 
 
-def _frames(data: bytes, where: str) -> Iterator[tuple[int, bytes]]:
-    """(offset, payload) of each current frame in ``data``."""
+# Enough of a frame to read its layout version and generation.
+_PREFIX = 1 + _GEN.size
+
+
+def _frames(fh: BinaryIO, where: str, *, payloads: bool = True) -> Iterator[tuple[int, int, bytes | None]]:
+    """(offset, payload length, payload) of each current frame in ``fh``; with ``payloads``
+    False only the frames' places are read (the payload is None), not their bytes."""
+    total = os.fstat(fh.fileno()).st_size
     pos = 0
     current: int | None = None
-    while pos + _LEN.size <= len(data):
-        (size,) = _LEN.unpack_from(data, pos)
+    while pos + _LEN.size <= total:
+        fh.seek(pos)
+        (size,) = _LEN.unpack(fh.read(_LEN.size))
         if size == 0:
             return  # the end mark
         start = pos + _LEN.size
-        if start + size > len(data):
-            log.warning("journal %s: ignoring a torn last record (%d bytes)", where, len(data) - pos)
+        if start + size > total:
+            log.warning("journal %s: ignoring a torn last record (%d bytes)", where, total - pos)
             return
-        payload = data[start : start + size]
-        generation = generation_of(payload)
+        payload = fh.read(size) if payloads else None
+        head = payload if payload is not None else fh.read(min(size, _PREFIX))
+        generation = generation_of(head)
         if current is None:
             current = generation  # older layouts (None) can only come first
         elif generation != current:
             return  # left over from before the last rewind
-        yield pos, payload
+        yield pos, size, payload
         pos = start + size
 
 
@@ -188,10 +206,11 @@ class Journal:
         # already holds frames (normally take_over() has moved it aside) is continued.
         self._end = 0
         self._generation = int.from_bytes(os.urandom(_GEN.size), "big")
-        existing = os.pread(self._fd, os.fstat(self._fd).st_size, 0)
-        for offset, payload in _frames(existing, str(path)):
-            self._end = offset + _LEN.size + len(payload)
-            self._generation = generation_of(payload) or self._generation
+        with open(self._fd, "rb", closefd=False) as fh:
+            for offset, size, _ in _frames(fh, str(path), payloads=False):
+                self._end = offset + _LEN.size + size
+                fh.seek(offset + _LEN.size)
+                self._generation = generation_of(fh.read(_PREFIX)) or self._generation
         self._truncated_at = time.monotonic()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cipx-journal")
         self._lock = threading.Lock()
@@ -317,33 +336,46 @@ def write_all(fd: int, parts: Sequence[bytes | memoryview], offset: int | None =
         pending[0] = memoryview(pending[0])[n:]
 
 
-def take_over(path: Path) -> list[Recorder]:
+def take_over(path: Path) -> Iterator[Recorder]:
     """At start-up: the calls a previous process journaled but may not have stored.
 
-    The file is renamed aside first, so a crash while replaying leaves it for the
-    next start; the caller deletes it (``finish_replay``) once every call in it
-    has been handed to the capture again (which journals them anew).
+    The file is renamed aside at once (before this returns), so a crash while replaying
+    leaves it for the next start; its calls are then read one at a time as the caller
+    iterates, never the whole file at once. The caller deletes the files
+    (``finish_replay``) once every call in them has been handed to the capture again
+    (which journals them anew). A previous replay that was interrupted is kept, and read
+    first: its file and this one are separate journals, each with its own generation.
     """
-    replay = path.with_suffix(path.suffix + ".replay")
+    held = _replay_files(path)
     if path.exists() and path.stat().st_size:
-        if replay.exists():
-            # A previous replay was interrupted: keep its calls too.
-            with replay.open("ab") as held:
-                held.write(path.read_bytes())
-            path.unlink()
-        else:
-            os.replace(path, replay)
-    out: list[Recorder] = []
-    for payload in read_frames(replay):
-        try:
-            out.append(load(payload))
-        except Exception as exc:  # noqa: BLE001 - one bad record must not hide the others
-            log.error("journal: skipping an unreadable record: %s", exc)
+        aside = path.with_suffix(path.suffix + ".replay")
+        if held:
+            aside = aside.with_suffix(f"{aside.suffix}.{len(held)}")
+        os.replace(path, aside)
+        held.append(aside)
+    return _replay(held)
+
+
+def _replay_files(path: Path) -> list[Path]:
+    """The replay files a start-up left, oldest first: ``.replay``, then ``.replay.1``, ..."""
+    first = path.with_suffix(path.suffix + ".replay")
+    if not first.exists():
+        return []
+    out = [first]
+    while (more := first.with_suffix(f"{first.suffix}.{len(out)}")).exists():
+        out.append(more)
     return out
 
 
+def _replay(files: list[Path]) -> Iterator[Recorder]:
+    for held in files:
+        for payload in read_frames(held):
+            try:
+                yield load(payload)
+            except Exception as exc:  # noqa: BLE001 - one bad record must not hide the others
+                log.error("journal: skipping an unreadable record: %s", exc)
+
+
 def finish_replay(path: Path) -> None:
-    try:
-        path.with_suffix(path.suffix + ".replay").unlink()
-    except FileNotFoundError:
-        pass
+    for held in _replay_files(path):
+        held.unlink(missing_ok=True)

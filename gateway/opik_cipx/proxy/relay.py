@@ -25,6 +25,7 @@ from typing import Any
 import httptools
 
 from .call import Call
+from .client_limits import ClientLimits, Phase, overdue, to_evict
 from .http import ADMIN_PREFIX, HOP_BY_HOP, MAX_HEAD, end_to_end, gateway_error, header_block
 from .recorder import Recorder
 from .routing import Upstream, route
@@ -51,12 +52,17 @@ class Relay:
         seal: Callable[[Recorder], None],
         admin: Callable[[], asyncio.Protocol] | None = None,
         upstreams: dict[Upstream, Pool] | None = None,
+        limits: ClientLimits | None = None,
     ) -> None:
         self.pool = pool
         # Codex's upstreams beside Anthropic's (proxy/routing.py); WebSocket upgrades to them are
         # tunnelled (proxy/websocket.py) and tracked in ``tunnels`` for shutdown.
         self.upstreams = {Upstream.ANTHROPIC: pool, **(upstreams or {})}
         self.tunnels: set[Any] = set()
+        self.limits = limits or ClientLimits()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.expired = 0  # client connections ended for overstaying a bound
+        self.refused = 0  # client connections turned away at the cap
         # Receives each finished Recorder; must be cheap and must not raise (CaptureSink ensures both).
         self.record = record
         # Makes a complete call durable (the capture journal) before the bytes that complete
@@ -90,9 +96,39 @@ class Relay:
     def protocol(self) -> Downstream:
         return Downstream(self)
 
+    def admit(self, down: Downstream) -> bool:
+        """A new client connection: counted, and at the cap either room is made (the connection
+        waiting longest without a call in progress goes) or the new one is refused."""
+        if len(self.connections) >= self.limits.max_connections:
+            others = list(self.connections)
+            pick = to_evict([c.phase() for c in others], asyncio.get_running_loop().time(), self.limits)
+            if pick is None:
+                self.refused += 1
+                return False
+            others[pick].evict()
+        self.connections.add(down)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(self.limits.sweep_every, self._sweep)
+        return True
+
+    def _sweep(self) -> None:
+        """End each connection past a bound (see client_limits); runs while any are open."""
+        self._sweeper = None
+        now = asyncio.get_running_loop().time()
+        for down in list(self.connections):
+            phase, since = down.phase()
+            why = overdue(phase, since, now, self.limits)
+            if why is not None:
+                down.expire(why)
+        if self.connections and not self.closing:
+            self._sweeper = asyncio.get_running_loop().call_later(self.limits.sweep_every, self._sweep)
+
     async def shutdown(self, grace: float) -> None:
         """Let calls in flight finish within ``grace``, then cut what is left; close idle connections."""
         self.closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for down in list(self.connections):
             if down.active is None:
                 down.close()
@@ -133,13 +169,27 @@ class Downstream(asyncio.Protocol):
         self.writing_paused = False  # the client reads slower than we write
         self.closed = False
         self._linger: asyncio.TimerHandle | None = None  # set while draining after an error answer
+        # For the client-side bounds (client_limits): when the connection last went idle, when
+        # the request head now being read began, when the client last sent anything.
+        self._loop = asyncio.get_running_loop()
+        self._idle_since = self._last_read = self._loop.time()
+        self._head_since: float | None = None
+        self._lost_why = "client disconnected"
+        self.eof = False  # the client half-closed after complete requests: answer, then close
+        self._served = False  # a call has run on this connection
 
     # asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.relay.connections.add(self)
+        if not self.relay.admit(self):
+            self.write(gateway_error(503, "opik-cipx: too many client connections; try again",
+                                     close=True, kind="overloaded_error"))
+            self._close_lingering()
 
     def data_received(self, data: bytes) -> None:
+        self._last_read = now = self._loop.time()
+        if self._head_since is None and not self.in_message:
+            self._head_since = now  # the first bytes of a request: its head is on the clock
         if self._linger is not None:
             return  # answered with an error already: read the rest only so it can be delivered
         if not self.in_message:
@@ -166,7 +216,13 @@ class Downstream(asyncio.Protocol):
                 self._reject(400, f"opik-cipx: malformed HTTP request: {exc}")
 
     def eof_received(self) -> bool | None:
-        return None  # a client that stops sending has gone (or read our error): connection_lost follows
+        """The client shut its sending side. After whole requests that is a valid way to say
+        "no more" (``curl``, ``nc -N``, some SDKs): keep the connection open to answer them,
+        then close. Mid-request, or with nothing to answer, the client has gone."""
+        if self._linger is None and not self.in_message and not self._prefix and (self.active or self.queue):
+            self.eof = True
+            return True
+        return None  # connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -177,7 +233,47 @@ class Downstream(asyncio.Protocol):
         self.active, self.parsing = None, None
         self.queue.clear()
         for call in dict.fromkeys(calls):
-            call.client_lost()
+            call.client_lost(self._lost_why)
+
+    # client-side bounds -------------------------------------------------------------------
+    def phase(self) -> tuple[Phase, float]:
+        """What this connection is doing, for its bounds, and since when."""
+        if self._linger is not None or self.closed:
+            return Phase.ENDING, self._last_read  # on its own timer already
+        active = self.active
+        if active is not None:
+            if self.parsing is active and not self._paused and not self.eof:
+                return Phase.BODY, self._last_read  # waiting on the client for the rest
+            return Phase.BUSY, self._last_read
+        if self.queue:
+            return Phase.BUSY, self._last_read
+        if self._head_since is not None:
+            return Phase.HEAD, self._head_since
+        return (Phase.IDLE if self._served else Phase.NEW), self._idle_since
+
+    def expire(self, why: str) -> None:
+        """End a connection that overstayed a bound: a head-reading one is told (408), an idle
+        one closed quietly, one stalled mid-body cut (its call recorded as the client's doing)."""
+        phase, _ = self.phase()
+        self.relay.expired += 1
+        log.info("proxy: ending a client connection: %s", why)
+        if phase is Phase.HEAD:
+            self.write(gateway_error(408, f"opik-cipx: {why}", close=True, kind="invalid_request_error"))
+            self._close_lingering()
+        elif phase is Phase.BODY:
+            self._lost_why = f"client stalled: {why}"
+            self.abort()
+        else:
+            self.close()
+
+    def evict(self) -> None:
+        """Make room at the connection cap: end this connection now, and stop counting it."""
+        self.relay.connections.discard(self)
+        self.relay.expired += 1
+        if self.phase()[0] in (Phase.IDLE, Phase.NEW):
+            self.close()  # between requests: a clean close the client's pool expects
+        else:
+            self.abort()  # a head that is taking too long, or an error answer being lingered on
 
     def pause_writing(self) -> None:
         self.writing_paused = True
@@ -191,6 +287,8 @@ class Downstream(asyncio.Protocol):
 
     # httptools request callbacks ---------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self._head_since is None:
+            self._head_since = self._loop.time()  # a pipelined request, in the same read
         self.in_message = True
         self.head_size = 0
         self._url = []
@@ -209,6 +307,7 @@ class Downstream(asyncio.Protocol):
             self._head_too_large()
 
     def on_headers_complete(self) -> None:
+        self._head_since = None
         p = self.parser
         if p.should_upgrade():
             return  # feed_data raises HttpParserUpgrade next: refused in data_received
@@ -238,12 +337,15 @@ class Downstream(asyncio.Protocol):
         if call is not self.active:
             return
         self.active = None
-        if not keep_alive or self.relay.closing or self.closed:
+        if not keep_alive or self.relay.closing or self.closed or (self.eof and not self.queue):
             self.close()
             return
+        self._served = True
         if self.queue:
             self.active = self.queue.popleft()
             self.active.start()
+        else:
+            self._idle_since = self._loop.time()
         if not self.queue:
             self.resume("pipeline")
 
@@ -256,6 +358,7 @@ class Downstream(asyncio.Protocol):
         if reason in self._paused:
             self._paused.discard(reason)
             if not self._paused and self.transport is not None and not self.closed:
+                self._last_read = self._loop.time()  # the client's clock restarts now, not before
                 self.transport.resume_reading()
 
     def write(self, data: bytes) -> None:

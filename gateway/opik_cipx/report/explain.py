@@ -6,9 +6,11 @@ so the JSON form carries the regions over the stored raw body.
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 from ..attribute import Attribution, ItemTotal
 from ..model import Exchange
@@ -36,7 +38,7 @@ def resolve_ids(spool: Spool, ids: list[str], last: int | None) -> list[str]:
             raise ExplainError(f"id prefix {prefix!r} is ambiguous: {', '.join(r[0] for r in rows)}…")
         out.append(rows[0][0])
     if last:
-        out += [ex.id for ex in spool.last(last, llm_only=True)]
+        out += spool.last_ids(last, llm_only=True)  # ids only: calls are loaded one at a time
     if not out:
         raise ExplainError("nothing to explain: no LLM calls captured yet")
     return out
@@ -125,13 +127,32 @@ def to_json(ex: Exchange, attr: Attribution) -> dict[str, Any]:
 
 
 def explain(spool: Spool, prices: PriceTable, ids: list[str], last: int | None) -> list[tuple[Exchange, Attribution]]:
-    out = []
-    for exchange_id in resolve_ids(spool, ids, last):
+    return list(explain_each(spool, prices, resolve_ids(spool, ids, last)))
+
+
+def explain_each(spool: Spool, prices: PriceTable, ids: list[str]) -> Iterator[tuple[Exchange, Attribution]]:
+    """Each call explained in turn, loaded only when reached: memory holds one call, whatever N."""
+    for exchange_id in ids:
         ex = spool.get(exchange_id)
         if ex is None:  # deleted between resolve and get
             raise ExplainError(f"call {exchange_id} disappeared from the spool")
-        out.append((ex, reanalyze(spool.conn, ex, prices)))
-    return out
+        yield ex, reanalyze(spool.conn, ex, prices)
+
+
+def write(spool: Spool, prices: PriceTable, ids: list[str], out: TextIO, *, as_json: bool) -> None:
+    """Explain ``ids`` onto ``out`` as each is done: ``--last 5000 --json`` streams its output
+    instead of building it. JSON is always an array, however many calls: scripts need not
+    check the shape."""
+    if as_json:
+        out.write("[")
+    for i, (ex, attr) in enumerate(explain_each(spool, prices, ids)):
+        if as_json:
+            out.write(("\n" if i == 0 else ",\n") + json.dumps(to_json(ex, attr), indent=2))
+        else:
+            out.write(("\n\n" if i else "") + render_text(ex, attr))
+    if as_json:
+        out.write("\n]" if ids else "]")
+    out.write("\n")
 
 
 def open_spool(path: Any) -> Spool:

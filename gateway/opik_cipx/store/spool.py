@@ -388,6 +388,15 @@ class Spool:
         rows = self.conn.execute(f"{_SELECT_ALL}{clause} {_NEWEST_FIRST} LIMIT ?", params).fetchall()
         return [self._exchange(r) for r in rows]
 
+    def last_ids(self, n: int = 1, *, llm_only: bool = True) -> list[str]:
+        """The ids of the ``n`` newest calls, newest first: what ``last`` would load, without
+        loading it, so a reader can fetch (and let go of) one call at a time."""
+        clause = " WHERE kind = ?" if llm_only else ""
+        params: list[Any] = [str(CallKind.MESSAGES)] if llm_only else []
+        params.append(max(0, n))
+        rows = self.conn.execute(f"SELECT id FROM exchanges{clause} {_NEWEST_FIRST} LIMIT ?", params).fetchall()
+        return [row[0] for row in rows]
+
     def counters(self) -> dict[str, int]:
         """Totals for ``status`` and ``stats``.
 

@@ -1,0 +1,1 @@
+"""The standing reliability suite: bounded, loopback-only, marked slow (see README, Reliability)."""
