@@ -214,6 +214,10 @@ def test_a_session_starts_the_gateway_through_the_hooks_and_is_captured_under_it
     for refusal in ("permission", "not allowed", "requires approval"):
         assert refusal not in shown.lower(), shown
 
+    # The plugin's skill is offered to the model in every session.
+    first_body = result.messages_requests()[0].body.decode()
+    assert "opik-cipx:opik-cipx" in first_body and "which repairs are safe to run" in first_body
+
     # /opik-cipx:tracing debug wrote the project's marker; /opik-cipx:viewer printed the live URL.
     assert third.rc == 0 and fourth.rc == 0, third.stderr + fourth.stderr
     bodies = [r.body.decode() for r in result.messages_requests()]
