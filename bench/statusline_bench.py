@@ -6,7 +6,9 @@ summary, then pipes a status-line JSON (the shape Claude Code sends) into the co
 command N times and prints wall-time percentiles, beside ``python -c pass`` (the interpreter's
 own start-up, the floor for any Python command) measured in the same rounds:
 
-* ``statusline``: our segment alone,
+* ``status-line script``: what ``setup``/``sync`` configure (``opik-cipx-statusline.sh``: sh
+  builtins and one ``cat`` of the segment the worker pre-rendered),
+* ``statusline``: the Python command, our segment alone,
 * ``statusline + user's line``: wrapping a user status-line command (``echo``),
 * ``gateway down``: the same after ``stop`` (must stay as quick, and say ``offline``).
 
@@ -71,8 +73,16 @@ def main() -> int:
         payload = json.dumps({"session_id": SESSION, "model": {"id": "claude-sonnet-4-5", "display_name": "Sonnet"},
                               "workspace": {"current_dir": str(tmp)}, "cost": {"total_cost_usd": 0.01}}).encode()
         wrapped = tmp / ".opik-cipx" / "statusline-wrapped.json"
+        sys.path.insert(0, str(ROOT / "gateway"))
+        from opik_cipx.claude.launcher import render_statusline_script
+
+        script = tmp / "opik-cipx-statusline.sh"
+        script.write_text(render_statusline_script())
+        wrapped_sh = tmp / ".opik-cipx" / "statusline-wrapped.sh"
         cases: list[tuple[str, list[str], dict[str, str], bool]] = [
             ("python -c pass (floor)", [sys.executable, "-c", "pass"], env, False),
+            ("status-line script", ["sh", str(script)], env, False),
+            ("status-line script + user's", ["sh", str(script)], env, True),
             ("statusline", [*cli, "statusline"], env, False),
             ("statusline + user's line", [*cli, "statusline"], env, True),
         ]
@@ -82,14 +92,20 @@ def main() -> int:
             for name, cmd, case_env, wrap in cases:
                 if wrap:
                     wrapped.write_text(json.dumps({"command": "echo my own line"}))
-                elif wrapped.exists():
-                    wrapped.unlink()
+                    wrapped_sh.write_text("echo my own line\n")
+                else:
+                    for path in (wrapped, wrapped_sh):
+                        if path.exists():
+                            path.unlink()
                 ms, out = timed(cmd, payload, case_env)
                 results[name].append(ms)
                 shown[name] = out
         subprocess.run([*cli, "stop"], env=env, capture_output=True)
-        if wrapped.exists():
-            wrapped.unlink()
+        for path in (wrapped, wrapped_sh):
+            if path.exists():
+                path.unlink()
+        results["script, gateway down"] = [timed(["sh", str(script)], payload, env)[0] for _ in range(args.runs)]
+        shown["script, gateway down"] = timed(["sh", str(script)], payload, env)[1]
         results["gateway down"] = [timed([*cli, "statusline"], payload, env)[0] for _ in range(args.runs)]
         shown["gateway down"] = timed([*cli, "statusline"], payload, env)[1]
     finally:

@@ -26,15 +26,16 @@ ALLOWED: dict[str, set[str]] = {
     "model": set(),
     "config": set(),
     "config_load": {"config"},  # Settings from what the user wrote, bad values set aside
-    "price_list": set(),  # the built-in price table, data only
+    "price_list": set(),
+    "segment": set(),  # the status-line segment from a session summary: pure, stdlib only  # the built-in price table, data only
     "pricing": {"model", "price_list"},
     "wire": {"model"},
     "proxy": {"model", "wire"},
     "attribute": {"model", "pricing", "wire"},
     "store": {"model", "pricing", "attribute"},
     "ship": {"(root)", "model", "config", "pricing", "wire", "attribute", "store"},
-    "capture": {"model", "config", "pricing", "wire", "proxy", "attribute", "store", "ship"},
-    "report": {"model", "pricing", "attribute", "store"},
+    "capture": {"model", "segment", "config", "pricing", "wire", "proxy", "attribute", "store", "ship"},
+    "report": {"model", "segment", "pricing", "attribute", "store"},
     "ops": {"(root)", "model", "config", "pricing", "wire", "proxy", "capture", "store"},
     "viewer": {"pricing", "attribute", "store", "report", "ops"},
     "claude": {"config", "pricing", "store", "report", "ops"},

@@ -63,7 +63,7 @@ def test_setup_apply_uninstall_round_trip_gives_back_the_original_bytes(claude: 
     merged = json.loads((claude / "settings.json").read_text())
     assert merged["env"] == {"FOO": "bär", "ANTHROPIC_BASE_URL": "http://127.0.0.1:9909"}
     assert list(merged) == ["permissions", "model", "env", "hooks", "alwaysThinkingEnabled", "statusLine"]
-    assert merged["statusLine"]["command"].endswith(" statusline")
+    assert merged["statusLine"]["command"].endswith("/opik-cipx-statusline.sh")
     assert merged["hooks"]["PreToolUse"][0]["hooks"][0]["command"] == "~/.claude/hooks/mine.sh"
     assert "opik-cipx-pre-tool-use.sh" in merged["hooks"]["PreToolUse"][1]["hooks"][0]["command"]
     assert "opik-cipx-session-start.sh" in merged["hooks"]["SessionStart"][0]["hooks"][0]["command"]

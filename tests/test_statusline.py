@@ -132,3 +132,39 @@ def test_statusline_imports_nothing_heavy(gateway_env: dict[str, str]) -> None:
     out = subprocess.run([sys.executable, "-c", code], env=gateway_env, capture_output=True, text=True, timeout=30)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
     assert os.environ.get("CIPX_HOME")
+
+
+def _alive_pidfile(state: Path) -> None:
+    """The pidfile as the gateway writes it, naming this (live) test process."""
+    stat = Path("/proc/self/stat").read_text()
+    ticks = stat.rsplit(") ", 1)[-1].split()[19]
+    (state / "gateway.pid").write_text(f"{os.getpid()} {ticks}\n")
+    (state / "port").write_text("9909\n")
+
+
+def test_the_status_line_script_prints_the_users_line_then_the_prerendered_segment(tmp_path: Path) -> None:
+    from opik_cipx.claude.launcher import render_statusline_script
+
+    state = tmp_path / "state"
+    (state / "sessions").mkdir(parents=True)
+    script = tmp_path / "opik-cipx-statusline.sh"
+    script.write_text(render_statusline_script())
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "CIPX_HOME": str(state)}
+
+    def run(payload: str, **extra: str) -> str:
+        return subprocess.run(["sh", str(script)], input=payload, env={**env, **extra}, capture_output=True,
+                              text=True, timeout=30, check=True).stdout
+
+    sid = "4aeeb350-9e90-4fd9-8efe-f3fc099a8789"
+    payload = json.dumps({"session_id": sid, "model": {"id": "claude-opus-4-8"}})
+    assert run(payload) == "◆ opik-cipx offline\n"
+    _alive_pidfile(state)
+    assert run(payload) == "◆ no calls captured yet\n"
+    session_summary.write_summary(state, {**_summary(), "session_id": sid})
+    assert run(payload) == render(_summary(), {}, alive=True) + "\n"
+    (state / "statusline-wrapped.sh").write_text("read x; echo \"mine\"\n")
+    assert run(payload) == "mine\n" + render(_summary(), {}, alive=True) + "\n"
+    assert run(payload, OPIK_CIPX_STATUSLINE_DISPLAY="0") == "mine\n"
+    assert run(payload, OPIK_CIPX_STATUSLINE="off").startswith("◆ $1.87")
+    for hostile in ('{"session_id": "../../etc/passwd"}', '{"session_id": ".x"}', "garbage", ""):
+        assert run(hostile, OPIK_CIPX_STATUSLINE="off") == "◆ no calls captured yet\n", hostile

@@ -52,7 +52,8 @@ def test_with_the_plugin_enabled_only_the_base_url_is_added(isolated_home: Path)
     sync(Settings(), managed=(), bring_up=False, supervise=Recorder().install)
     data = _settings_json(isolated_home)
     assert data["env"] == {"ANTHROPIC_BASE_URL": "http://127.0.0.1:9909"} and "hooks" not in data
-    assert not (isolated_home / ".claude" / "hooks").exists(), "the plugin brings its own hooks"
+    hooks = isolated_home / ".claude" / "hooks"
+    assert sorted(p.name for p in hooks.iterdir()) == ["opik-cipx-statusline.sh"], "the plugin brings its own hooks"
 
 
 def test_a_base_url_from_managed_settings_is_never_fought_over(isolated_home: Path, tmp_path: Path) -> None:
@@ -132,7 +133,8 @@ def test_the_users_status_line_is_wrapped_and_given_back(isolated_home: Path, mo
     path.write_text(json.dumps({"statusLine": theirs, "model": "opus"}, indent=2))
     sync(Settings(), managed=(), bring_up=False, supervise=Recorder().install)
     data = _settings_json(isolated_home)
-    assert data["statusLine"]["command"].endswith(" statusline")
+    assert data["statusLine"]["command"].endswith("/opik-cipx-statusline.sh")
+    assert (isolated_home / ".opik-cipx" / "statusline-wrapped.sh").read_text() == "~/bin/my-line.sh\n"
     saved = json.loads((isolated_home / ".opik-cipx" / WRAPPED_FILE).read_text())
     assert saved == {"command": "~/bin/my-line.sh", "original": theirs}
     sync(Settings(), managed=(), bring_up=False, supervise=Recorder().install)  # idempotent: still theirs saved

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..attribute.analysis import Captured
 from ..model import CallKind, Outcome
+from ..segment import render
 from ..store.spool import Spool
 from ..wire.ratelimit import plan_windows
 
@@ -83,14 +84,21 @@ def session_summary(sp: Spool, item: Captured) -> dict[str, Any] | None:
 
 
 def write_summary(home: Path, summary: dict[str, Any]) -> None:
+    """``<id>.json`` for ``opik-cipx statusline``, and ``<id>.line``, the segment already
+    rendered, for the status-line script that only has to print it."""
     path = summary_path(home, summary["session_id"])
     if path is None:
         return
     path.parent.mkdir(mode=0o700, exist_ok=True)
+    _write_atomic(path, json.dumps(summary, separators=(",", ":")))
+    _write_atomic(path.with_suffix(".line"), render(summary, {}, alive=True) + "\n")
+
+
+def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(summary, fh, separators=(",", ":"))
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
     os.replace(tmp, path)
 
 

@@ -110,6 +110,57 @@ def render_hook_script(spec: HookSpec, binary: Path | None) -> str:
     )
 
 
+STATUSLINE_SCRIPT = "opik-cipx-statusline.sh"
+
+# POSIX sh, builtins only but for the `cat` of one file: Claude Code runs the status line after
+# every assistant message, and a Python start-up alone costs ~20 ms. The capture worker keeps the
+# finished segment in sessions/<id>.line (capture/session_summary.py); the user's own status line,
+# saved by setup, runs first. The session id is cut out of Claude Code's JSON with parameter
+# expansion and must look like an id before it names a file.
+STATUSLINE_BODY = r"""cipx_home="${CIPX_HOME:-$HOME/.opik-cipx}"
+
+cipx_alive() {
+  [ -s "$cipx_home/port" ] && [ -r "$cipx_home/gateway.pid" ] || return 1
+  read -r cipx_pid cipx_ticks cipx_rest < "$cipx_home/gateway.pid" || return 1
+  [ -n "$cipx_pid" ] || return 1
+  if [ -r "/proc/$cipx_pid/stat" ]; then
+    read -r cipx_stat < "/proc/$cipx_pid/stat" || return 1
+    set -- ${cipx_stat##*") "}
+    [ "${20:-}" = "$cipx_ticks" ]
+  else
+    [ "$cipx_ticks" = "-" ] && kill -0 "$cipx_pid" 2>/dev/null
+  fi
+}
+
+cipx_in=$(cat)
+if [ "${OPIK_CIPX_STATUSLINE:-}" != off ] && [ -s "$cipx_home/statusline-wrapped.sh" ]; then
+  printf '%s' "$cipx_in" | sh "$cipx_home/statusline-wrapped.sh" 2>/dev/null
+fi
+[ "${OPIK_CIPX_STATUSLINE_DISPLAY:-1}" = 0 ] && exit 0
+if ! cipx_alive; then
+  echo "◆ opik-cipx offline"
+  exit 0
+fi
+cipx_sid=${cipx_in#*'"session_id"'}
+cipx_sid=${cipx_sid#*'"'}
+cipx_sid=${cipx_sid%%'"'*}
+case "$cipx_sid" in
+  ''|.*|*[!A-Za-z0-9._-]*) echo "◆ no calls captured yet"; exit 0 ;;
+esac
+if [ -r "$cipx_home/sessions/$cipx_sid.line" ]; then
+  cat "$cipx_home/sessions/$cipx_sid.line"
+else
+  echo "◆ no calls captured yet"
+fi
+exit 0
+"""
+
+
+def render_statusline_script() -> str:
+    return (f"{MARKER}\n# Claude Code statusLine: the user's own line, then opik-cipx's segment.\n"
+            f"{STATUSLINE_BODY}")
+
+
 def is_managed(path: Path) -> bool:
     """True only for files whose first line is our marker."""
     try:

@@ -41,10 +41,12 @@ from .launcher import (
     INSTALL_HINT,
     LAUNCHER_BODY,
     MARKER,
+    STATUSLINE_SCRIPT,
     HookSpec,
     is_managed,
     render_hook_script,
     render_launcher,
+    render_statusline_script,
 )
 from .settings_json import (
     BACKUP_SUFFIX,
@@ -194,7 +196,14 @@ def setup_plan(
     if not apply_settings:
         return plan
     data, raw = load_settings(targets.settings_path)
-    command = f"{shlex.quote(str(binary)) if binary else 'opik-cipx'} statusline" if status_line else None
+    script = targets.hooks_dir / STATUSLINE_SCRIPT
+    command = shlex.quote(str(script)) if status_line else None
+    if status_line:
+        content_sh = render_statusline_script().encode()
+        if script.exists() and not is_managed(script):
+            raise ProvisionError(f"{script} exists and was not written by opik-cipx; move it away first")
+        if _read(script) != content_sh:
+            plan.changes.append(Change("write", script, f"write status-line script {script}", content_sh, 0o755))
     merged, added = merge_settings(data, settings, targets, hooks=hooks, status_line=command)
     earlier = _read_record(targets.record_path) or {}
     if "previous_status_line" not in added and earlier.get("previous_status_line") is not None:
@@ -206,6 +215,15 @@ def setup_plan(
         path = settings.home / WRAPPED_FILE
         if _read(path) != content:
             plan.changes.append(Change("write", path, f"save the status line ours wraps in {path}", content, 0o600))
+        # The same command for the sh script, which cannot read JSON; absent when there is none.
+        user = wrapped.get("command") if isinstance(wrapped, dict) else None
+        wrapped_sh = settings.home / "statusline-wrapped.sh"
+        if isinstance(user, str) and user.strip():
+            if _read(wrapped_sh) != (user + "\n").encode():
+                plan.changes.append(Change("write", wrapped_sh, f"save it for the status-line script in {wrapped_sh}",
+                                           (user + "\n").encode(), 0o600))
+        elif wrapped_sh.exists():
+            plan.changes.append(Change("remove", wrapped_sh, f"remove {wrapped_sh}"))
     if merged == data:
         return plan
     like = raw.decode("utf-8", "replace") if raw is not None else None

@@ -114,7 +114,8 @@ STATUS_LINE_MARK = " statusline"  # our statusLine command is `<binary> statusli
 
 
 def is_our_status_line(value: object) -> bool:
-    return isinstance(value, dict) and str(value.get("command") or "").endswith(STATUS_LINE_MARK)
+    command = str(value.get("command") or "") if isinstance(value, dict) else ""
+    return command.endswith((STATUS_LINE_MARK, "opik-cipx-statusline.sh"))
 
 
 def merge_status_line(merged: dict[str, Any], added: dict[str, Any], command: str | None) -> None:

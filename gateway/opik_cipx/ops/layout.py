@@ -18,9 +18,9 @@ from ..config import Settings
 # Top-level files of the state dir (pidfile and locks from daemon.py, the port file, the viewer's
 # token, setup's record) and the names they take while being written atomically.
 TOP_FILES = ("port", "gateway.lock", "gateway.pid", "start.lock", "viewer-token", "provision.json",
-             "statusline-wrapped.json", "*.tmp")
+             "statusline-wrapped.json", "statusline-wrapped.sh", "*.tmp")
 # The status line's per-session summaries (capture/session_summary.py).
-SESSION_FILES = ("*.json", ".*.tmp")
+SESSION_FILES = ("*.json", "*.line", ".*.tmp")
 # The captured calls: SQLite and its side files, the capture journal, the busy flag.
 SPOOL_FILES = ("spool.sqlite3", "spool.sqlite3-*", "capture.journal*", "proxy.busy", "*.tmp")
 LOG_FILES = ("cipx.log*", "capture-worker.log*", "spawn.log*")
