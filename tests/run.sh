@@ -22,11 +22,13 @@ if [ ! -x "$CIPX_TEST_CLAUDE_PREFIX/node_modules/.bin/claude" ]; then
   npm install --silent --no-audit --no-fund --prefix "$CIPX_TEST_CLAUDE_PREFIX" @anthropic-ai/claude-code
 fi
 
-# Headless Chromium for the viewer tests; network namespaces for isolated e2e runs.
+# Headless Chromium for the viewer tests; network namespaces for isolated e2e runs; tmux to
+# drive Claude Code interactively.
 need_apt=()
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v unshare >/dev/null 2>&1 || need_apt+=(util-linux)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)  # the interactive Claude Code status-line test
 if [ ${#need_apt[@]} -gt 0 ] && [ "$(id -u)" = 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi

@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from opik_cipx.capture import session_summary
 from opik_cipx.report import statusline
 from opik_cipx.report.statusline import render
 from opik_cipx.server import Gateway
 from opik_cipx.wire.ratelimit import is_limited, plan_windows
+from tests.support.claude_code import needs_claude_code
 from tests.support.fake_anthropic import FakeAnthropic, Turn
 
 PLAN = {
@@ -168,3 +170,68 @@ def test_the_status_line_script_prints_the_users_line_then_the_prerendered_segme
     assert run(payload, OPIK_CIPX_STATUSLINE="off").startswith("◆ $1.87")
     for hostile in ('{"session_id": "../../etc/passwd"}', '{"session_id": ".x"}', "garbage", ""):
         assert run(hostile, OPIK_CIPX_STATUSLINE="off") == "◆ no calls captured yet\n", hostile
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@needs_claude_code()
+def test_the_real_claude_code_shows_our_segment_under_the_users_line(tmp_path: Path) -> None:
+    """Claude Code interactive under tmux, through the gateway, with setup --apply's status line."""
+    import shlex
+    import shutil
+
+    from tests.support.claude_code import REPO_ROOT, claude_bin, claude_env, run_in_netns
+    from tests.support.gateway import free_port
+
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed")  # tests/run.sh installs it
+    home, project = tmp_path / "home", tmp_path / "project"
+    (home / ".claude").mkdir(parents=True)
+    project.mkdir()
+    (home / "tmp").mkdir()
+    (home / ".claude" / "settings.json").write_text(
+        json.dumps({"statusLine": {"type": "command", "command": "echo MY-OWN-LINE"}}))
+    # A user who has been through onboarding, trusts the project and approved the test key.
+    (home / ".claude.json").write_text(json.dumps({
+        "hasCompletedOnboarding": True, "theme": "dark",
+        "customApiKeyResponses": {"approved": ["sk-ant-test"[-20:]], "rejected": []},
+        "projects": {str(project): {"hasTrustDialogAccepted": True, "hasCompletedProjectOnboarding": True}}}))
+    port, q = free_port(), shlex.quote
+    state, py, pane = home / ".opik-cipx", q(sys.executable), tmp_path / "pane.txt"
+    script = f"""
+set -u
+cd {q(str(REPO_ROOT))}
+export PYTHONPATH={q(str(REPO_ROOT / "gateway"))}:{q(str(REPO_ROOT))} CIPX_HOME={q(str(state))} CIPX_PORT={port}
+{py} -m tests.support.fake_anthropic --port-file {q(str(tmp_path / "up.port"))} \\
+    --header anthropic-ratelimit-unified-status=allowed \\
+    --header anthropic-ratelimit-unified-5h-utilization=0.12 \\
+    --header anthropic-ratelimit-unified-7d-utilization=0.71 >{q(str(tmp_path / "up.log"))} 2>&1 &
+up=$!
+for _ in $(seq 100); do [ -s {q(str(tmp_path / "up.port"))} ] && break; sleep 0.1; done
+export CIPX_UPSTREAM_URL=http://127.0.0.1:$(cat {q(str(tmp_path / "up.port"))})
+{py} -m opik_cipx.cli setup --apply >/dev/null && {py} -m opik_cipx.cli ensure-running -q || exit 90
+export ANTHROPIC_BASE_URL=http://127.0.0.1:{port} TERM=xterm-256color
+cd {q(str(project))}
+tmux -L cipx new-session -d -s t -x 160 -y 40 {q(str(claude_bin()))}
+sleep 6
+tmux -L cipx send-keys -t t "hello there" Enter
+for _ in $(seq 60); do
+  sleep 0.5
+  tmux -L cipx capture-pane -p -t t > {q(str(pane))}
+  grep -q "5h 12%" {q(str(pane))} && break
+done
+tmux -L cipx kill-server
+cd {q(str(REPO_ROOT))}
+{py} -m opik_cipx.cli stats --by session --json
+{py} -m opik_cipx.cli stop >/dev/null
+kill $up
+"""
+    rc, out, err, _ = run_in_netns(script, env=claude_env(home), cwd=tmp_path, timeout=180)
+    assert rc == 0, err
+    lines = [line.strip() for line in pane.read_text().splitlines() if line.strip()]
+    ours = next((i for i, line in enumerate(lines) if line.startswith("◆ $")), None)
+    assert ours is not None, "\n".join(lines)
+    assert lines[ours - 1].startswith("MY-OWN-LINE"), "the user's own line is kept, above ours"
+    [group] = json.loads(out)["groups"]
+    assert lines[ours].startswith(f"◆ ${group['cost_usd']:.2f} · ctx "), (lines[ours], group)
+    assert "5h 12% 7d 71%" in lines[ours]
