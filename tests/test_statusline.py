@@ -235,3 +235,10 @@ kill $up
     [group] = json.loads(out)["groups"]
     assert lines[ours].startswith(f"◆ ${group['cost_usd']:.2f} · ctx "), (lines[ours], group)
     assert "5h 12% 7d 71%" in lines[ours]
+
+
+def test_a_1m_context_call_is_measured_against_its_window() -> None:
+    wide = _summary(last_main={**_summary()["last_main"], "context_window": 1_000_000})
+    assert "ctx 8%" in render(wide, {}, alive=True)
+    assert session_summary._context_window('{"anthropic-beta": "claude-code-20250219,context-1m-2025-08-07"}') == 1_000_000
+    assert session_summary._context_window('{"anthropic-beta": "claude-code-20250219"}') is None

@@ -19,12 +19,14 @@ LIMIT_AT = 0.90
 CATEGORY_LABELS = {"builtin_tools": "tools", "tool_io": "tool io", "messages": "chat", "assistant": "chat"}
 
 
-def _window_of(claude: dict[str, Any], summary_model: str | None) -> int:
+def _window_of(claude: dict[str, Any], summary_model: str | None, summary_window: object = None) -> int:
     cw = claude.get("context_window")
     if isinstance(cw, dict):
         for key in ("context_window_size", "size", "max_tokens"):
             if isinstance(cw.get(key), int) and cw[key] > 0:
                 return int(cw[key])
+    if isinstance(summary_window, int) and summary_window > 0:
+        return summary_window
     model = claude.get("model")
     model_id = model.get("id") if isinstance(model, dict) else model
     if any("[1m]" in str(m or "") for m in (model_id, summary_model)):
@@ -44,7 +46,7 @@ def render(summary: dict[str, Any] | None, claude: dict[str, Any], *, alive: boo
         return "◆ no calls captured yet"
     parts = [f"◆ ${summary.get('cost_usd', 0.0):.2f}" + ("+?" if summary.get("unpriced_calls") else "")]
     last = summary.get("last_main") or {}
-    window = _window_of(claude, last.get("model"))
+    window = _window_of(claude, last.get("model"), last.get("context_window"))
     depth = (last.get("prompt_tokens") or 0) / window if last else None
     if depth is not None:
         parts.append(f"ctx {_pct(depth)}")

@@ -58,7 +58,8 @@ def session_summary(sp: Spool, item: Captured) -> dict[str, Any] | None:
         out["plan"] = windows
     query = (
         "SELECT e.id, e.model, e.started_at, e.input_tokens, e.cache_creation_input_tokens,"
-        " e.cache_read_input_tokens, e.cost_usd FROM exchanges e JOIN attribution a ON a.exchange_id = e.id"
+        " e.cache_read_input_tokens, e.cost_usd, e.request_headers"
+        " FROM exchanges e JOIN attribution a ON a.exchange_id = e.id"
         " WHERE e.session_id = ? AND a.call_kind IN ({}) AND e.usage IS NOT NULL"
         " ORDER BY e.started_at DESC LIMIT 2")
     # The conversation's own calls; a client that is not Claude Code has no "main" shape, so
@@ -66,7 +67,7 @@ def session_summary(sp: Spool, item: Captured) -> dict[str, Any] | None:
     main = conn.execute(query.format("'main'"), (sid,)).fetchall() or conn.execute(
         query.format("'side', 'compaction'"), (sid,)).fetchall()
     if main:
-        last_id, model, at, inp, write, read, last_cost = main[0]
+        last_id, model, at, inp, write, read, last_cost, headers = main[0]
         total = inp + write + read
         top = conn.execute(
             "SELECT category, total(tokens) AS t FROM attribution_items WHERE exchange_id = ? AND side = 'request'"
@@ -79,8 +80,18 @@ def session_summary(sp: Spool, item: Captured) -> dict[str, Any] | None:
             # Re-wrote a prefix that had been cached: an idle gap past the TTL, then mostly writes.
             "cold": bool(gap is not None and gap > CACHE_TTL_SECONDS and write > read),
             "gap_s": gap,
+            "context_window": _context_window(headers),
         }
     return out
+
+
+def _context_window(request_headers: str | None) -> int | None:
+    """1M when the call asked for the 1M-token context beta (Claude Code's "(1M context)" models)."""
+    try:
+        beta = json.loads(request_headers or "{}").get("anthropic-beta") or ""
+    except (ValueError, AttributeError):
+        return None
+    return 1_000_000 if "context-1m" in str(beta) else None
 
 
 def write_summary(home: Path, summary: dict[str, Any]) -> None:
