@@ -36,14 +36,10 @@ INSTALL_HINT = (
     "curl -fsSL https://raw.githubusercontent.com/comet-ml/opik-cipx/main/install.sh | bash"
 )
 
-# POSIX sh. The keep-alive fast path decides liveness with builtins only (no fork): the
-# pidfile's pid must still have the start ticks it had when the gateway wrote it, so a
-# reused pid does not count. Everything else goes to the binary, which bounds itself.
-LAUNCHER_BODY = r"""cipx_home="${CIPX_HOME:-$HOME/.opik-cipx}"
-
-# Keep-alive fast path: alive when the port file exists and the pidfile's process is the one
-# that wrote it (same start time in clock ticks; pid alone where /proc is missing).
-cipx_alive() {
+# Alive when the port file exists and the pidfile's process is the one that wrote it (same start
+# time in clock ticks; pid alone where /proc is missing). Shared by the launcher and the
+# status-line script.
+ALIVE_FN = r"""cipx_alive() {
   [ -s "$cipx_home/port" ] && [ -r "$cipx_home/gateway.pid" ] || return 1
   read -r cipx_pid cipx_ticks cipx_rest < "$cipx_home/gateway.pid" || return 1
   [ -n "$cipx_pid" ] || return 1
@@ -55,7 +51,18 @@ cipx_alive() {
     [ "$cipx_ticks" = "-" ] && kill -0 "$cipx_pid" 2>/dev/null
   fi
 }
+"""
 
+# POSIX sh. The keep-alive fast path decides liveness with builtins only (no fork): the
+# pidfile's pid must still have the start ticks it had when the gateway wrote it, so a
+# reused pid does not count. Everything else goes to the binary, which bounds itself.
+LAUNCHER_BODY = (r"""cipx_home="${CIPX_HOME:-$HOME/.opik-cipx}"
+
+# Keep-alive fast path: alive when the port file exists and the pidfile's process is the one
+# that wrote it (same start time in clock ticks; pid alone where /proc is missing).
+"""
++ ALIVE_FN
++ r"""
 case "${1:-}:${2:-}:${3:-}" in
   hook:claude_code:pre-tool-use|hook:claude_code:user-prompt-submit)
     if cipx_alive; then cat >/dev/null 2>&1; exit 0; fi ;;
@@ -88,7 +95,7 @@ if [ "${1:-}" = hook ]; then
   exit 0
 fi
 exec "$cipx_bin" "$@"
-""".replace("__INSTALL_HINT__", INSTALL_HINT)
+""").replace("__INSTALL_HINT__", INSTALL_HINT)
 
 
 def render_launcher() -> str:
@@ -117,21 +124,11 @@ STATUSLINE_SCRIPT = "opik-cipx-statusline.sh"
 # finished segment in sessions/<id>.line (capture/session_summary.py); the user's own status line,
 # saved by setup, runs first. The session id is cut out of Claude Code's JSON with parameter
 # expansion and must look like an id before it names a file.
-STATUSLINE_BODY = r"""cipx_home="${CIPX_HOME:-$HOME/.opik-cipx}"
+STATUSLINE_BODY = (r"""cipx_home="${CIPX_HOME:-$HOME/.opik-cipx}"
 
-cipx_alive() {
-  [ -s "$cipx_home/port" ] && [ -r "$cipx_home/gateway.pid" ] || return 1
-  read -r cipx_pid cipx_ticks cipx_rest < "$cipx_home/gateway.pid" || return 1
-  [ -n "$cipx_pid" ] || return 1
-  if [ -r "/proc/$cipx_pid/stat" ]; then
-    read -r cipx_stat < "/proc/$cipx_pid/stat" || return 1
-    set -- ${cipx_stat##*") "}
-    [ "${20:-}" = "$cipx_ticks" ]
-  else
-    [ "$cipx_ticks" = "-" ] && kill -0 "$cipx_pid" 2>/dev/null
-  fi
-}
-
+"""
++ ALIVE_FN
++ r"""
 cipx_in=$(cat)
 if [ "${OPIK_CIPX_STATUSLINE:-}" != off ] && [ -s "$cipx_home/statusline-wrapped.sh" ]; then
   printf '%s' "$cipx_in" | sh "$cipx_home/statusline-wrapped.sh" 2>/dev/null
@@ -153,7 +150,7 @@ else
   echo "◆ no calls captured yet"
 fi
 exit 0
-"""
+""")
 
 
 def render_statusline_script() -> str:
