@@ -68,7 +68,13 @@ def test_tool_io_items_count_calls_sizes_and_keep_short_samples() -> None:
     assert bash.detail["inputs"] == 1 and bash.detail["results"] == 1
     assert bash.detail["result_sample"] == "MARK_BASH_OUT\nok"
     assert bash.detail["input_bytes"] == len(b'{"command": "echo MARK_BASH_IN"}')
-    assert bash.detail["input_bytes"] + bash.detail["result_bytes"] == bash.bytes
+    # The item is the whole tool_use and tool_result blocks: input, result and their envelopes.
+    text = body.decode("latin-1")
+    blocks = 0
+    for head in (b'"type": "tool_use", "id": "toolu_1"', b'"tool_use_id": "toolu_1"'):
+        start = text.rfind("{", 0, body.index(head))
+        blocks += json.JSONDecoder().raw_decode(text, start)[1] - start
+    assert bash.bytes == blocks > bash.detail["input_bytes"] + bash.detail["result_bytes"]
     mcp = attr.item("mcp", "acme_tools/io:search")
     assert mcp and mcp.detail["server"] == "acme_tools" and mcp.detail["tool"] == "search"
 

@@ -167,3 +167,36 @@ def test_recorded_memory_and_prompt_details(path: Path) -> None:
     assert len(prompt) == 1
     assert prompt[0].detail["text"].startswith("MARKER_USER_PROMPT_7f3a")
     assert prompt[0].detail["chars"] == len(prompt[0].detail["text"])
+
+
+_TOOL_BLOCK = re.compile(r'\{"type":"tool_use","id":"([^"]+)"|\{"type":"tool_result","tool_use_id":"([^"]+)"|\{"tool_use_id":"([^"]+)","type":"tool_result"')
+
+
+@pytest.mark.parametrize("path", RECORDINGS, ids=_ids(RECORDINGS))
+def test_recorded_tool_use_and_result_blocks_are_wholly_the_tools_cost(path: Path) -> None:
+    """Every byte of a tool_use block (type, id, name, input) and of its tool_result is that tool's bucket.
+
+    Regression: the ``"name"`` key and the block's braces used to land in framing, so
+    per-tool and per-MCP-server totals came out short.
+    """
+    body, _, attr = _load(path)
+    text = body.decode("latin-1")  # byte offsets == char offsets; JSON structure is ASCII
+    decoder = json.JSONDecoder()
+    segments = list(attr.segments())
+    owner: dict[str, tuple[str, str]] = {}
+    checked = 0
+    for m in _TOOL_BLOCK.finditer(text):
+        _, end = decoder.raw_decode(text, m.start())
+        hits = [(s.category, s.item) for s in segments if s.start < end and s.end > m.start()]
+        assert ("framing", "structure") not in hits, (m.group(0), hits)
+        if m.group(1):  # a tool call: one bucket, the tool's
+            assert len(set(hits)) == 1, (m.group(0), set(hits))
+            owner[m.group(1)] = hits[0]
+        else:  # its result: the tool's bucket around whatever the result text carries (reminders, MCP instructions)
+            tool = owner.get(m.group(2) or m.group(3))
+            if tool is not None:
+                ends = [(s.category, s.item) for s in segments if s.start <= m.start() < s.end or s.start < end <= s.end]
+                assert set(ends) == {tool}, (m.group(0), ends)
+        checked += 1
+    if "tool_use" in text:
+        assert checked and owner

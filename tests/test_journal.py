@@ -186,7 +186,20 @@ def test_credentials_never_reach_the_journal_file(tmp_path: Path) -> None:
     for secret in (b"JOURNALSECRET", b"OAUTHSECRET", b"COOKIESECRET"):
         assert secret not in raw
     (payload,) = journal.read_frames(tmp_path / "j")
-    assert journal.load(payload).request_headers.items() == [("anthropic-version", "1")]
+    # Only the kind of credential survives, so the replayed call is labelled like the live one.
+    assert journal.load(payload).request_headers.items() == [("anthropic-version", "1"), ("x-cipx-credential", "api_key")]
+
+
+def test_a_replayed_oauth_call_keeps_its_credential_kind_not_its_token(tmp_path: Path) -> None:
+    headers = [(b"Authorization", b"Bearer sk-ant-oat01-SECRET"), (b"anthropic-beta", b"oauth-2025-04-20")]
+    rec = Recorder("POST", "/v1/messages", HeaderList(headers))
+    rec.body = b"{}"
+    rec.finish()
+    (payload,) = journal.read_frames(_write(tmp_path / "j", [rec]))
+    live, replayed = build_exchange(rec, None), build_exchange(journal.load(payload), None)
+    assert live.request_headers["x-cipx-credential"] == replayed.request_headers["x-cipx-credential"] == "oauth"
+    assert b"SECRET" not in (tmp_path / "j").read_bytes()
+    assert "SECRET" not in repr(replayed.to_dict())
 
 
 @pytest.mark.parametrize("per_call", [1, 7, 4096])

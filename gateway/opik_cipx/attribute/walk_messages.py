@@ -256,6 +256,7 @@ class MessageWalk(ToolIoWalk):
                 return None
             end, is_error, marker = tail.end(), tail.group(1), tail.group(2)
 
+        since = len(self.regions)
         if kind == _HEAD_TEXT:
             if is_error is not None:
                 return None
@@ -272,6 +273,7 @@ class MessageWalk(ToolIoWalk):
             name = m.group(_HEAD_USE_NAME)
             self.tool_uses[m.group(_HEAD_USE_ID)] = (name, tool_input)
             self.tool_io(name, a, b, INPUT, tool_input)
+            self.own_block(pos, end, since, (name, tool_input))
         else:  # a tool_result, whichever of its two usual key orders
             ref = self.tool_uses.get(m.group(kind)) or UNKNOWN_TOOL
             if s[a] != '"':
@@ -282,6 +284,7 @@ class MessageWalk(ToolIoWalk):
                 self.tool_io(ref[0], a, b, RESULT, ref[1], quoted=True)
             if is_error == "true" or (ref[0] == "Skill" and tool is None):
                 self.after_result(ref, tool, is_error == "true")
+            self.own_block(pos, end, since, ref)
         if marker is not None:
             self.breakpoints.append(Breakpoint(GROUP_MESSAGES, end, "1h" if '"1h"' in marker else "5m"))
         return end
@@ -309,6 +312,8 @@ class MessageWalk(ToolIoWalk):
             return end
 
         walked: list[int] = []
+        since = len(self.regions)
+        owner: ToolRef | None = None  # a tool_use / tool_result block: its gaps are the tool's
 
         def direct(seen: Members, key: str, vstart: int) -> int | None:
             # Walk a tool result's block list in place when its tool is already known.
@@ -348,9 +353,13 @@ class MessageWalk(ToolIoWalk):
                     self.tool_uses[tool_id] = (name, tool_input)
                 self.tool_io(name, vstart, vend, INPUT, tool_input)
                 handled.add("input")
+                owner = (name, tool_input)
+            else:
+                owner = (name, None)
         elif kind is not None and kind.endswith("tool_result"):
             ref = self.tool_ref(block.get("tool_use_id"))
             name = ref[0]
+            owner = ref
             handled.update(("tool_use_id", "is_error"))
             if "content" in block:
                 _, vstart, vend = block["content"]
@@ -389,6 +398,8 @@ class MessageWalk(ToolIoWalk):
         for key, (kstart, _, vend) in block.items():
             if key not in handled:
                 self.unknown(kstart, vend)
+        if owner is not None:
+            self.own_block(pos, end, since, owner)
         self.cache_marker(block, GROUP_MESSAGES, end)
         return end
 

@@ -66,6 +66,27 @@ class ToolIoWalk(WalkBase):
         slot[count_key] = slot.get(count_key, 0) + 1
         slot[bytes_key] = slot.get(bytes_key, 0) + (end - start)
 
+    def own_block(self, start: int, end: int, since: int, tool: ToolRef) -> None:
+        """Give the gaps of a tool_use / tool_result block ``[start, end)`` to the tool's item.
+
+        The block's braces, ``type``, ``id`` / ``tool_use_id`` and ``name`` keys are
+        what calling the tool costs as much as its input and result are; left as
+        gaps they would be framing and per-tool totals would come out short.
+        ``since``: the index in ``regions`` where the block's own regions begin.
+        """
+        category, item, base = self.tool_items.get(tool[0]) or self.tool_item(*tool)
+        inner = sorted(self.regions[since:]) if since < len(self.regions) else []
+        cursor = start
+        regions = self.regions
+        for a, b, _, _ in inner:
+            if a > cursor:
+                regions.append((cursor, a, category, item))
+            if b > cursor:
+                cursor = b
+        if end > cursor:
+            regions.append((cursor, end, category, item))
+        self.details.setdefault((category, item), dict(base))
+
     def sample(self, start: int, end: int) -> str:
         """Up to 200 chars of a value's text, decoding only its head."""
         if self.s[start] != '"':

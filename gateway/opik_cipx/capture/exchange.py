@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..model import CallKind, Exchange, Outcome, classify
 from ..pricing import PriceTable
 from ..proxy.recorder import Recorder
-from ..wire.redact import redact_headers
+from ..wire.redact import CREDENTIAL_HEADER, credential_kind, redact_headers
 from ..wire.request import model_from_body, session_from_body, speed_from_body
 from ..wire.response import ResponseSummary, decode_content, read_response
 from ..wire.responses import read_responses
@@ -24,6 +24,7 @@ def build_with_summary(rec: Recorder, prices: PriceTable | None) -> tuple[Exchan
     """The Exchange and the parsed response it came from (its content blocks feed attribution)."""
     kind = classify(rec.method, rec.path)
     request_headers = redact_headers(rec.request_headers.items())
+    request_headers[CREDENTIAL_HEADER] = credential_kind(rec.request_headers.items())
     response_headers = redact_headers(
         (k.decode("latin-1"), v.decode("latin-1")) for k, v in rec.response_headers
     )

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..model import Outcome
-from ..wire.redact import is_secret_header
+from ..wire.redact import CREDENTIAL_HEADER, credential_kind, is_secret_header
 from .recorder import HeaderList, Recorder
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,12 @@ def _headers(headers: Any) -> list[tuple[Any, Any]]:
     """Request headers as the proxy read them, credentials left out: they never reach the disk,
     not even in this short-lived file."""
     items = headers.raw() if isinstance(headers, HeaderList) else headers.items()
-    return [(n, v) for n, v in items if not is_secret_header(n)]
+    kept: list[tuple[Any, Any]] = [(n, v) for n, v in items if not is_secret_header(n)]
+    # Only which kind of credential it was survives, so a replayed call is labelled as the live one.
+    kind = credential_kind(items)
+    as_bytes = bool(kept) and isinstance(kept[0][0], bytes)
+    kept.append((CREDENTIAL_HEADER.encode(), kind.encode()) if as_bytes else (CREDENTIAL_HEADER, kind))
+    return kept
 
 
 def _response_headers(headers: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes], ...]:
