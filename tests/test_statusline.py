@@ -242,3 +242,8 @@ def test_a_1m_context_call_is_measured_against_its_window() -> None:
     assert "ctx 8%" in render(wide, {}, alive=True)
     assert session_summary._context_window('{"anthropic-beta": "claude-code-20250219,context-1m-2025-08-07"}') == 1_000_000
     assert session_summary._context_window('{"anthropic-beta": "claude-code-20250219"}') is None
+
+
+def test_a_subscription_login_is_priced_at_list_and_labelled_so() -> None:
+    assert render(_summary(at_list=True), {}, alive=True).startswith("◆ $1.87 at list · ctx ")
+    assert session_summary._credential('{"x-cipx-credential": "oauth"}') == "oauth"

@@ -44,7 +44,8 @@ def render(summary: dict[str, Any] | None, claude: dict[str, Any], *, alive: boo
         return "◆ opik-cipx offline"
     if summary is None:
         return "◆ no calls captured yet"
-    parts = [f"◆ ${summary.get('cost_usd', 0.0):.2f}" + ("+?" if summary.get("unpriced_calls") else "")]
+    parts = [f"◆ ${summary.get('cost_usd', 0.0):.2f}" + ("+?" if summary.get("unpriced_calls") else "")
+             + (" at list" if summary.get("at_list") else "")]
     last = summary.get("last_main") or {}
     window = _window_of(claude, last.get("model"), last.get("context_window"))
     depth = (last.get("prompt_tokens") or 0) / window if last else None

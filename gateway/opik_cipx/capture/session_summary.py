@@ -24,6 +24,7 @@ from ..model import CallKind, Outcome
 from ..segment import render
 from ..store.spool import Spool
 from ..wire.ratelimit import plan_windows
+from ..wire.redact import CREDENTIAL_HEADER, OAUTH
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,17 @@ def session_summary(sp: Spool, item: Captured) -> dict[str, Any] | None:
             "gap_s": gap,
             "context_window": _context_window(headers),
         }
+        # A subscription login (OAuth) is not billed per token: the price shown is API list price.
+        out["at_list"] = _credential(headers) == OAUTH
     return out
+
+
+def _credential(request_headers: str | None) -> str | None:
+    try:
+        kind = json.loads(request_headers or "{}").get(CREDENTIAL_HEADER)
+    except (ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
 
 
 def _context_window(request_headers: str | None) -> int | None:
