@@ -34,7 +34,7 @@ ALLOWED: dict[str, set[str]] = {
     "store": {"model", "pricing", "attribute"},
     "ship": {"(root)", "model", "config", "pricing", "wire", "attribute", "store"},
     "capture": {"model", "config", "pricing", "wire", "proxy", "attribute", "store", "ship"},
-    "report": {"model", "pricing", "attribute", "store"},
+    "report": {"model", "pricing", "attribute", "store", "wire"},  # wire: the credential-kind header's name
     "ops": {"(root)", "model", "config", "pricing", "proxy", "capture", "store"},
     "viewer": {"pricing", "attribute", "store", "report", "ops"},
     "claude": {"config", "pricing", "store", "ops"},
