@@ -23,15 +23,24 @@ EVIDENCE_LIMIT = 50  # call ids listed per recommendation; calls_present gives t
 TOP_ITEMS = 3
 # A memory file is worth a line once it costs this much per call on average (tokens).
 LARGE_MEMORY_TOKENS = 1000
-# Where no setting has been shown (by a test with the real Claude Code CLI) to remove the
-# bytes, the action says so rather than suggest one.
-NO_VERIFIED_SETTING = "no setting verified to remove these bytes yet"
-ACTIONS = {
-    "unused_mcp_server": f"{NO_VERIFIED_SETTING}; removing the server from your MCP configuration"
-                         " stops it being listed",
-    "unused_builtin_tool": NO_VERIFIED_SETTING,
-    "large_memory_file": "no setting removes it: shorten the file (every call carries it whole)",
-}
+# Actions are only the settings tests/test_insights_actions.py shows removing the bytes
+# from the next request under the real Claude Code CLI; elsewhere the action says so.
+NO_SETTING = "no setting removes it"
+
+
+def mcp_action(server: str) -> str:
+    """Verified: ``disabledMcpjsonServers`` drops a .mcp.json server's tool schemas and its
+    instructions; a permissions deny rule drops the schemas only, so it is not the advice."""
+    return (f'add {{"disabledMcpjsonServers": ["{server}"]}} to your settings (a server from .mcp.json;'
+            " for one configured elsewhere no setting has been verified)")
+
+
+def builtin_action(tool: str) -> str:
+    """Verified: a permissions deny rule takes a built-in tool's schema out of the request."""
+    return f'add {{"permissions": {{"deny": ["{tool}"]}}}} to your settings'
+
+
+MEMORY_ACTION = f"{NO_SETTING}: every call carries the file whole; shorten it or move rarely needed parts out"
 
 
 @dataclass(slots=True)
@@ -168,16 +177,16 @@ def recommendations(conn: sqlite3.Connection, win: stats.Window) -> list[Recomme
         used = sum(n for name, n in uses.items() if name.startswith(prefix))
         if used <= max(0, len(ids) // 100):  # k = 0, or under one use per hundred calls
             out.append(Recommendation("unused_mcp_server", server, len(ids), used, tokens, cost,
-                                      ACTIONS["unused_mcp_server"], _ordered(ids)))
+                                      mcp_action(server), _ordered(ids)))
     for tool, (ids, tokens, cost) in _presence(conn, win, "i.category = 'builtin_tools'", []).items():
         if uses.get(tool, 0) == 0:
             out.append(Recommendation("unused_builtin_tool", tool, len(ids), 0, tokens, cost,
-                                      ACTIONS["unused_builtin_tool"], _ordered(ids)))
+                                      builtin_action(tool), _ordered(ids)))
     memory = _presence(conn, win, "i.category = 'memory' AND i.item LIKE '%.md'", [])
     for path, (ids, tokens, cost) in memory.items():
         if ids and tokens / len(ids) >= LARGE_MEMORY_TOKENS:
             out.append(Recommendation("large_memory_file", path, len(ids), len(ids), tokens, cost,
-                                      ACTIONS["large_memory_file"], _ordered(ids)))
+                                      MEMORY_ACTION, _ordered(ids)))
     return sorted(out, key=lambda r: (-r.saving_usd, -r.tokens, r.kind, r.target))
 
 
