@@ -35,7 +35,7 @@ ALLOWED: dict[str, set[str]] = {
     "store": {"model", "pricing", "attribute"},
     "ship": {"(root)", "model", "config", "pricing", "wire", "attribute", "store"},
     "capture": {"model", "segment", "config", "pricing", "wire", "proxy", "attribute", "store", "ship"},
-    "report": {"model", "segment", "pricing", "attribute", "store"},
+    "report": {"model", "segment", "pricing", "attribute", "store", "wire"},  # wire: the credential-kind header's name
     "ops": {"(root)", "model", "config", "pricing", "wire", "proxy", "capture", "store"},
     "viewer": {"pricing", "attribute", "store", "report", "ops"},
     "claude": {"config", "pricing", "store", "report", "ops"},

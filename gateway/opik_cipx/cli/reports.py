@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -112,6 +113,33 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_insights(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from ..report import insights, stats
+
+    now = time.time()
+    try:
+        # Default: the last 30 days, the window the users compare month to month.
+        name = args.window if args.window or args.since else "month"
+        win = stats.window(name, args.since, now=now)
+        conn = stats.open_readonly(settings.spool_path)
+        try:
+            found = insights.insights(conn, win, now)
+        finally:
+            conn.close()
+    except stats.StatsError as exc:
+        print(f"opik-cipx: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(insights.dumps(found))
+    elif args.markdown:
+        print(insights.render_markdown(found))
+    else:  # colour only for a person at a terminal: piped output stays plain
+        print(insights.render_text(found, colour=sys.stdout.isatty() and "NO_COLOR" not in os.environ))
+    return 0
+
+
 def add_viewer_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from ..report.stats import GROUPS, WINDOWS
 
@@ -127,6 +155,14 @@ def add_viewer_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--by", choices=GROUPS, help="a per-group table")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("insights", help="spend, where the tokens went and priced recommendations (default: 30 days)")
+    p.add_argument("window", nargs="?", metavar="WINDOW", help="as for stats (default: month, the last 30 days)")
+    p.add_argument("--since", metavar="WHEN", help="e.g. 3d, 12h or 2026-05-01")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="machine-readable output")
+    out.add_argument("--markdown", action="store_true", help="a short Markdown report (at most 40 lines)")
+    p.set_defaults(func=cmd_insights)
 
     p = sub.add_parser("reconcile", help="what Claude Code's transcripts miss, against the calls on the wire")
     p.add_argument("window", nargs="?", metavar="WINDOW", help="as for stats (default: all time)")
