@@ -18,12 +18,15 @@ Categories and their items (decisions worth knowing when reading a breakdown):
   Agent/Task calls go to ``agents`` / ``<subagent_type>/io`` instead: a subagent's
   brief and answer are the custom agent's cost.
 * ``assistant``: ``text`` and ``thinking`` (thinking text and signatures).
-* ``skills``: ``listing`` and one item per skill body (Skill tool or ``/skill``).
+* ``skills``: ``listing`` (the listing's header), ``listing:<name>`` per entry
+  of the listing, and one item per skill body (Skill tool or ``/skill``).
   Slash commands share the skills listing; a command's line is split out to
-  ``slash_commands`` only when its name is known (invoked in the body, or passed
-  in ``commands=`` by a caller that read the project's ``.claude/commands``).
+  ``slash_commands`` / ``listing:<name>`` only when its name is known (invoked in
+  the body, or passed in ``commands=`` by a caller that read ``.claude/commands``).
 * ``slash_commands`` per command: message+args, expanded body, local stdout;
   ``(caveat)`` for the local-command caveat.
+* ``agents``: ``listing`` and ``listing:<name>`` as for skills, ``agent prompt``,
+  ``<subagent_type>/io``.
 * ``memory``: one item per CLAUDE.md path; detail ``sha256_12`` hashes the
   content as injected (Claude Code trims surrounding blank lines).
 * ``user_prompt``: ``#1``, ``#2``… in order; detail ``text`` and ``chars``.

@@ -118,26 +118,32 @@ def _memory(text: str, start: int, end: int) -> list[Section]:
     return out
 
 
-def _skills_listing(text: str, start: int, end: int, known: Known) -> list[Section]:
-    """The skills listing, with the lines of known slash commands split out."""
-    out = [Section(start, end, SKILLS, "listing")]
-    names: list[str] = []
+def listing_item(name: str) -> str:
+    """The item of one entry of a skills, commands or agents listing: ``listing:<name>``.
+
+    One item per entry, so what it costs to keep a skill, command or agent on offer is
+    its own total (insights prices the unused ones), apart from the listing's header.
+    """
+    return f"listing:{name}"
+
+
+def _listing(text: str, start: int, end: int, category: str, known: Known | None = None) -> list[Section]:
+    """A listing split into its header (``listing``) and one section per ``- name: ...`` entry.
+
+    In the skills listing, the lines of known slash commands go to ``slash_commands``.
+    """
     entries = list(_LISTING_ENTRY.finditer(text[start:end]))
+    first = start + entries[0].start() if entries else end
+    out = [Section(start, first, category, "listing", {"entries": len(entries)})]
     for i, m in enumerate(entries):
         name = m.group("name").strip()
-        names.append(name)
-        if name.lstrip("/") not in known.commands:
-            continue
         a = start + m.start()
         b = start + entries[i + 1].start() if i + 1 < len(entries) else end
-        tail = out[-1]
-        out[-1] = Section(tail.start, a, SKILLS, "listing")
         command = name.lstrip("/")
-        out.append(Section(a, b, SLASH_COMMANDS, command, {"command": command, "listing_chars": b - a}))
-        out.append(Section(b, end, SKILLS, "listing"))
-    for sec in out:
-        if sec.category == SKILLS:
-            sec.detail = {"entries": [n for n in names if n.lstrip("/") not in known.commands]}
+        if known is not None and command in known.commands:
+            out.append(Section(a, b, SLASH_COMMANDS, listing_item(command), {"command": command, "listing_chars": b - a}))
+        else:
+            out.append(Section(a, b, category, listing_item(name), {"name": name, "listing_chars": b - a}))
     return [sec for sec in out if sec.end > sec.start]
 
 
@@ -178,9 +184,9 @@ def context_sections(
         if kind == "hook":
             out.append(Section(pos, stop, HOOKS, m.group("event"), {"chars": stop - pos}))
         elif kind == "agents":
-            out.append(Section(pos, stop, AGENTS, "listing", {"chars": stop - pos}))
+            out.extend(_listing(text, pos, stop, AGENTS))
         elif kind == "skills":
-            out.extend(_skills_listing(text, pos, stop, known))
+            out.extend(_listing(text, pos, stop, SKILLS, known))
         elif kind == "mcp":
             out.extend(_mcp_instructions(text, pos, stop, known))
         elif kind == "claudemd":
