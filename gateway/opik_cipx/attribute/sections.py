@@ -141,7 +141,8 @@ def _listing(text: str, start: int, end: int, category: str, known: Known | None
         b = start + entries[i + 1].start() if i + 1 < len(entries) else end
         command = name.lstrip("/")
         if known is not None and command in known.commands:
-            out.append(Section(a, b, SLASH_COMMANDS, listing_item(command), {"command": command, "listing_chars": b - a}))
+            detail = {"command": command, "listing_chars": b - a}
+            out.append(Section(a, b, SLASH_COMMANDS, listing_item(command), detail))
         else:
             out.append(Section(a, b, category, listing_item(name), {"name": name, "listing_chars": b - a}))
     return [sec for sec in out if sec.end > sec.start]
