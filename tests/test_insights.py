@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import time
@@ -11,7 +12,7 @@ import aiohttp
 import pytest
 
 from opik_cipx.cli import main
-from opik_cipx.report import insights, stats
+from opik_cipx.report import insights, recommend, stats
 from opik_cipx.server import Gateway
 from tests.support.fake_anthropic import FakeAnthropic
 from tests.support.replay import recorded
@@ -66,7 +67,7 @@ async def test_an_mcp_server_never_called_is_unused_with_its_attributed_cost_as_
     assert set(rec.evidence) == carried
     # The server the session did call is not called unused.
     assert not [r for r in found.recommendations if r.kind == "unused_mcp_server" and r.target == "acme_tools"]
-    assert rec.action == insights.mcp_action("spare_box")  # the setting tests/test_insights_actions.py verifies
+    assert rec.action == recommend.mcp_action("spare_box")  # the setting tests/test_insights_actions.py verifies
 
 
 async def test_builtin_tools_called_are_not_recommended_and_uncalled_ones_are(filled: Gateway) -> None:
@@ -145,3 +146,44 @@ def test_readonly_spool_is_never_written(tmp_path: Path) -> None:
     with pytest.raises(stats.StatsError):
         stats.open_readonly(tmp_path / "missing.sqlite")
     assert not (tmp_path / "missing.sqlite").exists()
+
+
+async def test_listed_but_never_invoked_skills_agents_and_commands_are_priced_by_their_listing_entry(
+    filled: Gateway,
+) -> None:
+    conn = _conn(filled)
+    found = insights.insights(conn, stats.window(), time.time())
+    by_kind: dict[str, set[str]] = {}
+    for r in found.recommendations:
+        by_kind.setdefault(r.kind, set()).add(r.target)
+    # The recorded session invokes acme-skill (Skill tool), acme-reviewer (Agent) and /acme-cmd.
+    assert "acme-skill" not in by_kind.get("unused_skill", set())
+    assert "acme-reviewer" not in by_kind.get("unused_agent", set())
+    assert "acme-cmd" not in by_kind.get("unused_slash_command", set())
+    # Listed in every call and never invoked: the built-in ones the recording did not use.
+    assert by_kind["unused_skill"] and by_kind["unused_agent"]
+    for kind, category in (("unused_skill", "skills"), ("unused_agent", "agents")):
+        for rec in (r for r in found.recommendations if r.kind == kind):
+            rows = conn.execute(
+                "SELECT exchange_id, tokens, cost_usd FROM attribution_items WHERE side = 'request'"
+                " AND category = ? AND item = ?", (category, f"listing:{rec.target}"),
+            ).fetchall()
+            assert rec.uses == 0 and rec.calls_present == len({r[0] for r in rows}) > 0
+            assert rec.saving_usd == pytest.approx(sum(r[2] for r in rows), abs=1e-9)
+            assert rec.tokens == sum(r[1] for r in rows)
+    skill = next(r for r in found.recommendations if r.kind == "unused_skill")
+    assert skill.action == recommend.skill_action(skill.target) and "disable-model-invocation" in skill.action
+    agent = next(r for r in found.recommendations if r.kind == "unused_agent")
+    assert f"Agent({agent.target})" in agent.action
+
+
+async def test_project_filter_keeps_only_sessions_under_the_path(filled: Gateway, tmp_path: Path) -> None:
+    conn = _conn(filled)
+    win = stats.window()
+    projects = stats.session_projects(conn, win)
+    (project,) = {p for s, p in projects.items() if s}
+    assert insights.project_sessions(conn, win, project) == tuple(sorted(s for s in projects if s))
+    assert insights.project_sessions(conn, win, project + "/..x") == ()
+    assert insights.project_sessions(conn, win, str(tmp_path / "elsewhere")) == ()
+    inside = insights.insights(conn, dataclasses.replace(win, sessions=()), time.time())
+    assert inside.totals.calls == 0 and inside.recommendations == []

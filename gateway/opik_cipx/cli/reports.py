@@ -11,17 +11,23 @@ from .args import seconds
 
 if TYPE_CHECKING:
     from ..config import Settings
+    from ..pricing import PriceTable
+
+
+def _prices(settings: Settings) -> PriceTable:
+    from ..pricing import PriceTable, PricingFileError
+
+    try:
+        return PriceTable.load(settings.pricing_file)
+    except PricingFileError as exc:
+        print(f"opik-cipx: ignoring pricing overrides: {exc}", file=sys.stderr)
+        return PriceTable.builtin()
 
 
 def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
-    from ..pricing import PriceTable, PricingFileError
     from ..report.explain import ExplainError, open_spool, resolve_ids, write
 
-    try:
-        prices = PriceTable.load(settings.pricing_file)
-    except PricingFileError as exc:
-        print(f"opik-cipx: ignoring pricing overrides: {exc}", file=sys.stderr)
-        prices = PriceTable.builtin()
+    prices = _prices(settings)
     try:
         spool = open_spool(settings.spool_path)
         try:
@@ -114,18 +120,24 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_insights(args: argparse.Namespace, settings: Settings) -> int:
+    import dataclasses
     import time
 
     from ..report import insights, stats
 
     now = time.time()
+    prices = _prices(settings)
     try:
         # Default: the last 30 days, the window the users compare month to month.
         name = args.window if args.window or args.since else "month"
         win = stats.window(name, args.since, now=now)
         conn = stats.open_readonly(settings.spool_path)
         try:
-            found = insights.insights(conn, win, now)
+            if args.project:
+                project = os.path.abspath(os.path.expanduser(args.project))
+                win = dataclasses.replace(win, label=f"{win.label}, project {project}",
+                                          sessions=insights.project_sessions(conn, win, project))
+            found = insights.insights(conn, win, now, prices)
         finally:
             conn.close()
     except stats.StatsError as exc:
@@ -159,6 +171,7 @@ def add_viewer_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p = sub.add_parser("insights", help="spend, where the tokens went and priced recommendations (default: 30 days)")
     p.add_argument("window", nargs="?", metavar="WINDOW", help="as for stats (default: month, the last 30 days)")
     p.add_argument("--since", metavar="WHEN", help="e.g. 3d, 12h or 2026-05-01")
+    p.add_argument("--project", metavar="PATH", help="only sessions whose working directory is PATH or below")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="machine-readable output")
     out.add_argument("--markdown", action="store_true", help="a short Markdown report (at most 40 lines)")

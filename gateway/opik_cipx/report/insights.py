@@ -6,53 +6,25 @@ however many calls the window holds and no body is loaded. Totals are the
 ``stats`` queries themselves, so the two can never disagree for one window.
 
 A recommendation's saving is the attributed cost of the bytes it would remove,
-summed over the calls that carried them (see README "Insights").
+summed over the calls that carried them (``report/recommend.py``); for the
+cache, long-context and compaction kinds it is the same usage priced the other
+way, call by call (``report/recommend_context.py``). README "Insights" lists them.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..pricing import PriceTable
 from ..wire.redact import CREDENTIAL_HEADER, OAUTH
 from . import stats
+from .recommend import Recommendation, presence_recommendations
+from .recommend_context import context_recommendations
 
-EVIDENCE_LIMIT = 50  # call ids listed per recommendation; calls_present gives the full count
 TOP_ITEMS = 3
-# A memory file is worth a line once it costs this much per call on average (tokens).
-LARGE_MEMORY_TOKENS = 1000
-# Actions are only the settings tests/test_insights_actions.py shows removing the bytes
-# from the next request under the real Claude Code CLI; elsewhere the action says so.
-NO_SETTING = "no setting removes it"
-
-
-def mcp_action(server: str) -> str:
-    """Verified: ``disabledMcpjsonServers`` drops a .mcp.json server's tool schemas and its
-    instructions; a permissions deny rule drops the schemas only, so it is not the advice."""
-    return (f'add {{"disabledMcpjsonServers": ["{server}"]}} to your settings (a server from .mcp.json;'
-            " for one configured elsewhere no setting has been verified)")
-
-
-def builtin_action(tool: str) -> str:
-    """Verified: a permissions deny rule takes a built-in tool's schema out of the request."""
-    return f'add {{"permissions": {{"deny": ["{tool}"]}}}} to your settings'
-
-
-MEMORY_ACTION = f"{NO_SETTING}: every call carries the file whole; shorten it or move rarely needed parts out"
-
-
-@dataclass(slots=True)
-class Recommendation:
-    kind: str
-    target: str
-    calls_present: int
-    uses: int
-    tokens: int
-    saving_usd: float
-    action: str
-    evidence: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -73,7 +45,7 @@ def previous_window(win: stats.Window, now: float) -> stats.Window | None:
     if win.since is None:
         return None
     until = win.since
-    return stats.Window("previous window", until - ((win.until or now) - until), until)
+    return stats.Window("previous window", until - ((win.until or now) - until), until, win.sessions)
 
 
 def at_list_cost(conn: sqlite3.Connection, win: stats.Window) -> float:
@@ -103,94 +75,22 @@ def top_items(conn: sqlite3.Connection, win: stats.Window, limit: int = TOP_ITEM
     return {c: sorted(g, key=lambda g: (-g.cost_usd, -g.tokens, g.key))[:limit] for c, g in out.items()}
 
 
-def _presence(conn: sqlite3.Connection, win: stats.Window, condition: str,
-              args: list[Any]) -> dict[str, tuple[set[str], int, float]]:
-    """target -> (calls that carried it, tokens, cost) for request-side items matching ``condition``.
-
-    The key is the item, or the MCP server for ``mcp`` items; rows stream from SQLite.
-    """
-    where, params = stats._where(win, "e")
-    found: dict[str, tuple[set[str], int, float]] = {}
-    for category, item, exchange_id, tokens, cost in conn.execute(
-        "SELECT i.category, i.item, i.exchange_id, i.tokens, i.cost_usd FROM attribution_items i"
-        f" JOIN exchanges e ON e.id = i.exchange_id WHERE {where} AND i.side = 'request' AND {condition}"
-        " ORDER BY e.started_at",
-        [*params, *args],
-    ):
-        target = stats.mcp_server(item) if category == "mcp" else item
-        ids, t, c = found.get(target, (set(), 0, 0.0))
-        ids.add(exchange_id)
-        found[target] = (ids, t + int(tokens), c + float(cost or 0.0))
-    return found
+def recommendations(conn: sqlite3.Connection, win: stats.Window, prices: PriceTable) -> list[Recommendation]:
+    found = presence_recommendations(conn, win) + context_recommendations(conn, win, prices)
+    return sorted(found, key=lambda r: (-r.saving_usd, -r.tokens, r.kind, r.target))
 
 
-def _ordered(ids: set[str]) -> list[str]:
-    """Up to EVIDENCE_LIMIT of ``ids``, oldest call first (ids are UUIDv7: they sort by time)."""
-    return sorted(ids)[:EVIDENCE_LIMIT]
+def project_sessions(conn: sqlite3.Connection, win: stats.Window, path: str) -> tuple[str, ...]:
+    """The window's sessions whose project directory is ``path`` or below it."""
+    root = path.rstrip("/") or "/"
+
+    def inside(project: str) -> bool:
+        return root == "/" or project == root or project.startswith(root + "/")
+
+    return tuple(sorted(s for s, project in stats.session_projects(conn, win).items() if s and inside(project)))
 
 
-def _tool_uses(conn: sqlite3.Connection, win: stats.Window) -> dict[str, int]:
-    """Tool name -> how many times it was seen called: the responses that asked for it
-    (``tool_use:<name>`` on the response side), and at least once per session whose
-    requests carry its input/result (a call made before the window, or answered by a
-    response the gateway did not see whole, still counts as a use)."""
-    where, params = stats._where(win, "e")
-    out: dict[str, int] = {}
-    for name, n in conn.execute(
-        "SELECT substr(i.item, 10), count(*) FROM attribution_items i JOIN exchanges e ON e.id = i.exchange_id"
-        f" WHERE {where} AND i.side = 'response' AND i.item LIKE 'tool_use:%' GROUP BY i.item",
-        params,
-    ):
-        out[str(name)] = int(n)
-    seen: dict[str, int] = {}
-    for category, item, sessions in conn.execute(
-        "SELECT i.category, i.item, count(DISTINCT coalesce(e.session_id, e.id)) FROM attribution_items i"
-        f" JOIN exchanges e ON e.id = i.exchange_id WHERE {where} AND i.side = 'request' AND"
-        " (i.category = 'tool_io' OR (i.category = 'mcp' AND i.item LIKE '%/io:%')"
-        " OR (i.category = 'agents' AND i.item LIKE '%/io')) GROUP BY i.category, i.item",
-        params,
-    ):
-        if category == "mcp":
-            server, _, tool = item.partition("/io:")
-            names = [f"mcp__{server}__{tool}"]
-        elif category == "agents":
-            names = ["Agent", "Task"]  # the subagent tool's name differs across versions
-        else:
-            names = [item]
-        for name in names:
-            seen[name] = seen.get(name, 0) + int(sessions)
-    for name, n in seen.items():
-        out[name] = max(out.get(name, 0), n)
-    return out
-
-
-def recommendations(conn: sqlite3.Connection, win: stats.Window) -> list[Recommendation]:
-    uses = _tool_uses(conn, win)
-    out: list[Recommendation] = []
-    # MCP servers: their tool schemas and instructions are the cost of being available.
-    presence = "i.category = 'mcp' AND (i.item LIKE '%/tool:%' OR i.item LIKE '%/instructions')"
-    servers = _presence(conn, win, presence, [])
-    for server, (ids, tokens, cost) in servers.items():
-        if server == "(shared)":
-            continue
-        prefix = f"mcp__{server}__"
-        used = sum(n for name, n in uses.items() if name.startswith(prefix))
-        if used <= max(0, len(ids) // 100):  # k = 0, or under one use per hundred calls
-            out.append(Recommendation("unused_mcp_server", server, len(ids), used, tokens, cost,
-                                      mcp_action(server), _ordered(ids)))
-    for tool, (ids, tokens, cost) in _presence(conn, win, "i.category = 'builtin_tools'", []).items():
-        if uses.get(tool, 0) == 0:
-            out.append(Recommendation("unused_builtin_tool", tool, len(ids), 0, tokens, cost,
-                                      builtin_action(tool), _ordered(ids)))
-    memory = _presence(conn, win, "i.category = 'memory' AND i.item LIKE '%.md'", [])
-    for path, (ids, tokens, cost) in memory.items():
-        if ids and tokens / len(ids) >= LARGE_MEMORY_TOKENS:
-            out.append(Recommendation("large_memory_file", path, len(ids), len(ids), tokens, cost,
-                                      MEMORY_ACTION, _ordered(ids)))
-    return sorted(out, key=lambda r: (-r.saving_usd, -r.tokens, r.kind, r.target))
-
-
-def insights(conn: sqlite3.Connection, win: stats.Window, now: float) -> Insights:
+def insights(conn: sqlite3.Connection, win: stats.Window, now: float, prices: PriceTable | None = None) -> Insights:
     prev = previous_window(win, now)
     return Insights(
         window=win,
@@ -202,7 +102,7 @@ def insights(conn: sqlite3.Connection, win: stats.Window, now: float) -> Insight
         by_day=stats.groups(conn, win, "day"),
         by_category=stats.groups(conn, win, "category"),
         top_items=top_items(conn, win),
-        recommendations=recommendations(conn, win),
+        recommendations=recommendations(conn, win, prices or PriceTable.builtin()),
     )
 
 
@@ -227,6 +127,8 @@ def change(now: float, before: float | None) -> str:
 
 
 def _usd(value: float) -> str:
+    if value < 0:
+        return "-" + _usd(-value)
     return f"${value:,.4f}" if value < 100 else f"${value:,.2f}"
 
 
@@ -239,7 +141,8 @@ def _money(ins: Insights) -> str:
     return f"{_usd(billed)} API-billed + {_usd(ins.at_list_usd)} at list (subscription)"
 
 
-SAVING_NOTE = "savings = attributed cost of the bytes each would remove, summed over the calls that carried them"
+SAVING_NOTE = ("savings = attributed cost of the bytes each would remove, summed over the calls that carried them;"
+               " for cold_cache and long_context, the same usage priced with the setting")
 
 
 def render_text(ins: Insights, colour: bool = False) -> str:
@@ -273,6 +176,27 @@ def render_text(ins: Insights, colour: bool = False) -> str:
     return "\n".join(lines)
 
 
+def summarised(recs: list[Recommendation], budget: int) -> list[Recommendation | tuple[str, int, float]]:
+    """At most ``budget`` rows where every kind shows: its costliest targets, then one
+    ``(kind, how many more, their saving)`` row for the rest of that kind."""
+    kinds: dict[str, list[Recommendation]] = {}
+    for r in recs:  # already costliest first
+        kinds.setdefault(r.kind, []).append(r)
+    order = sorted(kinds, key=lambda k: -sum(r.saving_usd for r in kinds[k]))
+    per_kind, longest = 1, max(map(len, kinds.values()), default=0)
+    while per_kind < longest and sum(min(len(kinds[k]), per_kind + 1) for k in order) <= budget:
+        per_kind += 1
+    out: list[Recommendation | tuple[str, int, float]] = []
+    for kind in order:
+        rows = kinds[kind]
+        shown = rows if len(rows) <= per_kind else rows[: per_kind - 1]
+        out += shown
+        if len(shown) < len(rows):
+            rest = rows[len(shown):]
+            out.append((kind, len(rest), sum(r.saving_usd for r in rest)))
+    return out[:budget]
+
+
 def render_markdown(ins: Insights, max_lines: int = 40) -> str:
     """A short report for the slash command: at most ``max_lines`` lines."""
     t = ins.totals
@@ -290,8 +214,13 @@ def render_markdown(ins: Insights, max_lines: int = 40) -> str:
     recs = ins.recommendations
     lines += ["", "| kind | target | calls | uses | saving |", "|---|---|---:|---:|---:|"]
     budget = max_lines - len(lines) - 3
-    for r in recs[: max(0, budget)]:
-        lines.append(f"| {r.kind} | {stats._fit(r.target, 40)} | {r.calls_present} | {r.uses} | {_usd(r.saving_usd)} |")
+    for r in summarised(recs, budget):
+        if isinstance(r, tuple):
+            kind, n, saving = r
+            lines.append(f"| {kind} | … {n} more | | | {_usd(saving)} |")
+        else:
+            target = stats._fit(r.target, 40)
+            lines.append(f"| {r.kind} | {target} | {r.calls_present} | {r.uses} | {_usd(r.saving_usd)} |")
     if not recs:
         lines.append("| (none) | | | | |")
     lines += ["", f"_{SAVING_NOTE}; `opik-cipx insights --json` lists the evidence call ids._"]

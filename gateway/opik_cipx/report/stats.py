@@ -45,6 +45,7 @@ class Window:
     label: str
     since: float | None  # epoch seconds, inclusive; None = from the first call
     until: float | None = None  # exclusive; None = now and later
+    sessions: tuple[str, ...] | None = None  # only these sessions (insights --project); None = all
 
 
 def window(name: str | None = None, since: str | None = None, *, now: float | None = None) -> Window:
@@ -159,7 +160,14 @@ def _where(win: Window, alias: str = "") -> tuple[str, list[Any]]:
     if win.until is not None:
         clauses.append(f"{prefix}started_at < ?")
         params.append(win.until)
+    if win.sessions is not None:
+        # One JSON parameter rather than one per session: a project can hold thousands.
+        clauses.append(f"{prefix}session_id IN (SELECT value FROM json_each(?))")
+        params.append(json.dumps(list(win.sessions)))
     return " AND ".join(clauses), params
+
+
+where = _where  # the window's SQL condition, for the other reports
 
 
 def totals(conn: sqlite3.Connection, win: Window) -> Totals:
