@@ -187,3 +187,12 @@ async def test_project_filter_keeps_only_sessions_under_the_path(filled: Gateway
     assert insights.project_sessions(conn, win, str(tmp_path / "elsewhere")) == ()
     inside = insights.insights(conn, dataclasses.replace(win, sessions=()), time.time())
     assert inside.totals.calls == 0 and inside.recommendations == []
+
+
+async def test_a_command_not_yet_known_is_not_called_an_unused_skill(gateway: Gateway, upstream: FakeAnthropic) -> None:
+    # opus48 invokes /acme-cmd in a later call: before it, its listing line reads as a skill's.
+    from tests.support.replay import replay
+
+    await replay(gateway, "opus48")
+    found = insights.insights(_conn(gateway), stats.window(), time.time())
+    assert "acme-cmd" not in {r.target for r in found.recommendations if r.kind == "unused_skill"}

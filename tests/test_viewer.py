@@ -94,9 +94,9 @@ async def test_captures_list_loads_and_trades_the_url_token_for_a_cookie(
 ) -> None:
     labels = await replay(gateway, "opus48")
     page = await new_page(browser)
-    await page.goto(url_of(gateway))
+    await page.goto(url_of(gateway) + "#/captures")
     await page.wait_for_selector("#calls tr.row")
-    assert "token=" not in page.url and page.url.endswith("/_cipx/viewer/")
+    assert "token=" not in page.url and page.url.endswith("/_cipx/viewer/#/captures")
     rows = page.locator("#calls tr.row")
     assert await rows.count() == len(labels), await page.locator("#calls").inner_text()
     kinds = set(await page.locator("#calls tr.row td:nth-child(3)").all_inner_texts())
@@ -130,7 +130,7 @@ async def test_detail_colours_every_region_with_the_attributed_byte_counts(
     assert attr.unattributed_bytes > 0
 
     page = await new_page(browser)
-    await page.goto(url_of(gateway))
+    await page.goto(url_of(gateway) + "#/captures")
     await page.wait_for_selector("#calls tr.row")
     await page.click(f"#calls tr.row[data-id='{exchange_id}']")
     await page.wait_for_selector("#body[data-state=done]")
@@ -183,7 +183,7 @@ async def test_session_view_groups_subagents_and_shows_the_compaction(
     await replay(gateway, "opus48")
     session = recorded("opus48")[0][2]["X-Claude-Code-Session-Id"]
     page = await new_page(browser)
-    await page.goto(url_of(gateway))
+    await page.goto(url_of(gateway) + "#/captures")
     await page.wait_for_selector("#calls tr.row")
     await page.evaluate(f"location.hash = '#/session/{session}'")
     await page.wait_for_selector("#session-calls tr")
@@ -237,7 +237,7 @@ async def test_a_1mb_body_renders_in_slices_without_freezing_the_page(
     # Record every task that blocked the main thread for more than 50 ms.
     await page.add_init_script("""window.__long = []; new PerformanceObserver(l => {
         for (const e of l.getEntries()) window.__long.push(e.duration); }).observe({type: 'longtask', buffered: true});""")
-    await page.goto(url_of(gateway))
+    await page.goto(url_of(gateway) + "#/captures")
     await page.wait_for_selector("#calls tr.row")
     started = time.monotonic()
     await page.evaluate(f"location.hash = '#/call/{exchange_id}'")

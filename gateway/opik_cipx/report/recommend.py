@@ -194,10 +194,14 @@ def unused_listed(conn: sqlite3.Connection, win: stats.Window) -> list[Recommend
     kinds = (("skills", "unused_skill", skill_uses, skill_action),
              ("agents", "unused_agent", agent_uses, agent_action),
              ("slash_commands", "unused_slash_command", command_uses, command_action))
+    listings = {category: presence(conn, win, f"i.category = '{category}' AND {listed}", key="entry")
+                for category, *_ in kinds}
+    # Until a command is known, its listing line reads as a skill's: a name that is a
+    # command anywhere in the window is not a skill.
+    commands = set(command_uses) | set(listings["slash_commands"])
     for category, kind, used, action in kinds:
-        cond = f"i.category = '{category}' AND {listed}"
-        for name, (ids, tokens, cost) in presence(conn, win, cond, key="entry").items():
-            if used.get(name, 0) == 0:
+        for name, (ids, tokens, cost) in listings[category].items():
+            if used.get(name, 0) == 0 and not (category == "skills" and name.lstrip("/") in commands):
                 out.append(Recommendation(kind, name, len(ids), 0, tokens, cost, action(name), ordered(ids)))
     return out
 

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from ..ops.guard import refuse
 from ..ops.state import STATE_KEY
-from . import queries
+from . import insights_api, queries
 from .security import TokenGate, check_state_change
 
 PREFIX = "/_cipx"
@@ -190,6 +190,23 @@ def setup_viewer(app: web.Application) -> TokenGate:
     async def filters(request: web.Request) -> web.StreamResponse:
         return web.json_response(await spool_or_503().run(lambda sp: queries.filters(sp.conn)))
 
+    async def insights(request: web.Request) -> web.StreamResponse:
+        name = request.query.get("window", "month")
+        prices = gateway.prices
+        try:
+            data = await spool_or_503().run(lambda sp: insights_api.insights_report(sp.conn, prices, name))
+        except queries.BadRequest as exc:
+            return refuse(str(exc), 400)
+        data["plan"] = gateway.plan_windows()  # the latest rate-limit windows the upstream reported
+        return web.json_response(data)
+
+    async def growth(request: web.Request) -> web.StreamResponse:
+        session_id = request.match_info["id"]
+        data = await spool_or_503().run(lambda sp: insights_api.context_growth(sp.conn, session_id))
+        if data is None:
+            return refuse(f"no calls in session {session_id}", 404)
+        return web.json_response(data)
+
     r = app.router
     r.add_get(f"{PREFIX}/viewer", guarded(bare, page=True), allow_head=False)
     r.add_get(VIEWER, guarded(index, page=True), allow_head=False)
@@ -201,6 +218,8 @@ def setup_viewer(app: web.Application) -> TokenGate:
     r.add_get(f"{PREFIX}/api/sessions", guarded(sessions), allow_head=False)
     r.add_get(f"{PREFIX}/api/sessions/{{id}}", guarded(session), allow_head=False)
     r.add_get(f"{PREFIX}/api/filters", guarded(filters), allow_head=False)
+    r.add_get(f"{PREFIX}/api/insights", guarded(insights), allow_head=False)
+    r.add_get(f"{PREFIX}/api/sessions/{{id}}/growth", guarded(growth), allow_head=False)
     return gate
 
 

@@ -88,7 +88,8 @@ function route() {
   if (parts[0] === "call" && parts[1]) page = callPage(parts[1]);
   else if (parts[0] === "session" && parts[1]) page = sessionPage(parts[1]);
   else if (parts[0] === "sessions") page = sessionsPage();
-  else page = listPage(params);
+  else if (parts[0] === "captures") page = listPage(params);
+  else page = insightsPage(params);
   page.catch(fail);
 }
 window.addEventListener("hashchange", route);
@@ -101,7 +102,7 @@ async function listPage(params) {
   const pick = (name, label, values, render) => {
     const sel = el("select", { name, onchange: () => {
       const next = Object.assign({}, params, { [name]: sel.value });
-      location.hash = "#/" + query(next);
+      location.hash = "#/captures" + query(next);
     } }, el("option", { value: "", text: "all" }), ...values.map((v) => el("option", { value: v, text: render ? render(v) : v })));
     sel.value = params[name] || "";
     return el("label", {}, label, sel);
@@ -437,13 +438,220 @@ async function sessionPage(id) {
       el("dt", { text: "project" }), el("dd", { class: "mono", text: s.project }),
       el("dt", { text: "calls" }), el("dd", { text: fmtInt(s.calls.length) + (s.truncated ? " (first ones only)" : "") }),
       el("dt", { text: "cost" }), el("dd", { text: fmtCost(s.cost_usd) }),
-      el("dt", { text: "captures" }), el("dd", {}, el("a", { href: "#/" + query({ session: s.session_id }), text: "list this session's captures" })))),
+      el("dt", { text: "captures" }), el("dd", {}, el("a", { href: "#/captures" + query({ session: s.session_id }), text: "list this session's captures" })))),
     el("h2", { text: "Cost over time" }), costChart(s.calls, compactionIds),
+    el("h2", { text: "Context growth" }), el("div", { class: "card", id: "growth" }, el("p", { class: "muted", text: "loading…" })),
     el("div", { class: "grid2" },
       el("div", {}, el("h2", { text: "Categories" }), el("div", { class: "card" }, cats)),
       el("div", {}, el("h2", { text: "MCP servers" }), el("div", { class: "card" }, mcp), el("h2", { text: "Compactions" }), el("div", { class: "card" }, comp))),
     el("h2", { text: "Calls" }),
     el("table", {}, el("thead", {}, el("tr", {}, ...head.map((h) => el("th", { text: h })))), tbody));
+  loadGrowth(id, renderToken).catch((err) => {
+    const box = document.getElementById("growth");
+    if (box) box.replaceChildren(el("p", { class: "bad", text: "Context growth: " + err.message }));
+  });
+}
+
+// --- insights (home) ----------------------------------------------------------------------------
+
+const WINDOWS = { today: "today", week: "last 7 days", month: "last 30 days", all: "all time" };
+const KIND_NOTES = {
+  unused_mcp_server: "an MCP server whose tools and instructions rode in every call, barely or never called",
+  unused_builtin_tool: "a built-in tool's schema sent and never called",
+  unused_skill: "a skill listed in every call, never invoked",
+  unused_agent: "a custom agent listed in every call, never run",
+  unused_slash_command: "a slash command listed in every call, never used",
+  large_memory_file: "a CLAUDE.md that every call carries whole",
+  cold_cache: "prefixes written again after the 5-minute cache expired",
+  long_context: "calls billed at the long-context tier",
+  compaction: "what a compaction cost against what its cut saved",
+};
+
+const colours = new Map();
+function catColour(cat) {
+  // The CSS holds the palette once; SVG needs it as a fill, so read it off a swatch.
+  if (!colours.has(cat)) {
+    const probe = swatch(cat);
+    document.body.append(probe);
+    colours.set(cat, getComputedStyle(probe).backgroundColor);
+    probe.remove();
+  }
+  return colours.get(cat);
+}
+
+function svgNode(NS, parent, tag, attrs, text) {
+  const n = document.createElementNS(NS, tag);
+  for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
+  if (text !== undefined) n.textContent = text;
+  parent.append(n);
+  return n;
+}
+
+function change(now, before) {
+  if (before === null || before === undefined) return "–";
+  if (!before) return now ? "new" : "0%";
+  const pct = (100 * (now - before)) / before;
+  return (pct >= 0 ? "+" : "") + pct.toFixed(0) + "%";
+}
+
+const PLAN_WINDOWS = { five_hour: "5 hours", seven_day: "7 days" };
+
+function planCard(plan) {
+  const present = plan ? Object.keys(PLAN_WINDOWS).filter((k) => plan[k]) : [];
+  if (!present.length) return el("p", { class: "muted", id: "plan", text: "No plan windows reported yet: only subscription logins get them (API keys never do)." });
+  const rows = present.map((k) => {
+    const w = plan[k];
+    const pct = typeof w.utilization === "number" ? 100 * w.utilization : null;
+    const bar = el("div", { class: "bar" + (pct !== null && pct >= 90 ? " hot" : "") });
+    bar.style.width = Math.max(0.5, Math.min(100, pct || 0)) + "%";
+    return el("tr", { dataset: { window: k } }, el("td", { text: PLAN_WINDOWS[k] }), el("td", { class: "num", text: pct === null ? "–" : pct.toFixed(0) + "%" }),
+      el("td", { class: "barcell" }, bar), el("td", { class: "muted", text: w.status || "" }),
+      el("td", { class: "muted", text: w.reset ? "resets " + fmtTime(w.reset) : "" }));
+  });
+  const overage = plan.overage ? ` · overage ${plan.overage.status || "–"}` : "";
+  return el("div", { id: "plan" }, el("table", { class: "bars" }, el("tbody", {}, ...rows)),
+    el("p", { class: "muted", text: `status ${plan.status || "–"}` + (plan.representative_claim ? ` · binding ${plan.representative_claim}` : "") + overage + (plan.at ? ` · as of ${fmtTime(plan.at)}` : "") }));
+}
+
+function dayChart(days) {
+  const NS = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(NS, "svg");
+  svg.setAttribute("class", "chart");
+  svg.setAttribute("id", "spend-chart");
+  svg.setAttribute("viewBox", "0 0 800 180");
+  svg.setAttribute("preserveAspectRatio", "none");
+  if (!days.length) return svg;
+  const top = Math.max(1e-9, ...days.map((d) => d.cost_usd));
+  const w = 740 / days.length;
+  svgNode(NS, svg, "line", { class: "axis", x1: 40, y1: 160, x2: 780, y2: 160 });
+  days.forEach((d, i) => {
+    const h = (140 * d.cost_usd) / top;
+    const bar = svgNode(NS, svg, "rect", { class: "daybar", x: (40 + i * w + w * 0.1).toFixed(1), y: (160 - h).toFixed(1), width: (w * 0.8).toFixed(1), height: Math.max(0.5, h).toFixed(1) });
+    svgNode(NS, bar, "title", {}, `${d.key}: ${fmtCost(d.cost_usd)} over ${fmtInt(d.calls)} calls`);
+  });
+  svgNode(NS, svg, "text", { x: 44, y: 16 }, fmtCost(top) + " / day");
+  svgNode(NS, svg, "text", { x: 44, y: 174 }, days[0].key);
+  svgNode(NS, svg, "text", { x: 776, y: 174, "text-anchor": "end" }, days[days.length - 1].key);
+  return svg;
+}
+
+function groupTable(id, title, rows) {
+  return el("table", { id }, el("thead", {}, el("tr", {}, el("th", { text: title }), el("th", { class: "num", text: "calls" }), el("th", { class: "num", text: "tokens" }), el("th", { class: "num", text: "cost" }))),
+    el("tbody", {}, ...rows.slice(0, 10).map((g) => el("tr", {}, el("td", { class: "mono", text: g.key }), el("td", { class: "num", text: fmtInt(g.calls) }),
+      el("td", { class: "num", text: fmtInt(g.tokens) }), el("td", { class: "num", text: fmtCost(g.cost_usd) })))));
+}
+
+const SHOWN_PER_KIND = 5;
+
+function recommendationsTable(recs) {
+  if (!recs.length) return el("p", { class: "muted", id: "recommendations", text: "Nothing to change in this window." });
+  const row = (r, hidden) => el("tr", { class: hidden ? "extra" : "", hidden: hidden ? "hidden" : null, dataset: { kind: r.kind } },
+    el("td", {}, el("span", { class: "pill", title: KIND_NOTES[r.kind] || "", text: r.kind })),
+    el("td", { class: "mono wrap", text: r.target }),
+    el("td", { class: "num", text: fmtInt(r.calls_present) }), el("td", { class: "num", text: fmtInt(r.uses) }),
+    el("td", { class: "num", text: fmtInt(r.tokens) }), el("td", { class: "num", text: fmtCost(r.saving_usd) }),
+    el("td", { class: "wrap", text: r.action }),
+    el("td", { class: "mono" }, ...r.evidence.slice(0, 3).flatMap((id, i) => [i ? " " : "", el("a", { class: "evidence", href: "#/call/" + encodeURIComponent(id), text: short(id, 8) })]),
+      r.evidence.length > 3 ? el("span", { class: "muted", text: ` +${r.evidence.length - 3}` }) : null));
+  // A decision first: each kind's costliest few, kinds ordered by what they save together;
+  // the rest of a kind stays one click away.
+  const kinds = new Map();
+  for (const r of recs) { if (!kinds.has(r.kind)) kinds.set(r.kind, []); kinds.get(r.kind).push(r); }
+  const total = (rs) => rs.reduce((a, r) => a + Math.max(0, r.saving_usd), 0);
+  const tbody = el("tbody");
+  for (const [kind, rs] of [...kinds.entries()].sort((a, b) => total(b[1]) - total(a[1]))) {
+    const extra = rs.slice(SHOWN_PER_KIND).map((r) => row(r, true));
+    tbody.append(...rs.slice(0, SHOWN_PER_KIND).map((r) => row(r, false)));
+    if (!extra.length) continue;
+    const more = el("tr", { class: "more-row" }, el("td", { colspan: 8 }, el("button", {
+      type: "button", text: `show ${extra.length} more ${kind} (${fmtCost(total(rs.slice(SHOWN_PER_KIND)))})`,
+      onclick: () => { for (const e of extra) e.hidden = false; more.remove(); } })));
+    tbody.append(...extra, more);
+  }
+  return el("table", { id: "recommendations" }, el("thead", {}, el("tr", {}, ...["kind", "target", "calls", "uses", "tokens", "saving", "action", "evidence"].map((h, i) => el("th", { class: i >= 2 && i <= 5 ? "num" : "", text: h })))),
+    tbody);
+}
+
+async function insightsPage(params) {
+  setStatus("");
+  const win = WINDOWS[params.window] ? params.window : "month";
+  const d = await getJSON(API + "/insights?window=" + encodeURIComponent(win));
+  const t = d.totals;
+  const picker = el("select", { name: "window", onchange: (e) => { location.hash = "#/" + query({ window: e.target.value }); } },
+    ...Object.entries(WINDOWS).map(([k, label]) => el("option", { value: k, selected: k === win ? "selected" : null, text: label })));
+  const money = t.at_list_usd ? `${fmtCost(t.api_billed_usd)} API-billed + ${fmtCost(t.at_list_usd)} at list (subscription)` : fmtCost(t.cost_usd);
+  const catMax = Math.max(1, ...d.where_tokens_went.map((c) => c.tokens));
+  const cats = el("table", { class: "bars", id: "where-tokens" }, el("tbody", {}, ...d.where_tokens_went.map((c) => {
+    const bar = el("div", { class: "bar c-" + c.key });
+    bar.style.width = Math.max(0.5, (100 * c.tokens) / catMax) + "%";
+    return el("tr", {}, el("td", {}, swatch(c.key), " ", c.key), el("td", { class: "num", text: fmtInt(c.tokens) + " tok" }),
+      el("td", { class: "num", text: fmtCost(c.cost_usd) }), el("td", { class: "barcell" }, bar),
+      el("td", { class: "mono muted", text: c.top_items.map((i) => `${i.key} ${fmtCost(i.cost_usd)}`).join(", ") }));
+  })));
+  app.replaceChildren(
+    el("div", { class: "filters" }, el("h1", { text: "Insights" }), el("label", {}, "window", picker)),
+    el("div", { class: "grid2" },
+      el("div", { class: "card", id: "spend" }, el("dl", { class: "kv" },
+        el("dt", { text: "spend" }), el("dd", { id: "spend-total", text: money }),
+        el("dt", { text: "calls" }), el("dd", { text: fmtInt(t.calls) }),
+        el("dt", { text: "vs previous window" }), el("dd", { text: change(t.cost_usd, d.previous ? d.previous.cost_usd : null) }),
+        el("dt", { text: "cache hit rate" }), el("dd", { text: t.cache_hit_rate === null ? "–" : fmtPct(100 * t.cache_hit_rate) }),
+        el("dt", { text: "tokens" }), el("dd", { text: `${fmtInt(t.input_tokens)} uncached · ${fmtInt(t.cache_write_tokens)} cache write · ${fmtInt(t.cache_read_tokens)} cache read · ${fmtInt(t.output_tokens)} output` }))),
+      el("div", { class: "card" }, el("h2", { text: "Plan windows" }), planCard(d.plan))),
+    el("h2", { text: "Spend per day" }), dayChart(d.by_day),
+    el("h2", { text: "Recommendations" }), el("p", { class: "muted", text: d.saving_note }), recommendationsTable(d.recommendations),
+    el("h2", { text: "Where the tokens went" }), el("div", { class: "card" }, cats),
+    el("div", { class: "grid2" },
+      el("div", {}, el("h2", { text: "By project" }), groupTable("by-project", "project", d.by_project)),
+      el("div", {}, el("h2", { text: "By model" }), groupTable("by-model", "model", d.by_model))));
+}
+
+// --- context growth -----------------------------------------------------------------------------
+
+async function loadGrowth(id, token) {
+  const g = await getJSON(API + "/sessions/" + encodeURIComponent(id) + "/growth");
+  const box = document.getElementById("growth");
+  if (!box || token !== renderToken) return; // navigated away meanwhile
+  box.replaceChildren(growthChart(g), el("div", { class: "legend" }, ...g.categories.map((c) => el("span", {}, swatch(c), c))),
+    el("p", { class: "muted", text: `Request bytes of each main-agent call, stacked by category; compactions marked.` +
+      (g.left_out.subagent_or_side_calls ? ` ${g.left_out.subagent_or_side_calls} subagent and side calls have conversations of their own and are not stacked here.` : "") +
+      (g.left_out.beyond_limit ? ` ${g.left_out.beyond_limit} later calls not drawn.` : "") }));
+}
+
+function growthChart(g) {
+  const NS = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(NS, "svg");
+  svg.setAttribute("class", "chart");
+  svg.setAttribute("id", "growth-chart");
+  svg.setAttribute("viewBox", "0 0 800 200");
+  svg.setAttribute("preserveAspectRatio", "none");
+  const calls = g.calls;
+  if (!calls.length) return svg;
+  const total = (c) => Object.values(c.bytes).reduce((a, b) => a + b, 0);
+  const top = Math.max(1, ...calls.map(total));
+  const w = 740 / calls.length;
+  svgNode(NS, svg, "line", { class: "axis", x1: 40, y1: 180, x2: 780, y2: 180 });
+  calls.forEach((c, i) => {
+    const x = 40 + i * w;
+    let y = 180;
+    const col = svgNode(NS, svg, "g", { class: "call", "data-id": c.id, "data-kind": c.call_kind });
+    for (const cat of g.categories) {
+      const b = c.bytes[cat] || 0;
+      if (!b) continue;
+      const h = (160 * b) / top;
+      y -= h;
+      const r = svgNode(NS, col, "rect", { x: (x + w * 0.08).toFixed(2), y: y.toFixed(2), width: Math.max(0.5, w * 0.84).toFixed(2), height: h.toFixed(2), fill: catColour(cat), "data-cat": cat });
+      svgNode(NS, r, "title", {}, `call ${i + 1} (${c.call_kind}) ${fmtTime(c.started_at)}: ${cat} ${fmtBytes(b)} of ${fmtBytes(total(c))}`);
+    }
+    if (c.call_kind === "compaction") {
+      svgNode(NS, svg, "line", { class: "compaction-mark", x1: (x + w / 2).toFixed(1), y1: 14, x2: (x + w / 2).toFixed(1), y2: 180 });
+      svgNode(NS, svg, "text", { x: (x + w / 2 + 3).toFixed(1), y: 24 }, "compaction");
+    }
+  });
+  svgNode(NS, svg, "text", { x: 44, y: 12 }, fmtBytes(top));
+  svgNode(NS, svg, "text", { x: 44, y: 194 }, "call 1");
+  svgNode(NS, svg, "text", { x: 776, y: 194, "text-anchor": "end" }, `call ${calls.length}`);
+  return svg;
 }
 
 function costChart(calls, compactionIds) {
