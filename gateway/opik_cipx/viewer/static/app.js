@@ -479,6 +479,15 @@ function catColour(cat) {
   return colours.get(cat);
 }
 
+function chartSvg(NS, id, height) {
+  const svg = document.createElementNS(NS, "svg");
+  svg.setAttribute("class", "chart");
+  svg.setAttribute("id", id);
+  svg.setAttribute("viewBox", `0 0 800 ${height}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  return svg;
+}
+
 function svgNode(NS, parent, tag, attrs, text) {
   const n = document.createElementNS(NS, tag);
   for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
@@ -515,11 +524,7 @@ function planCard(plan) {
 
 function dayChart(days) {
   const NS = "http://www.w3.org/2000/svg";
-  const svg = document.createElementNS(NS, "svg");
-  svg.setAttribute("class", "chart");
-  svg.setAttribute("id", "spend-chart");
-  svg.setAttribute("viewBox", "0 0 800 180");
-  svg.setAttribute("preserveAspectRatio", "none");
+  const svg = chartSvg(NS, "spend-chart", 180);
   if (!days.length) return svg;
   const top = Math.max(1e-9, ...days.map((d) => d.cost_usd));
   const w = 740 / days.length;
@@ -620,11 +625,7 @@ async function loadGrowth(id, token) {
 
 function growthChart(g) {
   const NS = "http://www.w3.org/2000/svg";
-  const svg = document.createElementNS(NS, "svg");
-  svg.setAttribute("class", "chart");
-  svg.setAttribute("id", "growth-chart");
-  svg.setAttribute("viewBox", "0 0 800 200");
-  svg.setAttribute("preserveAspectRatio", "none");
+  const svg = chartSvg(NS, "growth-chart", 200);
   const calls = g.calls;
   if (!calls.length) return svg;
   const total = (c) => Object.values(c.bytes).reduce((a, b) => a + b, 0);
@@ -656,11 +657,7 @@ function growthChart(g) {
 
 function costChart(calls, compactionIds) {
   const NS = "http://www.w3.org/2000/svg";
-  const svg = document.createElementNS(NS, "svg");
-  svg.setAttribute("class", "chart");
-  svg.setAttribute("id", "cost-chart");
-  svg.setAttribute("viewBox", "0 0 800 180");
-  svg.setAttribute("preserveAspectRatio", "none");
+  const svg = chartSvg(NS, "cost-chart", 180);
   if (!calls.length) return svg;
   const t0 = calls[0].started_at;
   const t1 = Math.max(t0 + 1e-3, calls[calls.length - 1].started_at);
