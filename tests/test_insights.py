@@ -70,6 +70,18 @@ async def test_an_mcp_server_never_called_is_unused_with_its_attributed_cost_as_
     assert rec.action == recommend.mcp_action("spare_box")  # the setting tests/test_insights_actions.py verifies
 
 
+async def test_insights_json_lists_the_never_called_server_as_the_done_when_says(
+        filled: Gateway, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["insights", "--json"]) == 0
+    (rec,) = [r for r in json.loads(capsys.readouterr().out)["recommendations"]
+              if r["kind"] == "unused_mcp_server" and r["target"] == "spare_box"]
+    conn = _conn(filled)
+    rows = conn.execute("SELECT exchange_id, cost_usd FROM attribution_items WHERE side = 'request'"
+                        " AND category = 'mcp' AND item LIKE 'spare_box/%'").fetchall()
+    assert rec["uses"] == 0 and rec["calls_present"] == len({r[0] for r in rows}) > 0
+    assert abs(rec["saving_usd"] - sum(r[1] for r in rows)) <= 1e-6
+
+
 async def test_builtin_tools_called_are_not_recommended_and_uncalled_ones_are(filled: Gateway) -> None:
     found = insights.insights(_conn(filled), stats.window(), time.time())
     unused = {r.target for r in found.recommendations if r.kind == "unused_builtin_tool"}
