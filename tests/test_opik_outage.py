@@ -41,6 +41,17 @@ def start_gateway(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         )
 
 
+def stop_gateway(proc: subprocess.Popen[bytes]) -> None:
+    """End the gateway this test started (by its pid), gently first."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 async def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -187,10 +198,4 @@ async def test_opik_outage_with_two_kills_loses_and_duplicates_nothing(tmp_path:
             assert opik.invalid == []
             assert drained < 30
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_gateway(proc)

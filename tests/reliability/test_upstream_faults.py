@@ -7,7 +7,9 @@ import gzip
 import json
 
 import aiohttp
+import brotli
 import pytest
+import zstandard
 
 from opik_cipx.model import Outcome
 from opik_cipx.server import Gateway
@@ -20,6 +22,8 @@ _MSG = json.dumps({"type": "message", "model": "claude-sonnet-4-5", "content": [
                    "usage": {"input_tokens": 3, "output_tokens": 1}}).encode()
 _ERR = json.dumps({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}}).encode()
 _GZ = gzip.compress(_MSG)
+_BR = brotli.compress(_MSG)
+_ZSTD = zstandard.ZstdCompressor().compress(_MSG)
 _BAD_SSE = b"event: what\ndata: {not json\n\nevent: message_start\ndata: [1,\n\n"
 
 
@@ -44,6 +48,10 @@ CASES: dict[str, tuple[bytes, bool, int | None, bytes | None, Outcome]] = {
                                  Outcome.TRUNCATED),
     "gzip body": (_http("200 OK", b"Content-Type: application/json\r\nContent-Encoding: gzip\r\n", _GZ),
                   False, 200, _GZ, Outcome.COMPLETE),
+    "br body": (_http("200 OK", b"Content-Type: application/json\r\nContent-Encoding: br\r\n", _BR),
+                False, 200, _BR, Outcome.COMPLETE),
+    "zstd body": (_http("200 OK", b"Content-Type: application/json\r\nContent-Encoding: zstd\r\n", _ZSTD),
+                  False, 200, _ZSTD, Outcome.COMPLETE),
     "malformed SSE": (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
                       b"%x\r\n%s\r\n0\r\n\r\n" % (len(_BAD_SSE), _BAD_SSE), False, 200, _BAD_SSE, Outcome.TRUNCATED),
     "large response header (~8 KB)": (_http("200 OK", b"Content-Type: application/json\r\nX-Pad: " + b"p" * 7_900 + b"\r\n",
@@ -66,3 +74,5 @@ async def test_upstream_fault(case: str, make_settings: object) -> None:
                 assert got == body  # byte-identical, still encoded
         (ex,) = await captured(gw)
     assert ex.outcome is outcome, (case, ex.outcome, ex.error)
+    if outcome is Outcome.COMPLETE:  # an encoded body is decoded for capture: its usage was read
+        assert ex.usage is not None and ex.usage.input_tokens == 3, (case, ex.usage)
