@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _echo_server() -> Server:
-    def run(args: Any) -> ToolResult:
+    def run(args: Any, meta: Any) -> ToolResult:
         if args.get("fail"):
             raise ToolError("asked to fail")
         return ToolResult(f"echo {args.get('x')}", {"x": args.get("x")})
@@ -98,7 +98,7 @@ def test_a_batch_is_answered_in_one_array_of_its_requests_answers() -> None:
 
 
 def test_a_tool_that_crashes_is_an_internal_error_and_the_server_goes_on() -> None:
-    def boom(args: Any) -> ToolResult:
+    def boom(args: Any, meta: Any) -> ToolResult:
         raise KeyError("x")
 
     s = Server(ServerInfo("t", "1"), [Tool("boom", "", {}, boom)])
@@ -290,3 +290,49 @@ async def test_the_sdk_client_lists_the_tools_and_calls_each(filled: Gateway) ->
         assert not explained.is_error and explained.structured_content["id"] == want["last_call_id"]
         refused = await client.call_tool("explain_call", {"call_id": "ffffffff"})
         assert refused.is_error and "no stored call" in refused.content[0].text
+
+
+# --- which session asked: the tool_use id beats the environment after a resume -----------------
+
+
+def test_the_session_is_the_one_whose_stored_answer_asked_for_the_tool_use(tmp_path: Path) -> None:
+    import gzip
+    import time
+
+    from opik_cipx.mcp_server.session_cost import session_of_tool_use
+    from opik_cipx.store.spool import Spool, connect
+    from tests.support.exchanges import make_exchange
+
+    now = time.time()
+    spool = Spool(connect(tmp_path / "spool.sqlite3"))
+    asked = make_exchange("haiku", "prompt", started_at=now - 5, ex_id="a1",
+                          content=[{"type": "tool_use", "id": "toolu_wanted", "name": "mcp__x__y", "input": {}}])
+    asked.session_id = "resumed-session"
+    other = make_exchange("haiku", "prompt", started_at=now - 2, ex_id="b2",
+                          content=[{"type": "tool_use", "id": "toolu_other", "name": "Bash", "input": {}}])
+    other.session_id = "another-session"
+    # A gzip-encoded answer is searched decoded.
+    zipped = make_exchange("haiku", "prompt", started_at=now - 1, ex_id="c3",
+                           content=[{"type": "tool_use", "id": "toolu_zipped", "name": "Bash", "input": {}}])
+    zipped.session_id = "zipped-session"
+    zipped.response_body = gzip.compress(zipped.response_body)
+    zipped.response_encoding = "gzip"
+    old = make_exchange("haiku", "prompt", started_at=now - 7200, ex_id="d4",
+                        content=[{"type": "tool_use", "id": "toolu_old", "name": "Bash", "input": {}}])
+    for ex in (asked, other, zipped, old):
+        spool.add(ex)
+    conn = spool.conn
+    assert session_of_tool_use(conn, "toolu_wanted", now) == "resumed-session"
+    assert session_of_tool_use(conn, "toolu_zipped", now) == "zipped-session"
+    assert session_of_tool_use(conn, "toolu_old", now) is None  # past the look-back window
+    assert session_of_tool_use(conn, "toolu_nowhere", now) is None
+
+    ctx = Context(tmp_path / "spool.sqlite3", session_id="fresh-id-from-env", prices=PriceTable.builtin(),
+                  settle=lambda: True, now=lambda: now)
+    by_meta = run_session_cost(ctx, {}, {"claudecode/toolUseId": "toolu_wanted"})
+    assert by_meta.data is not None and by_meta.data["session_id"] == "resumed-session" and by_meta.data["calls"] == 1
+    unknown = run_session_cost(ctx, {}, {"claudecode/toolUseId": "toolu_nowhere"})
+    assert unknown.data is not None and unknown.data["session_id"] == "fresh-id-from-env"
+    explicit = run_session_cost(ctx, {"session_id": "another-session"}, {"claudecode/toolUseId": "toolu_wanted"})
+    assert explicit.data is not None and explicit.data["session_id"] == "another-session"
+    spool.close()

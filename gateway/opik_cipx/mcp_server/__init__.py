@@ -23,11 +23,8 @@ if TYPE_CHECKING:
 
 __all__ = ["SESSION_ENV", "Context", "Server", "ServerInfo", "Tool", "ToolError", "ToolResult", "build", "serve"]
 
-INSTRUCTIONS = (
-    "opik-cipx measures every API call of this session on the wire. Use session_cost for what this "
-    "session has cost so far and where it went, insights for the last days' spend and priced "
-    "recommendations, explain_call for one call's breakdown. Report the numbers as they are."
-)
+# No server instructions: Claude Code sends them in every request of every session (the
+# "# MCP Server Instructions" section); the tools' own descriptions say enough.
 
 
 def build(settings: Settings, env: Mapping[str, str]) -> Server:
@@ -52,7 +49,7 @@ def build(settings: Settings, env: Mapping[str, str]) -> Server:
         return settle(lambda: daemon.get_json(port, "/_cipx/status", timeout=1.0))
 
     ctx = Context(settings.spool_path, session_id=env.get(SESSION_ENV), prices=prices, settle=settled)
-    return Server(ServerInfo("opik-cipx", __version__, INSTRUCTIONS), tools(ctx))
+    return Server(ServerInfo("opik-cipx", __version__), tools(ctx))
 
 
 def serve(settings: Settings) -> int:

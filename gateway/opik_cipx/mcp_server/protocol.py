@@ -37,7 +37,8 @@ class Tool:
     name: str
     description: str
     input_schema: Mapping[str, Any]
-    run: Callable[[Mapping[str, Any]], ToolResult]
+    # (arguments, _meta of the call): Claude Code's meta names the tool_use it answers.
+    run: Callable[[Mapping[str, Any], Mapping[str, Any]], ToolResult]
 
     def listing(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "inputSchema": dict(self.input_schema)}
@@ -139,8 +140,9 @@ class Server:
             arguments = {}
         if not isinstance(arguments, dict):
             return _error(msg_id, INVALID_PARAMS, "arguments must be an object")
+        meta = params.get("_meta")
         try:
-            result = tool.run(arguments).to_json()
+            result = tool.run(arguments, meta if isinstance(meta, dict) else {}).to_json()
         except ToolError as exc:
             result = {"content": [{"type": "text", "text": str(exc)}], "isError": True}
         return _result(msg_id, result)

@@ -8,10 +8,12 @@ so what Claude reports from this tool and what the user reads in a terminal agre
 from __future__ import annotations
 
 import sqlite3
+import zlib
 from typing import Any
 
 from ..report.stats import CLIENT_SQL
 from ..wire.redact import CREDENTIAL_HEADER, OAUTH
+from ..wire.response import decode_content
 
 LLM_KINDS = "kind IN ('messages', 'responses')"
 
@@ -125,3 +127,32 @@ def render_text(doc: dict[str, Any]) -> str:
                                                      for g in doc["by_call_kind"]))
     lines.append(f"Latest call: {doc['last_call_id']} (`opik-cipx explain {doc['last_call_id']}`).")
     return "\n".join(lines)
+
+
+# A tool call is answered within moments of the response that asked for it: look no further back.
+LOCATE_WINDOW_S = 3600.0
+LOCATE_LIMIT = 200
+
+
+def session_of_tool_use(conn: sqlite3.Connection, tool_use_id: str, now: float) -> str | None:
+    """The session whose stored answer asked for ``tool_use_id``: exact where the environment is
+    not. Claude Code starts its MCP servers before ``--continue`` / ``--resume`` switch it to the
+    resumed session, so ``CLAUDE_CODE_SESSION_ID`` then names a session that never sends a call;
+    the ``claudecode/toolUseId`` of the tool call names the response it came from."""
+    needle = tool_use_id.encode()
+    rows = conn.execute(
+        "SELECT e.session_id, e.response_encoding, b.data FROM exchanges e JOIN blobs b ON b.hash = e.response_hash"
+        f" WHERE e.{LLM_KINDS} AND e.started_at >= ? AND e.session_id IS NOT NULL"
+        " ORDER BY e.started_at DESC LIMIT ?",
+        (now - LOCATE_WINDOW_S, LOCATE_LIMIT),
+    )
+    for session_id, encoding, data in rows:
+        try:
+            body = zlib.decompress(data)
+        except zlib.error:
+            continue
+        if encoding:
+            body = b"".join(decode_content(encoding, [body])[0])
+        if needle in body:
+            return str(session_id)
+    return None

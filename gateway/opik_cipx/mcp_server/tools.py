@@ -20,6 +20,7 @@ from . import session_cost as session_cost_mod
 from .protocol import Tool, ToolError, ToolResult
 
 SESSION_ENV = "CLAUDE_CODE_SESSION_ID"  # what Claude Code sets for the MCP servers it starts
+TOOL_USE_META = "claudecode/toolUseId"  # in a tools/call's _meta: the tool_use block it answers
 FORMATS = ("markdown", "json")
 
 SESSION_COST_SCHEMA: dict[str, Any] = {
@@ -86,15 +87,25 @@ def _unknown(args: Mapping[str, Any], known: set[str]) -> None:
         raise ToolError(f"unknown argument(s): {', '.join(extra)} (this tool takes {', '.join(sorted(known))})")
 
 
-def run_session_cost(ctx: Context, args: Mapping[str, Any]) -> ToolResult:
+def run_session_cost(ctx: Context, args: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> ToolResult:
+    """The session named by the argument; else the one whose answer asked for this tool call;
+    else the one in the environment (wrong after a resume: see ``session_of_tool_use``)."""
     _unknown(args, {"session_id"})
-    sid = _string(args, "session_id") or ctx.session_id
-    if sid is None:
+    asked = _string(args, "session_id")
+    tool_use = (meta or {}).get(TOOL_USE_META)
+    if asked is None and not isinstance(tool_use, str) and ctx.session_id is None:
         raise ToolError(f"no session id: pass session_id, or run this server from Claude Code"
                         f" (which sets {SESSION_ENV})")
     settled = ctx.settle() if ctx.settle is not None else True
     conn = ctx.connect()
     try:
+        sid = asked
+        if sid is None and isinstance(tool_use, str):
+            sid = session_cost_mod.session_of_tool_use(conn, tool_use, ctx.now())
+        sid = sid or ctx.session_id
+        if sid is None:
+            raise ToolError(f"no stored call asked for tool_use {tool_use} and {SESSION_ENV} is not set: "
+                            "pass session_id")
         doc = session_cost_mod.session_cost(conn, sid)
     finally:
         conn.close()
@@ -106,7 +117,7 @@ def run_session_cost(ctx: Context, args: Mapping[str, Any]) -> ToolResult:
     return ToolResult(text, doc)
 
 
-def run_insights(ctx: Context, args: Mapping[str, Any]) -> ToolResult:
+def run_insights(ctx: Context, args: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> ToolResult:
     _unknown(args, {"window", "format"})
     window = _string(args, "window", "month")
     fmt = _string(args, "format", "markdown", FORMATS)
@@ -126,7 +137,7 @@ def run_insights(ctx: Context, args: Mapping[str, Any]) -> ToolResult:
     return ToolResult(insights.render_markdown(found))
 
 
-def run_explain_call(ctx: Context, args: Mapping[str, Any]) -> ToolResult:
+def run_explain_call(ctx: Context, args: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> ToolResult:
     _unknown(args, {"call_id", "format"})
     call_id = _string(args, "call_id")
     fmt = _string(args, "format", "text", ("text", "json"))
@@ -157,14 +168,14 @@ def tools(ctx: Context) -> list[Tool]:
              "What this Claude Code session has cost so far, exactly, from the calls the opik-cipx gateway "
              "captured (subagents and side calls included): cost, tokens, cache-hit rate, and the cost by "
              "category (tools, MCP servers, memory files, conversation, output, ...).",
-             SESSION_COST_SCHEMA, lambda a: run_session_cost(ctx, a)),
+             SESSION_COST_SCHEMA, lambda a, m: run_session_cost(ctx, a, m)),
         Tool("insights",
              "The opik-cipx insights report over a window (default: the last 30 days): spend by model, "
              "project and day, where the tokens went, and priced recommendations with the call ids they "
              "come from. Savings are the attributed cost of the bytes each change would remove.",
-             INSIGHTS_SCHEMA, lambda a: run_insights(ctx, a)),
+             INSIGHTS_SCHEMA, lambda a, m: run_insights(ctx, a, m)),
         Tool("explain_call",
              "Where one stored call's bytes, tokens and cost went, by category and item (what "
              "`opik-cipx explain` prints). Use the call ids from session_cost or insights.",
-             EXPLAIN_SCHEMA, lambda a: run_explain_call(ctx, a)),
+             EXPLAIN_SCHEMA, lambda a, m: run_explain_call(ctx, a, m)),
     ]
