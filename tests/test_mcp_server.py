@@ -336,3 +336,34 @@ def test_the_session_is_the_one_whose_stored_answer_asked_for_the_tool_use(tmp_p
     explicit = run_session_cost(ctx, {"session_id": "another-session"}, {"claudecode/toolUseId": "toolu_wanted"})
     assert explicit.data is not None and explicit.data["session_id"] == "another-session"
     spool.close()
+
+
+# --- the stdio loop ----------------------------------------------------------------------------
+
+
+def test_stdio_answers_line_by_line_skips_notifications_and_stops_at_eof() -> None:
+    import io
+
+    from opik_cipx.mcp_server import stdio
+
+    lines = [{"jsonrpc": "2.0", "id": 1, "method": "ping"}, {"jsonrpc": "2.0", "method": "notifications/initialized"},
+             {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}]
+    stdin = io.BytesIO(b"".join(json.dumps(m).encode() + b"\r\n" for m in lines))
+    stdout = io.BytesIO()
+    assert stdio.run(_echo_server(), stdin, stdout) == 0
+    answers = [json.loads(line) for line in stdout.getvalue().splitlines()]
+    assert [a["id"] for a in answers] == [1, 2]
+
+
+def test_stdio_refuses_an_oversized_line_and_reads_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from opik_cipx.mcp_server import stdio
+
+    monkeypatch.setattr(stdio, "MAX_LINE", 64)
+    big = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"pad": "x" * 300}}).encode()
+    stdin = io.BytesIO(big + b"\n" + json.dumps({"jsonrpc": "2.0", "id": 2, "method": "ping"}).encode() + b"\n")
+    stdout = io.BytesIO()
+    stdio.run(_echo_server(), stdin, stdout)
+    first, second = (json.loads(line) for line in stdout.getvalue().splitlines())
+    assert first["error"]["code"] == -32700 and second == {"jsonrpc": "2.0", "id": 2, "result": {}}

@@ -19,9 +19,9 @@ LLM_KINDS = "kind IN ('messages', 'responses')"
 
 
 def session_cost(conn: sqlite3.Connection, session_id: str) -> dict[str, Any]:
-    """The session's totals, its input by category (cache read / write / uncached inside each
-    category's tokens is not split per item: the attributed tokens and cost are), its output,
-    and its spend per model and per kind of call (main conversation, subagents, side calls)."""
+    """The session's totals (billed usage, as ``stats``), the attributed cost and tokens of each
+    category (request side and output), and its spend per model and per kind of call (main
+    conversation, subagents, side calls, compaction)."""
     (calls, errors, inp, write, read, out, cost, unpriced, first, last, oauth) = conn.execute(
         "SELECT count(*), total(outcome != 'complete'), total(input_tokens), total(cache_creation_input_tokens),"
         " total(cache_read_input_tokens), total(output_tokens), total(cost_usd),"
