@@ -367,3 +367,39 @@ def test_stdio_refuses_an_oversized_line_and_reads_on(monkeypatch: pytest.Monkey
     stdio.run(_echo_server(), stdin, stdout)
     first, second = (json.loads(line) for line in stdout.getvalue().splitlines())
     assert first["error"]["code"] == -32700 and second == {"jsonrpc": "2.0", "id": 2, "result": {}}
+
+
+def test_with_a_gateway_up_the_answer_that_asked_is_waited_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Capture idle is not enough: the relay may not have handed the asking call to capture yet."""
+    import time
+
+    from opik_cipx.mcp_server import tools as tools_mod
+    from opik_cipx.store.spool import Spool, connect
+    from tests.support.exchanges import make_exchange
+
+    now = time.time()
+    spool = Spool(connect(tmp_path / "spool.sqlite3"))
+    spool.add(make_exchange("haiku", "prompt", started_at=now - 9, ex_id="a0"))
+    late = make_exchange("haiku", "prompt", started_at=now - 1, ex_id="a1",
+                         content=[{"type": "tool_use", "id": "toolu_late", "name": "mcp__x__y", "input": {}}])
+    late.session_id = "the-asker"
+    polls: list[int] = []
+
+    def up() -> bool:  # the gateway stores the call after the tool's first look
+        polls.append(1)
+        if len(polls) == 2:
+            spool.add(late)
+        return True
+
+    monkeypatch.setattr(tools_mod, "TOOL_USE_WAIT", 30.0)
+    ctx = Context(tmp_path / "spool.sqlite3", session_id="env-id", prices=PriceTable.builtin(), settle=lambda: True,
+                  gateway_up=up, now=lambda: now)
+    got = run_session_cost(ctx, {}, {"claudecode/toolUseId": "toolu_late"})
+    assert got.data is not None and got.data["session_id"] == "the-asker" and got.data["calls"] == 1
+    assert len(polls) == 2
+    # With no gateway running nothing more will land: no wait, the environment's session.
+    down = Context(tmp_path / "spool.sqlite3", session_id="env-id", prices=PriceTable.builtin(), settle=lambda: True)
+    started = time.monotonic()
+    assert run_session_cost(down, {}, {"claudecode/toolUseId": "toolu_never"}).data["session_id"] == "env-id"  # type: ignore[index]
+    assert time.monotonic() - started < 2.0
+    spool.close()

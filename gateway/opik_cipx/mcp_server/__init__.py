@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from .protocol import Server, ServerInfo, Tool, ToolError, ToolResult
-from .tools import SESSION_ENV, Context, tools
+from .tools import SESSION_ENV, Context, make_tools
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -48,8 +48,12 @@ def build(settings: Settings, env: Mapping[str, str]) -> Server:
             return False
         return settle(lambda: daemon.get_json(port, "/_cipx/status", timeout=1.0))
 
-    ctx = Context(settings.spool_path, session_id=env.get(SESSION_ENV), prices=prices, settle=settled)
-    return Server(ServerInfo("opik-cipx", __version__), tools(ctx))
+    def up() -> bool:
+        return daemon.probe(settings).state is daemon.State.RUNNING
+
+    ctx = Context(settings.spool_path, session_id=env.get(SESSION_ENV), prices=prices, settle=settled,
+                  gateway_up=up)
+    return Server(ServerInfo("opik-cipx", __version__), make_tools(ctx))
 
 
 def serve(settings: Settings) -> int:

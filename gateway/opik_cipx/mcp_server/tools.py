@@ -21,6 +21,9 @@ from .protocol import Tool, ToolError, ToolResult
 
 SESSION_ENV = "CLAUDE_CODE_SESSION_ID"  # what Claude Code sets for the MCP servers it starts
 TOOL_USE_META = "claudecode/toolUseId"  # in a tools/call's _meta: the tool_use block it answers
+# How long a running gateway gets to store the answer that asked for the tool call: capture idle
+# is not enough when the relay has not yet handed that call to capture.
+TOOL_USE_WAIT = 3.0
 FORMATS = ("markdown", "json")
 
 SESSION_COST_SCHEMA: dict[str, Any] = {
@@ -55,11 +58,13 @@ class Context:
     """What the tools read: the spool's path, the pricing, the env's session, the gateway's state."""
 
     def __init__(self, spool_path: Path, *, session_id: str | None, prices: Any,
-                 settle: Callable[[], bool] | None = None, now: Callable[[], float] = time.time) -> None:
+                 settle: Callable[[], bool] | None = None, gateway_up: Callable[[], bool] = lambda: False,
+                 now: Callable[[], float] = time.time) -> None:
         self.spool_path = spool_path
         self.session_id = session_id or None
         self.prices = prices
         self.settle = settle
+        self.gateway_up = gateway_up  # a gateway that may still store the call that asked
         self.now = now
 
     def connect(self) -> sqlite3.Connection:
@@ -101,7 +106,7 @@ def run_session_cost(ctx: Context, args: Mapping[str, Any], meta: Mapping[str, A
     try:
         sid = asked
         if sid is None and isinstance(tool_use, str):
-            sid = session_cost_mod.session_of_tool_use(conn, tool_use, ctx.now())
+            sid = _wait_for_tool_use(ctx, conn, tool_use)
         sid = sid or ctx.session_id
         if sid is None:
             raise ToolError(f"no stored call asked for tool_use {tool_use} and {SESSION_ENV} is not set: "
@@ -115,6 +120,16 @@ def run_session_cost(ctx: Context, args: Mapping[str, Any], meta: Mapping[str, A
     if not settled:
         text += "\n(The gateway was still capturing, or did not answer: the newest call may be missing.)"
     return ToolResult(text, doc)
+
+
+def _wait_for_tool_use(ctx: Context, conn: sqlite3.Connection, tool_use: str) -> str | None:
+    deadline = time.monotonic() + TOOL_USE_WAIT
+    while True:
+        # Each SELECT outside a transaction reads the newest commit: no reconnect needed.
+        sid = session_cost_mod.session_of_tool_use(conn, tool_use, ctx.now())
+        if sid is not None or time.monotonic() >= deadline or not ctx.gateway_up():
+            return sid
+        time.sleep(0.1)
 
 
 def run_insights(ctx: Context, args: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> ToolResult:
@@ -162,7 +177,7 @@ def run_explain_call(ctx: Context, args: Mapping[str, Any], meta: Mapping[str, A
     return ToolResult(explain.render_text(ex, attr))
 
 
-def tools(ctx: Context) -> list[Tool]:
+def make_tools(ctx: Context) -> list[Tool]:
     return [
         Tool("session_cost",
              "What this Claude Code session has cost so far, exactly, from the calls the opik-cipx gateway "
