@@ -39,11 +39,13 @@ ALLOWED: dict[str, set[str]] = {
     "ops": {"(root)", "model", "config", "pricing", "wire", "proxy", "capture", "store"},
     "viewer": {"pricing", "attribute", "store", "report", "ops"},
     "claude": {"config", "pricing", "store", "report", "ops"},
+    # The MCP server: report's views as tools; ops only to ask the gateway whether capture caught up.
+    "mcp_server": {"(root)", "config", "pricing", "wire", "store", "report", "ops"},
     # Codex's wiring (config.toml): settings only; the daemon is brought up by its caller.
     "codex": {"config"},
     "server": {"config", "pricing", "proxy", "capture", "store", "ship", "ops", "viewer"},
     "cli": {"(root)", "config", "config_load", "pricing", "proxy", "capture", "ship", "report", "ops", "viewer",
-            "claude", "codex", "server"},
+            "claude", "codex", "server", "mcp_server"},
 }
 
 

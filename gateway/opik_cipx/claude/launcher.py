@@ -32,7 +32,8 @@ HOOKS: tuple[HookSpec, ...] = (
 
 INSTALL_HINT = (
     "opik-cipx: the opik-cipx binary was not found (looked in $CLAUDE_PLUGIN_ROOT/bin, PATH, "
-    "~/.opik-cipx/bin, /usr/local/bin); this session is not being captured. Install it: "
+    "~/.opik-cipx/bin, /usr/local/bin); this session is not being captured. Install it with "
+    "/opik-cipx:install in Claude Code, or: "
     "curl -fsSL https://raw.githubusercontent.com/comet-ml/opik-cipx/main/install.sh | bash"
 )
 
@@ -56,7 +57,7 @@ ALIVE_FN = r"""cipx_alive() {
 # POSIX sh. The keep-alive fast path decides liveness with builtins only (no fork): the
 # pidfile's pid must still have the start ticks it had when the gateway wrote it, so a
 # reused pid does not count. Everything else goes to the binary, which bounds itself.
-LAUNCHER_BODY = (r"""cipx_home="${CIPX_HOME:-$HOME/.opik-cipx}"
+_LAUNCHER_TEMPLATE = (r"""cipx_home="${CIPX_HOME:-$HOME/.opik-cipx}"
 
 # Keep-alive fast path: alive when the port file exists and the pidfile's process is the one
 # that wrote it (same start time in clock ticks; pid alone where /proc is missing).
@@ -84,7 +85,7 @@ cipx_find() {
   return 1
 }
 
-if ! cipx_bin=$(cipx_find); then
+__PLUGIN_INSTALL__if ! cipx_bin=$(cipx_find); then
   echo "__INSTALL_HINT__" >&2
   if [ "${1:-}" = hook ]; then cat >/dev/null 2>&1; fi
   exit 0
@@ -97,6 +98,39 @@ fi
 exec "$cipx_bin" "$@"
 """).replace("__INSTALL_HINT__", INSTALL_HINT)
 
+# The plugin launcher only: ``cipx-launch install [VERSION]``, what /opik-cipx:install runs. With
+# the binary missing it runs the install.sh of the plugin's own checkout (beside plugin/), then
+# `sync`. A slash command's `!` line is one invocation whose output the user reads, so it always
+# exits 0 and ends with what each step's exit code meant; install.sh's progress (stderr) is shown.
+PLUGIN_INSTALL = r"""if [ "${1:-}" = install ]; then
+  shift
+  if cipx_bin=$(cipx_find); then
+    echo "opik-cipx is already installed: $cipx_bin ($("$cipx_bin" version 2>/dev/null || echo 'it does not run'))"
+  else
+    cipx_installer="$(cd "${0%/*}/.." 2>/dev/null && pwd)/install.sh"
+    if [ ! -f "$cipx_installer" ]; then
+      echo "opik-cipx: this plugin has no install.sh (looked for $cipx_installer). Install the binary by hand:"
+      echo "curl -fsSL https://raw.githubusercontent.com/comet-ml/opik-cipx/main/install.sh | bash"
+      exit 0
+    fi
+    echo "opik-cipx: the binary is missing; running $cipx_installer $*"
+    cipx_rc=0
+    bash "$cipx_installer" "$@" 2>&1 || cipx_rc=$?
+    if [ "$cipx_rc" -ne 0 ] || ! cipx_bin=$(cipx_find); then
+      echo "(opik-cipx install.sh exit code $cipx_rc: nothing was installed; the lines above say why)"
+      exit 0
+    fi
+    echo "(opik-cipx install.sh exit code 0: installed $cipx_bin)"
+  fi
+  cipx_rc=0
+  "$cipx_bin" sync 2>&1 || cipx_rc=$?
+  echo "(opik-cipx sync exit code $cipx_rc$([ "$cipx_rc" -eq 0 ] || echo ': see `opik-cipx doctor`'))"
+  exit 0
+fi
+"""
+# What the hook scripts setup writes run: the launcher without the plugin's `install`.
+LAUNCHER_BODY = _LAUNCHER_TEMPLATE.replace("__PLUGIN_INSTALL__", "")
+
 
 def render_launcher() -> str:
     """``plugin/cipx-launch``: the plugin's hooks and ``/opik-cipx:status`` go through it."""
@@ -104,7 +138,7 @@ def render_launcher() -> str:
         "#!/bin/sh\n"
         "# opik-cipx plugin launcher: finds the opik-cipx binary and runs it. Generated from\n"
         "# opik_cipx/claude/launcher.py (LAUNCHER_BODY); edit it there, tests compare the two.\n"
-        + LAUNCHER_BODY
+        + _LAUNCHER_TEMPLATE.replace("__PLUGIN_INSTALL__", PLUGIN_INSTALL)
     )
 
 

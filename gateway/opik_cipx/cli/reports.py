@@ -152,6 +152,13 @@ def cmd_insights(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_mcp_serve(args: argparse.Namespace, settings: Settings) -> int:
+    # The MCP stdio server (mcp_server/): stdout is the protocol's, so nothing else prints there.
+    from ..mcp_server import serve
+
+    return serve(settings)
+
+
 def add_viewer_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from ..report.stats import GROUPS, WINDOWS
 
@@ -183,3 +190,8 @@ def add_viewer_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--session", metavar="ID", help="one session")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_reconcile)
+
+    p = sub.add_parser("mcp", help="the MCP server Claude Code talks to (session_cost, insights, explain_call)")
+    mcp = p.add_subparsers(dest="mcp_command", required=True, metavar="SUBCOMMAND")
+    p = mcp.add_parser("serve", help="serve MCP on stdin/stdout (the plugin registers this)")
+    p.set_defaults(func=cmd_mcp_serve)
