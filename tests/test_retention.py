@@ -10,6 +10,7 @@ import random
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -267,3 +268,36 @@ def test_the_background_task_prunes_on_the_injected_clock(spool: Spool, spool_pa
     asyncio.run(main())
     with pytest.raises(BodyPruned):
         spool.get("ten-days")
+
+
+def test_status_of_a_stopped_gateway_still_shows_the_spool_and_its_oldest_kept_body(make_settings: Any) -> None:
+    from opik_cipx.ops.status import STATUS_DOWN, collect_status, render_status
+
+    settings = make_settings(retention_days=30, spool_max_mb=0)
+    sp = Spool(connect(settings.spool_path))
+    try:
+        calls = months_of_sessions(sp, months=2)
+        prune(sp.conn, Policy(days=30), NOW)
+    finally:
+        sp.close()
+    code, doc = collect_status(settings, timeout=1.0)
+    assert code == STATUS_DOWN
+    kept = min(ex.started_at for ex in calls if ex.started_at >= NOW - 30 * DAY)
+    assert doc["spool"]["oldest_body_at"] == kept and doc["spool"]["bytes"] > 0
+    assert doc["retention"] == {"days": 30, "max_mb": 0}
+    text = render_status(code, doc)
+    assert "opik-cipx: not running" in text and "bodies kept 30 days; oldest kept body " in text
+    assert f"{len(calls) // 2} calls pruned (totals kept)" in text
+
+
+async def test_the_gateway_runs_retention_in_the_background_with_its_settings(
+    upstream: Any, make_settings: Any
+) -> None:
+    from opik_cipx.server import Gateway
+
+    async with Gateway(make_settings(upstream_url=upstream.url, spool_max_mb=64)) as gw:
+        assert gw.retention is not None
+        assert gw.retention.policy == Policy(days=90, max_bytes=64 * 1024**2, shipping=False)
+        assert any(t.get_name() == "cipx-retention" and not t.done() for t in gw._tasks)
+    async with Gateway(make_settings(upstream_url=upstream.url, retention_days=0)) as gw:
+        assert gw.retention is None  # nothing to prune: no task at all

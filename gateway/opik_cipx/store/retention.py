@@ -315,6 +315,21 @@ def footprint(conn: sqlite3.Connection) -> dict[str, Any]:
     }
 
 
+def footprint_file(path: Path) -> dict[str, Any] | None:
+    """:func:`footprint` and the size on disk, read-only, for ``status`` while the gateway is down;
+    None when there is no spool (or it predates retention: nothing was pruned from it)."""
+    if not path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=2.0)
+        try:
+            return {"bytes": file_bytes(path), **footprint(conn)}
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+
+
 def prune_file(path: Path, policy: Policy, now: float, stop: threading.Event | None = None) -> PruneResult:
     """A run on a connection of its own, so the gateway's spool thread is never held up by it."""
     from .spool import Spool, connect
