@@ -301,3 +301,16 @@ async def test_the_gateway_runs_retention_in_the_background_with_its_settings(
         assert any(t.get_name() == "cipx-retention" and not t.done() for t in gw._tasks)
     async with Gateway(make_settings(upstream_url=upstream.url, retention_days=0)) as gw:
         assert gw.retention is None  # nothing to prune: no task at all
+
+
+def test_the_viewer_shows_a_pruned_call_from_its_kept_totals(spool: Spool) -> None:
+    from opik_cipx.viewer import queries
+
+    ex = make_exchange("haiku", "prompt", started_at=NOW - 100 * DAY, ex_id="old-one")
+    store(spool, ex)
+    prune(spool.conn, Policy(days=90), NOW)
+    detail = json.loads(queries.call_detail(spool, "old-one", PRICES) or b"null")
+    assert detail["body_pruned_at"] == NOW and detail["regions"] == []
+    assert detail["cost_usd"] == ex.cost.total_usd  # type: ignore[union-attr]
+    assert queries.request_body(spool, "old-one") is None
+    assert queries.reattribute(spool, "old-one", PRICES) is None
