@@ -33,8 +33,8 @@ SCENARIOS = ("haiku", "sonnet", "opus")
 
 
 def labels(scenario: str) -> list[str]:
-    return sorted(p.stem.split("-", 1)[1] for p in (FIXTURES / scenario).glob("[0-9][0-9]-*.json")
-                  if not p.name.endswith(".meta.json"))
+    return [p.stem.split("-", 1)[1] for p in sorted((FIXTURES / scenario).glob("[0-9][0-9]-*.json"))
+            if not p.name.endswith(".meta.json")]
 
 
 def store(sp: Spool, ex: Exchange) -> None:
