@@ -177,9 +177,9 @@ def test_reship_queues_every_span_and_trace_again_with_the_same_ids(
 
 def test_pruned_bodies_are_skipped_and_counted(spool: Spool, filled: list[Exchange]) -> None:
     older = [ex for ex in filled if ex.started_at < T0 + DAY]
-    assert prune(spool.conn, Policy(days=1, shipping=True), T0 + 2 * DAY - 1).pruned == 0  # not shipped yet
+    assert prune(spool.conn, Policy(days=1), T0 + 2 * DAY - 1).pruned == 0  # not shipped yet
     spool.conn.execute("DELETE FROM outbox")  # Opik acknowledged everything
-    prune(spool.conn, Policy(days=1, shipping=True), T0 + 2 * DAY - 1)
+    prune(spool.conn, Policy(days=1), T0 + 2 * DAY - 1)
     done = replay.replay(spool, PRICES, replay.select(spool.conn))
     assert done.pruned == len(older) > 0
     assert done.replayed == len(filled) - len(older)

@@ -37,9 +37,13 @@ def labels(scenario: str) -> list[str]:
             if not p.name.endswith(".meta.json")]
 
 
-def store(sp: Spool, ex: Exchange) -> None:
+def store(sp: Spool, ex: Exchange, mark: str | None = NO_DESTINATION) -> None:
+    """As capture stores a call: the exchange, its attribution and its ship mark (with no
+    destination configured, the span stage marks every LLM call ``no_destination``)."""
     sp.add(ex)
     attribution_store.save(sp.conn, ex.id, analyze(ex, PRICES, response_content(ex)))
+    if mark is not None:
+        Outbox(sp.conn).mark(ex.id, mark)
 
 
 def months_of_sessions(sp: Spool, *, months: int = 6, mark: str | None = NO_DESTINATION) -> list[Exchange]:
@@ -56,9 +60,7 @@ def months_of_sessions(sp: Spool, *, months: int = 6, mark: str | None = NO_DEST
                 ex = make_exchange(scenario, label, started_at=base + i * 60, ex_id=f"m{month}-{scenario}-{i:02d}",
                                    content=reply)
                 ex.session_id = f"{ex.session_id}-m{month}"
-                store(sp, ex)
-                if mark is not None:
-                    Outbox(sp.conn).mark(ex.id, mark)
+                store(sp, ex, mark)
                 out.append(ex)
     return out
 
@@ -152,16 +154,22 @@ def test_calls_not_yet_shipped_to_a_configured_opik_are_never_pruned(spool: Spoo
     shipped = old[1]  # derived and acknowledged: no outbox row left
     spool.conn.execute("INSERT INTO ship_marks VALUES (?, ?, ?)", (shipped.id, QUEUED, NOW))
 
-    result = prune(spool.conn, Policy(days=90, shipping=True), NOW)
+    result = prune(spool.conn, Policy(days=90), NOW)
     assert result.pruned == 1  # only the shipped one; the unmarked calls await recovery
     assert result.kept_unshipped == len(old) - 1
     with pytest.raises(BodyPruned):
         spool.get(shipped.id)
     assert spool.get(waiting.id) is not None
-    # Without a destination, unmarked calls may go, but records waiting in the outbox still hold theirs.
-    result = prune(spool.conn, Policy(days=90, shipping=False, max_bytes=1), NOW)
+    # Not even a cap nothing else can meet takes them: it is reported instead.
+    result = prune(spool.conn, Policy(days=90, max_bytes=1), NOW)
+    assert result.over_cap and result.kept_unshipped == len(calls) - 1
     assert spool.get(waiting.id) is not None
-    assert result.over_cap
+    assert retention.footprint(spool.conn)["last_prune"]["over_cap"]
+    # Once Opik has them (marked, outbox empty), they go like any other.
+    spool.conn.execute("DELETE FROM outbox")
+    for ex in calls:
+        spool.conn.execute("INSERT OR IGNORE INTO ship_marks VALUES (?, ?, ?)", (ex.id, QUEUED, NOW))
+    assert prune(spool.conn, Policy(days=90), NOW).pruned == len(old) - 1
 
 
 def test_the_file_actually_shrinks_after_pruning(spool: Spool, spool_path: Path) -> None:
@@ -180,14 +188,16 @@ def test_the_file_actually_shrinks_after_pruning(spool: Spool, spool_path: Path)
 
 def test_the_cap_is_honoured_oldest_first(spool: Spool, spool_path: Path) -> None:
     calls = months_of_sessions(spool, months=6)
-    full = retention.live_bytes(spool.conn)
-    cap = int(full * 0.7)
+    # Half of what the bodies take: a cap pruning can meet (the totals it keeps take the rest).
+    blobs = spool.conn.execute("SELECT sum(pgsize) FROM dbstat WHERE name = 'blobs'").fetchone()[0]
+    cap = retention.live_bytes(spool.conn) - blobs // 2
     result = prune(spool.conn, Policy(days=0, max_bytes=cap), NOW, path=spool_path)
     assert result.by_age == 0 and result.by_size > 0 and not result.over_cap
     assert retention.live_bytes(spool.conn) <= cap
     assert result.bytes_after <= cap + 64 * 1024  # the file follows (a few pages of slack)
     pruned = {r[0] for r in spool.conn.execute("SELECT id FROM exchanges WHERE body_pruned_at IS NOT NULL")}
     kept = [ex for ex in calls if ex.id not in pruned]
+    assert len(calls) / 4 < len(kept) < len(calls) * 3 / 4, "it stops near the cap, not after pruning everything"
     assert max(ex.started_at for ex in calls if ex.id in pruned) <= min(ex.started_at for ex in kept)
     assert_refs_exact(spool)
 
@@ -249,6 +259,10 @@ def test_the_background_task_prunes_on_the_injected_clock(spool: Spool, spool_pa
     busy = [True]
 
     async def main() -> retention.RetentionTask:
+        async with asyncio.timeout(60):
+            return await steps()
+
+    async def steps() -> retention.RetentionTask:
         task = retention.RetentionTask(spool_path, Policy(days=30), busy=lambda: busy[0], clock=lambda: clock[0],
                                        first_delay=0.0, interval=0.05)
         runner = asyncio.create_task(task.run())
@@ -297,7 +311,7 @@ async def test_the_gateway_runs_retention_in_the_background_with_its_settings(
 
     async with Gateway(make_settings(upstream_url=upstream.url, spool_max_mb=64)) as gw:
         assert gw.retention is not None
-        assert gw.retention.policy == Policy(days=90, max_bytes=64 * 1024**2, shipping=False)
+        assert gw.retention.policy == Policy(days=90, max_bytes=64 * 1024**2)
         assert any(t.get_name() == "cipx-retention" and not t.done() for t in gw._tasks)
     async with Gateway(make_settings(upstream_url=upstream.url, retention_days=0)) as gw:
         assert gw.retention is None  # nothing to prune: no task at all

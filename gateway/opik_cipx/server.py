@@ -116,7 +116,7 @@ class Gateway:
         self._tasks.append(self._capture_task)
         await self._replay_journal(left_over)
         await self.shipper.start()
-        policy = Policy(s.retention_days, s.spool_max_mb * 1024 * 1024, shipping=s.opik_url is not None)
+        policy = Policy(s.retention_days, s.spool_max_mb * 1024 * 1024)
         if policy.enabled:
             # On a connection of its own, off the spool thread the shipper and status use.
             self.retention = RetentionTask(s.spool_path, policy, busy=lambda: self._forwarding)

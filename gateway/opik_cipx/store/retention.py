@@ -9,9 +9,9 @@ regions. Two rules pick the calls, oldest first:
 - age: ``CIPX_RETENTION_DAYS`` (0: keep bodies forever);
 - size: ``CIPX_SPOOL_MAX_MB``, a cap on the database's live pages (0: no cap).
 
-A call that a configured Opik has not yet received is never pruned, whatever the
-rules say: its records wait in the outbox, or it has no ship mark yet and the
-shipper's recovery scan still needs its body. The selection (:func:`plan`) is
+A call Opik has not yet received is never pruned, whatever the rules say: its
+records wait in the outbox, or it has no ship mark yet and the shipper's recovery
+scan still needs its body. The selection (:func:`plan`) is
 pure and takes the clock as an argument; :func:`prune` does the I/O.
 
 The first run switches the file to incremental auto-vacuum (a one-off ``VACUUM``:
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 DAY = 86400.0
 _DIGEST = 32  # request_chunks is a concatenation of SHA-256 digests (store/spool.py)
 _BATCH = 64  # calls pruned per transaction: short, so capture never waits long on the lock
+_CAP_BATCH = 16  # under the cap, the size is measured again after this many: stop close to it
 # What `stats --by project` reads from a session's first call (report/stats.py keeps the
 # same pattern and limit): that much of its request stays, so a pruned session keeps its project.
 _CWD = re.compile(rb"(?:Primary w|W)orking directory: (/[^\\\"\r\n]*)")
@@ -51,7 +52,6 @@ _CWD_SCAN_LIMIT = 512 * 1024
 class Policy:
     days: int = 90  # bodies older than this are pruned; 0 keeps them forever
     max_bytes: int = 0  # the database's live pages are kept under this; 0 means no cap
-    shipping: bool = False  # an Opik destination is configured: calls it lacks are kept
 
     @property
     def enabled(self) -> bool:
@@ -109,20 +109,21 @@ def kept_prefix(chunks: Sequence[bytes], limit: int = _CWD_SCAN_LIMIT) -> int:
 # --- the spool side ---------------------------------------------------------------------------
 
 
-def candidates(conn: sqlite3.Connection, shipping: bool) -> list[Candidate]:
-    """Every call that still has a body, with whether a configured Opik still waits for it.
+def candidates(conn: sqlite3.Connection) -> list[Candidate]:
+    """Every call that still has a body, with whether Opik may still need it.
 
-    Unshipped: records of it wait in the outbox (configured or not: they ship once it is),
-    or, with a destination configured, an LLM call has no ship mark yet.
+    Unshipped: records of it wait in the outbox (a destination configured or not: they ship
+    once one is), or it is an LLM call with no ship mark yet (the span stage marks every LLM
+    call it handled, shipped or not, in the call's own transaction, even with no destination:
+    only a call whose stage failed lacks one, and the shipper's recovery scan derives it from
+    the body).
     """
-    unmarked = (
-        "(e.kind IN ('messages', 'responses') AND NOT EXISTS (SELECT 1 FROM ship_marks m WHERE m.exchange_id = e.id))"
-        if shipping else "0"
-    )
     rows = conn.execute(
-        f"""
+        """
         SELECT e.id, e.started_at,
-               EXISTS (SELECT 1 FROM outbox o WHERE o.exchange_id = e.id) OR {unmarked}
+               EXISTS (SELECT 1 FROM outbox o WHERE o.exchange_id = e.id)
+               OR (e.kind IN ('messages', 'responses')
+                   AND NOT EXISTS (SELECT 1 FROM ship_marks m WHERE m.exchange_id = e.id))
         FROM exchanges e
         WHERE e.body_pruned_at IS NULL AND (length(e.request_chunks) > 0 OR e.response_hash IS NOT NULL)
         ORDER BY e.started_at, e.id
@@ -263,7 +264,7 @@ def prune(
     if not policy.enabled:
         return result
     result.vacuumed = ensure_incremental(conn)
-    chosen = plan(candidates(conn, policy.shipping), now, policy)
+    chosen = plan(candidates(conn), now, policy)
     result.kept_unshipped = chosen.kept_unshipped
     for i in range(0, len(chosen.by_age), _BATCH):
         if stop is not None and stop.is_set():
@@ -272,9 +273,10 @@ def prune(
     if policy.max_bytes > 0:
         spare = iter(chosen.by_size)
         while live_bytes(conn) > policy.max_bytes and not (stop is not None and stop.is_set()):
-            batch = [c.id for _, c in zip(range(_BATCH), spare, strict=False)]
+            batch = [c.id for _, c in zip(range(_CAP_BATCH), spare, strict=False)]
             if not batch:
                 result.over_cap = True
+                result.kept_unshipped = chosen.unshipped  # what stands between the spool and its cap
                 result.notes.append(f"over the cap with nothing left to prune: {chosen.unshipped} calls "
                                     "not yet shipped to Opik keep their bodies")
                 break
