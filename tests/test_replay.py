@@ -244,3 +244,50 @@ async def test_replay_runs_beside_a_live_gateway(gateway: Any) -> None:
             await resp.read()
     assert await gateway.capture.drain(5)
     assert len(await gateway.spool.calls()) == 2
+
+
+def _codex_call(events: list[dict[str, object]], *, ws: bool = False) -> Any:
+    from opik_cipx.proxy.recorder import HeaderList, Recorder
+
+    rec = Recorder("WEBSOCKET" if ws else "POST", "/v1/responses",
+                   HeaderList([(b"session-id", b"s-1"), (b"originator", b"codex_exec")]))
+    rec.body = json.dumps({"model": "gpt-5.1-codex", "input": [{"role": "user", "content": "hi"}]}).encode()
+    rec.response_head(101 if ws else 200, () if ws else ((b"Content-Type", b"text/event-stream"),))
+    for e in events:
+        rec.chunk(json.dumps(e).encode() if ws else f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode())
+    return rec
+
+
+@pytest.mark.parametrize("case", ["http", "websocket", "gone-after-completed", "gone-mid-answer"])
+def test_codex_calls_derive_again_to_what_capture_stored(spool: Spool, case: str) -> None:
+    from opik_cipx.capture.stages import prepare
+    from opik_cipx.store import attribution as attribution_store
+    from tests.support.fake_responses import Answer, answer_events
+
+    events = answer_events(Answer(), {}, "resp_1", "gpt-5.1-codex")
+    rec = _codex_call(events[:-1] if case == "gone-mid-answer" else events, ws=case == "websocket")
+    if case.startswith("gone"):
+        rec.client_gone("client disconnected")
+    rec.finish()
+    item = prepare(rec, PRICES)
+    spool.add(item.exchange)
+    assert item.attribution is not None
+    attribution_store.save(spool.conn, item.exchange.id, item.attribution)
+    stored = spool.get(item.exchange.id)
+    assert stored is not None
+    again = replay.rederive(spool.conn, stored, PRICES)
+    assert again.exchange == stored
+    assert replay.differences(spool.conn, stored, again) == []
+
+
+async def test_calls_captured_live_over_sse_replay_with_no_change(gateway: Any) -> None:
+    import asyncio
+
+    from tests.support.replay import replay as send_recorded
+
+    for scenario in SCENARIOS:
+        await send_recorded(gateway, scenario)
+    assert await gateway.capture.drain(10)
+    rows = await gateway.spool.calls(limit=1000)
+    done = await asyncio.get_running_loop().run_in_executor(None, lambda: replay.run(gateway.settings, PRICES))
+    assert (done.replayed, done.changed, done.failed) == (len(rows), 0, 0), done.changes
