@@ -328,3 +328,14 @@ def test_the_viewer_shows_a_pruned_call_from_its_kept_totals(spool: Spool) -> No
     assert detail["cost_usd"] == ex.cost.total_usd  # type: ignore[union-attr]
     assert queries.request_body(spool, "old-one") is None
     assert queries.reattribute(spool, "old-one", PRICES) is None
+
+
+def test_a_call_queued_for_opik_after_selection_is_still_kept(spool: Spool) -> None:
+    ex = make_exchange("haiku", "prompt", started_at=NOW - 200 * DAY, ex_id="raced")
+    store(spool, ex)
+    chosen = plan(retention.candidates(spool.conn), NOW, Policy(days=90))
+    assert [c.id for c in chosen.by_age] == ["raced"]
+    # Between the selection and the pruning transaction, a re-ship queued its records again.
+    Outbox(spool.conn).put("span", {"id": "span-raced", "name": "x"}, exchange_id="raced")
+    assert retention._prune_batch(spool.conn, ["raced"], NOW) == 0
+    assert spool.get("raced") is not None

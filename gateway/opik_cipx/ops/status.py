@@ -126,7 +126,8 @@ def _retention(policy: dict[str, Any], spool: dict[str, Any]) -> str:
         parts.append(f"{spool['pruned_calls']} calls pruned (totals kept)")
     last = spool.get("last_prune") or {}
     if last.get("over_cap"):
-        parts.append(f"OVER THE CAP: {last.get('kept_unshipped', 0)}+ calls wait to ship to Opik and keep their bodies")
+        parts.append(f"OVER THE CAP with nothing left to prune ({last.get('kept_unshipped', 0)} calls wait to ship "
+                     "to Opik; every call keeps its totals)")
     return "; ".join(parts)
 
 

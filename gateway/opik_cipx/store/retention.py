@@ -64,7 +64,7 @@ class Candidate:
 
     id: str
     started_at: float
-    unshipped: bool  # a configured Opik has not received it yet: never pruned
+    unshipped: bool  # Opik may still need its body: never pruned
 
 
 @dataclass(slots=True)
@@ -72,7 +72,7 @@ class Plan:
     by_age: list[Candidate]  # past the retention age: pruned in any case
     by_size: list[Candidate]  # the rest, oldest first: pruned while the spool is over its cap
     kept_unshipped: int  # past the age but not yet shipped: kept
-    unshipped: int  # every call a configured Opik still waits for (the cap cannot take them either)
+    unshipped: int  # every call Opik may still need (the cap cannot take them either)
 
 
 def cutoff(now: float, days: int) -> float | None:
@@ -109,6 +109,14 @@ def kept_prefix(chunks: Sequence[bytes], limit: int = _CWD_SCAN_LIMIT) -> int:
 # --- the spool side ---------------------------------------------------------------------------
 
 
+# Opik may still need this call's body (`e` is its exchanges row); see candidates().
+_UNSHIPPED = (
+    "(EXISTS (SELECT 1 FROM outbox o WHERE o.exchange_id = e.id)"
+    " OR (e.kind IN ('messages', 'responses')"
+    " AND NOT EXISTS (SELECT 1 FROM ship_marks m WHERE m.exchange_id = e.id)))"
+)
+
+
 def candidates(conn: sqlite3.Connection) -> list[Candidate]:
     """Every call that still has a body, with whether Opik may still need it.
 
@@ -119,11 +127,8 @@ def candidates(conn: sqlite3.Connection) -> list[Candidate]:
     the body).
     """
     rows = conn.execute(
-        """
-        SELECT e.id, e.started_at,
-               EXISTS (SELECT 1 FROM outbox o WHERE o.exchange_id = e.id)
-               OR (e.kind IN ('messages', 'responses')
-                   AND NOT EXISTS (SELECT 1 FROM ship_marks m WHERE m.exchange_id = e.id))
+        f"""
+        SELECT e.id, e.started_at, {_UNSHIPPED}
         FROM exchanges e
         WHERE e.body_pruned_at IS NULL AND (length(e.request_chunks) > 0 OR e.response_hash IS NOT NULL)
         ORDER BY e.started_at, e.id
@@ -158,8 +163,10 @@ def _prune_batch(conn: sqlite3.Connection, ids: list[str], now: float) -> int:
     done = 0
     with transaction(conn):
         for exchange_id in ids:
+            # Checked again under the write lock: a re-ship may have queued records for it since.
             row = conn.execute(
-                "SELECT request_chunks, response_hash FROM exchanges WHERE id = ? AND body_pruned_at IS NULL",
+                f"SELECT request_chunks, response_hash FROM exchanges e WHERE id = ? AND body_pruned_at IS NULL"
+                f" AND NOT ({_UNSHIPPED})",
                 (exchange_id,),
             ).fetchone()
             if row is None:
@@ -277,8 +284,8 @@ def prune(
             if not batch:
                 result.over_cap = True
                 result.kept_unshipped = chosen.unshipped  # what stands between the spool and its cap
-                result.notes.append(f"over the cap with nothing left to prune: {chosen.unshipped} calls "
-                                    "not yet shipped to Opik keep their bodies")
+                result.notes.append(f"over the cap with nothing left to prune: {chosen.unshipped} calls not "
+                                    "yet shipped to Opik keep their bodies, and every call keeps its totals")
                 break
             result.by_size += _prune_batch(conn, batch, now)
     result.pruned = result.by_age + result.by_size
