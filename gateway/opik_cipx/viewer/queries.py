@@ -137,7 +137,7 @@ def request_body(spool: Spool, exchange_id: str) -> bytes | None:
     try:
         ex = spool.get(exchange_id)
     except BodyPruned:
-        return None  # pruned by retention: not found, as the bytes are no longer kept
+        return b""  # pruned by retention: no bytes kept (the detail says so)
     return None if ex is None else ex.request_body
 
 
