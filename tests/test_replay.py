@@ -291,3 +291,34 @@ async def test_calls_captured_live_over_sse_replay_with_no_change(gateway: Any) 
     rows = await gateway.spool.calls(limit=1000)
     done = await asyncio.get_running_loop().run_in_executor(None, lambda: replay.run(gateway.settings, PRICES))
     assert (done.replayed, done.changed, done.failed) == (len(rows), 0, 0), done.changes
+
+
+def test_a_session_with_pruned_bodies_is_replayed_but_not_re_shipped(
+    settings: Settings, spool: Spool, filled: list[Exchange]
+) -> None:
+    from opik_cipx.ship.stage import SpanStage
+
+    spool.conn.execute("DELETE FROM outbox")  # shipped
+    first = [ex for ex in filled if ex.session_id == filled[0].session_id]
+    prune(spool.conn, Policy(days=1), first[1].started_at + DAY + 1)  # the first session's first two calls
+    pruned = {r[0] for r in spool.conn.execute("SELECT id FROM exchanges WHERE body_pruned_at IS NOT NULL")}
+    assert pruned == {first[0].id, first[1].id}
+    record = SpanStage(settings).record
+    done = replay.replay(spool, PRICES, replay.select(spool.conn), reship=record)
+    assert done.reship_skipped_sessions == 1 and done.reshipped_sessions == len(SCENARIOS) - 1
+    assert not any(r.get("metadata", {}).get("cc", {}).get("session_id") == filled[0].session_id
+                   for r in outbox(spool.conn).values())
+    assert "1 sessions not re-shipped (retention pruned some of their bodies" in done.line()
+
+
+def test_the_command_draws_its_bar_on_a_terminal(
+    settings: Settings, filled: list[Exchange], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    monkeypatch.setenv("CIPX_HOME", str(settings.home))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(["replay"]) == 0
+    out = capsys.readouterr()
+    assert f"] {len(filled)}/{len(filled)}" in out.err and out.err.endswith("\n")
+    assert out.out.startswith(f"replay: {len(filled)} of {len(filled)} calls replayed")

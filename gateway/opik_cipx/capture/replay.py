@@ -13,7 +13,8 @@ the writes); a second replay changes nothing.
 exchange id and start, the trace id is kept from the session's state), so Opik
 upserts them. A session's trace is built from all its calls, so re-shipping works
 on whole sessions; a call whose body retention pruned cannot be derived again and
-is skipped and counted (its spans were shipped before it could be pruned).
+is skipped and counted (its spans were shipped before it could be pruned), and its
+session is not re-shipped, so Opik's trace never loses those calls' totals.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class ReplaySummary:
     failed: int = 0
     reshipped_sessions: int = 0
     reshipped_calls: int = 0
+    reship_skipped_sessions: int = 0  # some of their bodies were pruned: not rebuilt for Opik
     changes: dict[str, int] = field(default_factory=dict)  # which fields changed, how often
     errors: list[str] = field(default_factory=list)
 
@@ -63,6 +65,9 @@ class ReplaySummary:
                 f"{self.pruned} skipped (body pruned by retention), {self.failed} failed")
         if self.reshipped_sessions:
             text += f"; {self.reshipped_calls} calls of {self.reshipped_sessions} sessions queued for Opik again"
+        if self.reship_skipped_sessions:
+            text += (f"; {self.reship_skipped_sessions} sessions not re-shipped (retention pruned some of their "
+                     "bodies; Opik keeps what it has)")
         return text
 
     def to_json(self) -> dict[str, Any]:
@@ -179,21 +184,36 @@ def replay(
     out = ReplaySummary(selected=sum(map(len, groups)))
     done = 0
     for group in groups:
+        # A session some of whose bodies retention pruned cannot be rebuilt whole: re-shipping the
+        # rest would overwrite its trace in Opik with smaller totals. Its calls are replayed here only.
+        ship = reship if reship is not None and not _any_pruned(spool.conn, group) else None
+        if reship is not None and ship is None:
+            out.reship_skipped_sessions += 1
         # Without reship nothing is held while deriving: only a call that changed takes the lock.
-        with transaction(spool.conn) if reship is not None else nullcontext():
-            if reship is not None:
+        with transaction(spool.conn) if ship is not None else nullcontext():
+            if ship is not None:
                 _fresh_trace(spool.conn, _key(spool.conn, group[0]))
                 out.reshipped_sessions += 1
             for exchange_id in group:
                 item = _one(spool, prices, exchange_id, out)
-                if item is not None and reship is not None and item.exchange.is_llm_call:
+                if item is not None and ship is not None and item.exchange.is_llm_call:
                     spool.conn.execute("DELETE FROM ship_marks WHERE exchange_id = ?", (exchange_id,))
-                    reship(spool, item)
+                    ship(spool, item)
                     out.reshipped_calls += 1
                 done += 1
                 if progress is not None:
                     progress(done, out.selected)
     return out
+
+
+def _any_pruned(conn: sqlite3.Connection, ids: list[str]) -> bool:
+    for i in range(0, len(ids), 500):
+        batch = ids[i : i + 500]
+        marks = ", ".join("?" for _ in batch)
+        if conn.execute(f"SELECT 1 FROM exchanges WHERE id IN ({marks}) AND body_pruned_at IS NOT NULL LIMIT 1",
+                        batch).fetchone():
+            return True
+    return False
 
 
 def _key(conn: sqlite3.Connection, exchange_id: str) -> str:
