@@ -50,6 +50,8 @@ async def test_status_counts_captures_and_reads_the_spool(gateway: Any) -> None:
     assert doc["pid"] == os.getpid() and doc["port"] == gateway.port and doc["uptime_s"] >= 0
     assert doc["capture"]["captured"] == 1 and doc["capture"]["dropped"] == 0
     assert doc["spool"]["calls"] == 1 and doc["spool"]["llm_calls"] == 1 and doc["spool"]["bytes"] > 0
+    [row] = await gateway.spool.calls()
+    assert doc["spool"]["oldest_body_at"] == row.started_at and doc["spool"]["pruned_calls"] == 0
     assert doc["problems"] == []
 
 
@@ -106,6 +108,20 @@ async def test_an_opik_error_before_anything_shipped_is_a_problem_not_a_500(gate
         assert doc["problems"] == []
     finally:
         gateway.shipper = real
+
+
+def test_render_shows_the_retention_rule_the_oldest_kept_body_and_an_unmeetable_cap() -> None:
+    spool = {"bytes": 5 * 1024**2, "calls": 10, "llm_calls": 9, "oldest_body_at": time.time() - 3 * 86400,
+             "pruned_calls": 4, "last_prune": {"at": time.time(), "pruned": 4, "kept_unshipped": 2, "over_cap": True}}
+    doc = {"pid": 42, "port": 9909, "uptime_s": 5, "version": "0.1.0", "upstream": "u", "capture": {},
+           "spool": spool, "shipper": None, "sessions": 0, "problems": [], "retention": {"days": 90, "max_mb": 4}}
+    line = next(ln for ln in render_status(STATUS_OK, doc).splitlines() if "retention" in ln)
+    assert "bodies kept 90 days, spool capped at 4 MB" in line
+    assert "oldest kept body " in line and "(3d0h ago)" in line
+    assert "4 calls pruned (totals kept)" in line and "OVER THE CAP" in line
+    doc.update(retention={"days": 0, "max_mb": 0}, spool={"oldest_body_at": None})
+    line = next(ln for ln in render_status(STATUS_OK, doc).splitlines() if "retention" in ln)
+    assert line.split("retention", 1)[1].strip() == "bodies kept forever; oldest kept body -"
 
 
 def test_render_prints_the_times_of_iso_stamped_shipper_events() -> None:

@@ -88,3 +88,38 @@ def test_secrets_are_never_echoed(isolated_home: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("OPIK_CIPX_API_KEY", "sk-real-key")
     [problem] = load_settings().config_problems
     assert "sk-real-key" not in str(problem) and problem.origin == "OPIK_CIPX_BASE_URL"
+
+
+def test_retention_settings_default_to_90_days_and_no_cap(isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = load_settings(strict=True)
+    assert (s.retention_days, s.spool_max_mb) == (90, 0)
+    monkeypatch.setenv("CIPX_RETENTION_DAYS", "30")
+    monkeypatch.setenv("CIPX_SPOOL_MAX_MB", "500")
+    s = load_settings(strict=True)
+    assert (s.retention_days, s.spool_max_mb) == (30, 500)
+
+
+@pytest.mark.parametrize(("var", "value", "words"), [
+    ("CIPX_RETENTION_DAYS", "365d", "must be a whole number (it is '365d')"),
+    ("CIPX_RETENTION_DAYS", "-1", "must be at least 0 (it is '-1')"),
+    ("CIPX_SPOOL_MAX_MB", "2GB", "must be a whole number (it is '2GB')"),
+])
+def test_a_bad_retention_value_turns_pruning_off_and_never_stops_the_gateway(
+    isolated_home: Path, monkeypatch: pytest.MonkeyPatch, var: str, value: str, words: str
+) -> None:
+    monkeypatch.setenv("CIPX_RETENTION_DAYS", "30")
+    monkeypatch.setenv("CIPX_SPOOL_MAX_MB", "500")
+    monkeypatch.setenv(var, value)
+    s = load_settings(strict=True)  # the gateway starts; it only deletes nothing
+    assert (s.retention_days, s.spool_max_mb) == (0, 0), "a typo must never fall back to deleting at 90 days"
+    [problem] = s.config_problems
+    assert str(problem) == f"{var}: {words}; pruning is off until it is fixed (nothing is deleted)"
+    assert not problem.shipping and s.config_problems == [problem]
+
+
+def test_both_bad_retention_values_are_each_reported(isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _toml(isolated_home, "retention_days = 'forever'\nspool_max_mb = -5\n")
+    s = load_settings(strict=True)
+    assert sorted(p.origin for p in s.config_problems) == [
+        "~/.opik-cipx/config.toml: retention_days", "~/.opik-cipx/config.toml: spool_max_mb"]
+    assert (s.retention_days, s.spool_max_mb) == (0, 0)

@@ -426,3 +426,26 @@ def test_listing_pages_by_keyset_and_stays_fast_at_100k_calls(tmp_path: Path) ->
     assert sub["calls"][0]["unattributed_pct"] == pytest.approx(0.3)
     with pytest.raises(queries.BadRequest):
         queries.list_calls(conn, cursor="garbage")
+
+
+@pytest.mark.slow
+@needs_chromium
+async def test_a_call_pruned_by_retention_shows_its_totals_and_says_why_the_body_is_gone(
+    gateway: Gateway, upstream: FakeAnthropic, browser: Any
+) -> None:
+    from opik_cipx.store.retention import Policy, prune
+
+    _, body, headers = recorded("haiku")[0]
+    await post(gateway, body, headers)
+    exchange_id = await newest_id(gateway)
+    assert gateway.spool is not None
+    await gateway.spool.run(lambda sp: prune(sp.conn, Policy(days=1), time.time() + 2 * 86400))
+    page = await new_page(browser)
+    await page.goto(url_of(gateway))
+    await page.wait_for_selector("#calls tr.row")
+    await page.evaluate(f"location.hash = '#/call/{exchange_id}'")
+    await page.wait_for_selector("#pruned")
+    assert "pruned by retention" in await page.locator("#pruned").inner_text()
+    assert await page.locator("#reattribute").is_disabled()
+    assert await page.locator("#categories, .card").count() > 0
+    assert not page.errors

@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     sentry_dsn: str | None = Field(default=None, validation_alias="CIPX_SENTRY_DSN", repr=False)
     # Spans waiting to ship are kept up to this many bytes; past it the oldest lose their content.
     outbox_max_bytes: int = Field(default=256 * 1024**2, ge=64 * 1024, validation_alias="CIPX_OUTBOX_MAX_BYTES")
+    # Retention (store/retention.py): raw bodies of calls older than this many days are pruned,
+    # their totals kept (0: keep them forever); the spool database is kept under this many MB
+    # by pruning the oldest bodies first (0: no cap). Nothing unshipped is ever pruned.
+    retention_days: int = Field(default=90, ge=0, validation_alias="CIPX_RETENTION_DAYS")
+    spool_max_mb: int = Field(default=0, ge=0, validation_alias="CIPX_SPOOL_MAX_MB")
     # One batch request stays under this many bytes (and 1000 items, Opik's limit).
     ship_batch_bytes: int = Field(default=4 * 1024**2, ge=16 * 1024, validation_alias="CIPX_SHIP_BATCH_BYTES")
 

@@ -33,6 +33,9 @@ SHIPPING_FIELDS = frozenset({
     "sample_rate", "sentry", "sentry_dsn", "outbox_max_bytes", "ship_batch_bytes", "config_path",
 })
 _SECRET_FIELDS = frozenset({"opik_api_key", "sentry_dsn"})
+# Settings that delete data: a value that cannot be read turns pruning off (never the default,
+# which could delete what the user meant to keep), and never stops the gateway from starting.
+RETENTION_FIELDS = {"retention_days": 0, "spool_max_mb": 0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +86,8 @@ def load_settings(strict: bool = False, **init: Any) -> Settings:
                 overrides[field] = Settings.model_fields[field].get_default(call_default_factory=True)
                 if field in SHIPPING_FIELDS:
                     overrides.update(opik_base_url=None, opik_api_key=None, sentry="off")
+            if RETENTION_FIELDS.keys() & overrides.keys():
+                overrides.update(RETENTION_FIELDS)  # after the loop, so every bad one was reported
             continue
         except ConfigFileError as exc:
             if ignore_toml:
@@ -95,7 +100,8 @@ def load_settings(strict: bool = False, **init: Any) -> Settings:
             continue
         finally:
             IGNORE_CONFIG_TOML.reset(token)
-        core = [p for p in problems if not p.shipping]
+        lenient = {_origin(f) for f in RETENTION_FIELDS if f in overrides}
+        core = [p for p in problems if not p.shipping and p.origin not in lenient]
         if strict and core:
             raise ConfigError(core)
         settings._problems = problems
@@ -122,6 +128,8 @@ def _problem(field: str, err: Any) -> ConfigProblem:
         message += f" (it is {value!r})"
     if field in SHIPPING_FIELDS:
         message += "; Opik shipping is off until it is fixed (calls are still relayed and kept locally)"
+    if field in RETENTION_FIELDS:
+        message += "; pruning is off until it is fixed (nothing is deleted)"
     return ConfigProblem(_origin(field), message, shipping=field in SHIPPING_FIELDS)
 
 

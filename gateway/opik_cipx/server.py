@@ -41,6 +41,7 @@ from .proxy.relay import Relay
 from .proxy.routing import Upstream
 from .proxy.upstream import Pool, Target
 from .ship.shipper import Shipper
+from .store.retention import Policy, RetentionTask
 from .store.sessions import SessionStore
 from .store.spool import AsyncSpool
 from .viewer import setup_viewer
@@ -73,6 +74,8 @@ class Gateway:
         self._worker: WorkerProcess | None = None
         self.started_at: float | None = None
         self.upstream = UpstreamHealth(settings.upstream_url)
+        self._forwarding = False  # the proxy is relaying: background pruning waits for a lull
+        self.retention: RetentionTask | None = None
 
     # -- startup -----------------------------------------------------------------
     async def start(self) -> None:
@@ -113,6 +116,11 @@ class Gateway:
         self._tasks.append(self._capture_task)
         await self._replay_journal(left_over)
         await self.shipper.start()
+        policy = Policy(s.retention_days, s.spool_max_mb * 1024 * 1024)
+        if policy.enabled:
+            # On a connection of its own, off the spool thread the shipper and status use.
+            self.retention = RetentionTask(s.spool_path, policy, busy=lambda: self._forwarding)
+            self._tasks.append(asyncio.create_task(self.retention.run(), name="cipx-retention"))
 
         # The viewer, metrics and admin API: an aiohttp app, served on connections the
         # proxy hands over when their first request is for /_cipx (see proxy/relay.py).
@@ -183,6 +191,7 @@ class Gateway:
 
     def _busy(self, busy: bool) -> None:
         """The proxy started forwarding (or went idle): capture work waits for the lulls."""
+        self._forwarding = busy
         if self.capture is not None:
             self.capture.busy(busy)
         if self._worker is not None:

@@ -159,6 +159,42 @@ def cmd_mcp_serve(args: argparse.Namespace, settings: Settings) -> int:
     return serve(settings)
 
 
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from ..capture import replay
+    from ..report import stats
+
+    prices = _prices(settings)
+    reship = args.reship
+    if reship and settings.opik_url is None:
+        print("opik-cipx: no Opik destination is configured: replaying without re-shipping", file=sys.stderr)
+        reship = False
+    try:
+        since = stats.window(None, args.since).since if args.since else None
+        # A bar for a person watching (stderr, a TTY only): piped and scripted runs stay quiet.
+        bar = _progress if sys.stderr.isatty() else None
+        done = replay.run(settings, prices, since=since, session=args.session, reship=reship, progress=bar)
+    except (stats.StatsError, replay.ReplayError) as exc:
+        print(f"opik-cipx: {exc}", file=sys.stderr)
+        return 1
+    if bar is not None:
+        print(file=sys.stderr)
+    for error in done.errors:
+        print(f"opik-cipx: replay: {error}", file=sys.stderr)
+    print(json.dumps(done.to_json(), indent=2) if args.json else done.line())
+    return 1 if done.failed else 0
+
+
+def _progress(done: int, total: int) -> None:
+    if done != total and done % 25:
+        return  # a redraw every 25 calls is smooth enough and costs nothing
+    width = 30
+    filled = width * done // max(total, 1)
+    sys.stderr.write(f"\rreplay [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+    sys.stderr.flush()
+
+
 def add_viewer_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from ..report.stats import GROUPS, WINDOWS
 
@@ -195,3 +231,11 @@ def add_viewer_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     mcp = p.add_subparsers(dest="mcp_command", required=True, metavar="SUBCOMMAND")
     p = mcp.add_parser("serve", help="serve MCP on stdin/stdout (the plugin registers this)")
     p.set_defaults(func=cmd_mcp_serve)
+
+    p = sub.add_parser("replay", help="derive stored calls again with today's rules and prices (offline, idempotent)")
+    p.add_argument("--since", metavar="WHEN", help="only calls since then: 3d, 12h or 2026-05-01")
+    p.add_argument("--session", metavar="ID", help="only this session")
+    p.add_argument("--reship", action="store_true",
+                   help="queue their sessions' spans for Opik again (same ids: Opik updates them in place)")
+    p.add_argument("--json", action="store_true", help="the summary as JSON")
+    p.set_defaults(func=cmd_replay)

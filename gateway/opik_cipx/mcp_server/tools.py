@@ -165,7 +165,7 @@ def run_explain_call(ctx: Context, args: Mapping[str, Any], meta: Mapping[str, A
                             "(a newer gateway upgrades it when it starts: `opik-cipx restart`)") from exc
         try:
             ids = explain.resolve_ids(spool, [call_id] if call_id else [], None if call_id else 1)
-            ((ex, attr),) = list(explain.explain_each(spool, ctx.prices, ids))
+            ((ex, attr, pruned_at),) = list(explain.explain_each(spool, ctx.prices, ids))
         except explain.ExplainError as exc:
             raise ToolError(str(exc)) from exc
     finally:
@@ -173,8 +173,11 @@ def run_explain_call(ctx: Context, args: Mapping[str, Any], meta: Mapping[str, A
     if fmt == "json":
         doc = explain.to_json(ex, attr)
         doc.pop("regions", None)  # byte offsets into the raw body: bulky, and of no use to the model
+        if pruned_at is not None:
+            doc["body_pruned_at"] = pruned_at
         return ToolResult(json.dumps(doc, indent=1), doc)
-    return ToolResult(explain.render_text(ex, attr))
+    text = explain.render_text(ex, attr)
+    return ToolResult(text if pruned_at is None else explain.pruned_note(pruned_at).strip() + "\n" + text)
 
 
 def make_tools(ctx: Context) -> list[Tool]:

@@ -24,6 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
+from ..store.retention import footprint
 from ..store.sessions import InvalidSession, SessionInfo
 from ..store.spool import Spool
 from .state import STATE_KEY, GatewayState
@@ -68,6 +69,7 @@ def _spool_figures(spool: Spool) -> dict[str, Any]:
         "llm_calls": counters.get("kind.messages", 0),
         "stored_bytes": counters["stored_bytes"],
         "unattributed_bytes": unattributed,
+        **footprint(spool.conn),  # oldest kept body, pruned calls, the last retention run
     }
 
 

@@ -25,6 +25,11 @@ def collect_status(settings: Any, timeout: float = STATUS_TIMEOUT) -> tuple[int,
     configuration, set the same values aside), reported once.
     """
     code, doc = _collect(settings, timeout)
+    doc["retention"] = {"days": settings.retention_days, "max_mb": settings.spool_max_mb}
+    if code == STATUS_DOWN:  # the gateway cannot say: read what the spool file holds
+        from ..store.retention import footprint_file
+
+        doc["spool"] = footprint_file(settings.spool_path)
     own = [f"configuration: {problem}" for problem in settings.config_problems]
     doc["problems"] = [*doc["problems"], *(p for p in own if p not in doc["problems"])]
     if own and code == STATUS_OK:
@@ -110,6 +115,22 @@ def _upstream(doc: dict[str, Any]) -> str:
     return f"{url}  (no call relayed yet)"
 
 
+def _retention(policy: dict[str, Any], spool: dict[str, Any]) -> str:
+    days, cap = policy.get("days"), policy.get("max_mb")
+    rule = f"bodies kept {days} days" if days else "bodies kept forever"
+    if cap:
+        rule += f", spool capped at {cap} MB"
+    oldest = spool.get("oldest_body_at")
+    parts = [rule, f"oldest kept body {_ago(oldest) if oldest else '-'}"]
+    if spool.get("pruned_calls"):
+        parts.append(f"{spool['pruned_calls']} calls pruned (totals kept)")
+    last = spool.get("last_prune") or {}
+    if last.get("over_cap"):
+        parts.append(f"OVER THE CAP with nothing left to prune ({last.get('kept_unshipped', 0)} calls wait to ship "
+                     "to Opik; every call keeps its totals)")
+    return "; ".join(parts)
+
+
 def render_status(code: int, doc: dict[str, Any]) -> str:
     pid, port = doc.get("pid"), doc.get("port")
     if code == STATUS_DOWN:
@@ -118,6 +139,9 @@ def render_status(code: int, doc: dict[str, Any]) -> str:
             lines.append(
                 "  (a pidfile from a gateway that died was left behind; `opik-cipx ensure-running` replaces it)"
             )
+        if doc.get("spool"):
+            lines.append(f"  spool {_size(doc['spool'].get('bytes'))} on disk; "
+                         f"{_retention(doc.get('retention') or {}, doc['spool'])}")
         lines += [f"  problem: {p}" for p in doc.get("problems", [])]
         return "\n".join(lines)
     if "uptime_s" not in doc:
@@ -159,6 +183,7 @@ def render_status(code: int, doc: dict[str, Any]) -> str:
         ship_dropped = shipper.get("dropped") or 0
     calls = f"{spool.get('calls', '-')} calls ({spool.get('llm_calls', '-')} LLM)"
     rows.append(("spool", f"{_size(spool.get('bytes'))} on disk, {calls}"))
+    rows.append(("retention", _retention(doc.get("retention") or {}, spool)))
     unattributed = spool.get("unattributed_bytes")
     rows.append(
         (

@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from ..attribute import Attribution, ItemTotal
-from ..model import Exchange
+from ..model import CallKind, Cost, Exchange, Outcome, Usage
 from ..pricing import PriceTable
-from ..store.attribution import reanalyze, totals
-from ..store.spool import Spool
+from ..store.attribution import load, reanalyze, totals
+from ..store.spool import BodyPruned, Spool
 
 
 class ExplainError(Exception):
@@ -127,16 +127,66 @@ def to_json(ex: Exchange, attr: Attribution) -> dict[str, Any]:
 
 
 def explain(spool: Spool, prices: PriceTable, ids: list[str], last: int | None) -> list[tuple[Exchange, Attribution]]:
-    return list(explain_each(spool, prices, resolve_ids(spool, ids, last)))
+    return [(ex, attr) for ex, attr, _ in explain_each(spool, prices, resolve_ids(spool, ids, last))]
 
 
-def explain_each(spool: Spool, prices: PriceTable, ids: list[str]) -> Iterator[tuple[Exchange, Attribution]]:
-    """Each call explained in turn, loaded only when reached: memory holds one call, whatever N."""
+Explained = tuple[Exchange, Attribution, float | None]  # the last: when retention pruned its body
+
+
+def explain_each(spool: Spool, prices: PriceTable, ids: list[str]) -> Iterator[Explained]:
+    """Each call explained in turn, loaded only when reached: memory holds one call, whatever N.
+
+    A call whose bodies retention pruned is explained from what was kept of it (its totals as
+    captured, no regions) and the moment it was pruned.
+    """
     for exchange_id in ids:
-        ex = spool.get(exchange_id)
+        try:
+            ex = spool.get(exchange_id)
+        except BodyPruned as gone:
+            yield (*_as_captured(spool.conn, exchange_id), gone.pruned_at)
+            continue
         if ex is None:  # deleted between resolve and get
             raise ExplainError(f"call {exchange_id} disappeared from the spool")
-        yield ex, reanalyze(spool.conn, ex, prices)
+        yield ex, reanalyze(spool.conn, ex, prices), None
+
+
+def _item(d: dict[str, Any]) -> ItemTotal:
+    return ItemTotal(d["category"], d["item"], d.get("bytes", 0), d.get("tokens", 0), d.get("cost_usd"),
+                     d.get("detail") or {})
+
+
+def _as_captured(conn: sqlite3.Connection, exchange_id: str) -> tuple[Exchange, Attribution]:
+    """A pruned call as the spool keeps it: its row and its stored attribution totals."""
+    row = conn.execute(
+        "SELECT started_at, method, path, kind, status, outcome, session_id, agent_id, model, stop_reason,"
+        " error, usage, cost, request_bytes, response_bytes FROM exchanges WHERE id = ?", (exchange_id,)
+    ).fetchone()
+    usage, cost = (json.loads(v) if v else None for v in row[11:13])
+    ex = Exchange(
+        id=exchange_id, started_at=row[0], method=row[1], path=row[2], kind=CallKind(row[3]), status=row[4],
+        outcome=Outcome(row[5]), session_id=row[6], agent_id=row[7], model=row[8], stop_reason=row[9],
+        error=row[10], usage=None if usage is None else Usage(**{k: v for k, v in usage.items()
+                                                                  if k in Usage.__dataclass_fields__}),
+        cost=None if cost is None else Cost(**{k: v for k, v in cost.items() if k in Cost.__dataclass_fields__}),
+        request_bytes=row[13], response_bytes=row[14],
+    )
+    stored = load(conn, exchange_id) or {}
+    attr = Attribution(
+        regions=[], body_bytes=stored.get("body_bytes", row[13]),
+        unattributed_bytes=stored.get("unattributed_bytes", 0),
+        call_kind=stored.get("call_kind", "?"), agent_id=stored.get("agent_id"),
+        items=[_item(d) for d in stored.get("items", [])],
+        categories={name: _item(d) for name, d in (stored.get("categories") or {}).items()},
+        output_items=[_item(d) for d in stored.get("output_items", [])],
+        cache_split=stored.get("cache_split") or {}, parse_error=stored.get("parse_error"),
+    )
+    return ex, attr
+
+
+def pruned_note(when: float) -> str:
+    day = datetime.fromtimestamp(when, tz=UTC).strftime("%Y-%m-%d")
+    return (f"  body pruned by retention on {day} (CIPX_RETENTION_DAYS / CIPX_SPOOL_MAX_MB): the totals below "
+            "are as captured; the raw bytes and their regions are no longer kept")
 
 
 def write(spool: Spool, prices: PriceTable, ids: list[str], out: TextIO, *, as_json: bool) -> None:
@@ -145,11 +195,19 @@ def write(spool: Spool, prices: PriceTable, ids: list[str], out: TextIO, *, as_j
     check the shape."""
     if as_json:
         out.write("[")
-    for i, (ex, attr) in enumerate(explain_each(spool, prices, ids)):
+    for i, (ex, attr, when) in enumerate(explain_each(spool, prices, ids)):
         if as_json:
-            out.write(("\n" if i == 0 else ",\n") + json.dumps(to_json(ex, attr), indent=2))
+            doc = to_json(ex, attr)
+            if when is not None:
+                doc["body_pruned_at"] = when
+            out.write(("\n" if i == 0 else ",\n") + json.dumps(doc, indent=2))
         else:
-            out.write(("\n\n" if i else "") + render_text(ex, attr))
+            text = render_text(ex, attr)
+            if when is not None:
+                head, _, rest = text.partition("\n")
+                second, _, rest = rest.partition("\n")
+                text = "\n".join([head, second, pruned_note(when), rest])
+            out.write(("\n\n" if i else "") + text)
     if as_json:
         out.write("\n]" if ids else "]")
     out.write("\n")

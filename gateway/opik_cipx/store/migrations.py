@@ -279,3 +279,24 @@ def m006_attribution(conn: sqlite3.Connection) -> None:
         """
     )
     conn.execute("CREATE INDEX attribution_items_category ON attribution_items (category, item)")
+
+
+@migration
+def m007_retention(conn: sqlite3.Connection) -> None:
+    # Retention (store/retention.py) drops an old call's raw bodies but keeps its row, its
+    # attribution totals and its costs: `body_pruned_at` says when, so readers can tell a
+    # pruned body from a missing one. One row per pruning run says what the last one did.
+    # Self-contained: the file's switch to incremental auto-vacuum needs a VACUUM, which cannot
+    # run inside this migration's transaction, so the first pruning run does it.
+    conn.execute("ALTER TABLE exchanges ADD COLUMN body_pruned_at REAL")
+    conn.execute(
+        """
+        CREATE TABLE retention_runs (
+            at REAL NOT NULL,
+            pruned INTEGER NOT NULL,
+            freed_bytes INTEGER NOT NULL,
+            kept_unshipped INTEGER NOT NULL,
+            over_cap INTEGER NOT NULL
+        )
+        """
+    )

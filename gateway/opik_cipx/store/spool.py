@@ -28,20 +28,17 @@ from typing import Any, TypeVar
 
 from ..model import CallKind, Cost, Exchange, Outcome, Usage
 from .chunks import MAX_CHUNK, MIN_CHUNK, SLICE, chunk_bounds
+from .errors import BodyPruned, SpoolError
 from .migrations import migrate, transaction
 
 T = TypeVar("T")
 
-__all__ = ["MAX_CHUNK", "MIN_CHUNK", "SLICE", "AsyncSpool", "CallRow", "Spool", "SpoolError", "chunk_bounds",
-           "connect"]
+__all__ = ["MAX_CHUNK", "MIN_CHUNK", "SLICE", "AsyncSpool", "BodyPruned", "CallRow", "Spool", "SpoolError",
+           "chunk_bounds", "connect"]
 
 _HASH_SIZE = hashlib.sha256().digest_size
 _ZLIB_LEVEL = 1  # level 6 is half again smaller on JSON but twice as slow; the hot path wins
 _SQL_BATCH = 500  # host parameters per IN (...), far below SQLite's limit
-
-
-class SpoolError(RuntimeError):
-    """The spool's contents contradict themselves (a referenced chunk is missing)."""
 
 
 @dataclass(slots=True)
@@ -88,13 +85,14 @@ _DETAIL_COLUMNS = (
 )
 _ALL_COLUMNS = _CALL_COLUMNS + _DETAIL_COLUMNS
 _SELECT_CALLS = f"SELECT {', '.join(_CALL_COLUMNS)} FROM exchanges"
-_SELECT_ALL = f"SELECT {', '.join(_ALL_COLUMNS)} FROM exchanges"
+_SELECT_ALL = f"SELECT {', '.join(_ALL_COLUMNS)}, body_pruned_at FROM exchanges"
 _UPSERT = (
     f"INSERT INTO exchanges ({', '.join(_ALL_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in _ALL_COLUMNS)}) "
     # An update in place, not INSERT OR REPLACE: REPLACE deletes the old row first, which
     # would cascade to any later table that points at exchanges(id).
-    f"ON CONFLICT(id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _ALL_COLUMNS[1:])}"
+    # Stored again with its bodies, a call is no longer pruned.
+    f"ON CONFLICT(id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _ALL_COLUMNS[1:])}, body_pruned_at = NULL"
 )
 _NEWEST_FIRST = "ORDER BY started_at DESC, id DESC"
 
@@ -296,7 +294,9 @@ class Spool:
         return out
 
     def _exchange(self, row: tuple[Any, ...]) -> Exchange:
-        values = dict(zip(_ALL_COLUMNS, row, strict=True))
+        values = dict(zip(_ALL_COLUMNS, row[:-1], strict=True))
+        if row[-1] is not None:
+            raise BodyPruned(values["id"], row[-1])
         order = _digests(values["request_chunks"])
         response_hash: bytes | None = values["response_hash"]
         wanted = set(order)
@@ -338,7 +338,7 @@ class Spool:
         )
 
     def get(self, exchange_id: str) -> Exchange | None:
-        """The full Exchange, bodies reassembled byte for byte; None if unknown."""
+        """The full Exchange, bodies reassembled byte for byte; None if unknown (BodyPruned if pruned)."""
         row = self.conn.execute(f"{_SELECT_ALL} WHERE id = ?", (exchange_id,)).fetchone()
         return None if row is None else self._exchange(row)
 

@@ -13,9 +13,9 @@ from typing import Any
 from ..attribute.analysis import analyze, compaction_deltas, response_content
 from ..pricing import PriceTable
 from ..report import stats
-from ..report.explain import to_json
+from ..report.explain import explain_each, to_json
 from ..store import attribution as attribution_store
-from ..store.spool import Spool
+from ..store.spool import BodyPruned, Spool
 
 MAX_PAGE = 500
 CALL_KINDS = ("main", "subagent", "compaction", "title", "side", "warmup", "count_tokens", "other")
@@ -113,7 +113,12 @@ def sessions(conn: sqlite3.Connection, limit: int = 200) -> list[dict[str, Any]]
 
 def call_detail(spool: Spool, exchange_id: str, prices: PriceTable) -> bytes | None:
     """The detail page's JSON, serialized here so the event loop never touches a 1 MB body."""
-    ex = spool.get(exchange_id)
+    try:
+        ex = spool.get(exchange_id)
+    except BodyPruned:  # retention kept its totals only: shown as such, with when
+        ex, attr, pruned = next(explain_each(spool, prices, [exchange_id]))
+        out = {**to_json(ex, attr), "body_pruned_at": pruned, "response": [], "path": ex.path, "kind": ex.kind.value}
+        return json.dumps(out, separators=(",", ":")).encode("utf-8")
     if ex is None:
         return None
     attr = attribution_store.reanalyze(spool.conn, ex, prices)
@@ -129,13 +134,19 @@ def call_detail(spool: Spool, exchange_id: str, prices: PriceTable) -> bytes | N
 
 
 def request_body(spool: Spool, exchange_id: str) -> bytes | None:
-    ex = spool.get(exchange_id)
+    try:
+        ex = spool.get(exchange_id)
+    except BodyPruned:
+        return b""  # pruned by retention: no bytes kept (the detail says so)
     return None if ex is None else ex.request_body
 
 
 def reattribute(spool: Spool, exchange_id: str, prices: PriceTable) -> dict[str, Any] | None:
     """Recompute and store a call's attribution with today's rules and prices."""
-    ex = spool.get(exchange_id)
+    try:
+        ex = spool.get(exchange_id)
+    except BodyPruned:
+        return None
     if ex is None or not ex.is_llm_call or not ex.request_body:
         return None
     commands = attribution_store.stored_commands(spool.conn, ex.id)

@@ -191,12 +191,15 @@ async function callPage(id) {
   );
   if (d.error) summary.append(el("dt", { text: "error" }), el("dd", { class: "bad", text: d.error }));
   if (d.parse_error) summary.append(el("dt", { text: "parse" }), el("dd", { class: "bad", text: d.parse_error }));
+  if (d.body_pruned_at) summary.append(el("dt", { text: "body" }), el("dd", { id: "pruned",
+    text: `pruned by retention on ${fmtTime(d.body_pruned_at)}: the totals are as captured, the bytes are no longer kept` }));
 
   const reattr = el("button", { id: "reattribute", text: "Re-attribute with current rules", onclick: async () => {
     reattr.disabled = true;
     try { await api(API + "/calls/" + encodeURIComponent(id) + "/reattribute", { method: "POST" }); route(); }
     catch (e) { fail(e); }
   } });
+  reattr.disabled = Boolean(d.body_pruned_at);  // nothing left to attribute again
 
   const selection = el("div", { class: "card", id: "selection" }, el("span", { class: "muted", text: "Hover a region for its category and item; click to pin it here." }));
   const box = el("div", { class: "body", id: "body", dataset: { state: "pending" } });
