@@ -208,3 +208,10 @@ async def test_a_command_not_yet_known_is_not_called_an_unused_skill(gateway: Ga
     await replay(gateway, "opus48")
     found = insights.insights(_conn(gateway), stats.window(), time.time())
     assert "acme-cmd" not in {r.target for r in found.recommendations if r.kind == "unused_skill"}
+
+
+def test_a_plugins_mcp_server_is_not_given_the_mcpjson_setting() -> None:
+    action = recommend.mcp_action("plugin_opik-cipx_opik-cipx")
+    assert "disabledMcpjsonServers\"" not in action and "no setting has been verified" in action
+    assert '"mcp__plugin_opik-cipx_opik-cipx"' in action
+    assert '"disabledMcpjsonServers": ["acme_tools"]' in recommend.mcp_action("acme_tools")

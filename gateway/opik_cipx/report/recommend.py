@@ -43,7 +43,12 @@ class Recommendation:
 
 def mcp_action(server: str) -> str:
     """Verified: ``disabledMcpjsonServers`` drops a .mcp.json server's tool schemas and its
-    instructions; a permissions deny rule drops the schemas only, so it is not the advice."""
+    instructions; a permissions deny rule drops the schemas only, so it is not the advice.
+    A plugin's server (``plugin_<plugin>_<server>``) is not a .mcp.json one: say so."""
+    if server.startswith("plugin_"):
+        return (f"a plugin's server: no setting has been verified to remove it (disabledMcpjsonServers covers"
+                f' .mcp.json servers only); {{"permissions": {{"deny": ["mcp__{server}"]}}}} removes an MCP'
+                " server's tool schemas, not its instructions (verified on a .mcp.json server)")
     return (f'add {{"disabledMcpjsonServers": ["{server}"]}} to your settings (a server from .mcp.json;'
             " for one configured elsewhere no setting has been verified)")
 
