@@ -114,10 +114,10 @@ def run(turns: int, repeat: int) -> dict[str, Any]:
             raw += len(body)
             last = body
 
-        # One call adding 5 KB to the ~1 MB context, several times (each a new call of the session).
+        # Calls each adding 5 KB to the ~1 MB context, as the session's next turns.
         probe: list[float] = []
         for k in range(repeat):
-            body = with_turn(last, 5 * KB, seed=100 + k)
+            body = last = with_turn(last, 5 * KB, seed=100 + k)
             rec = recorded_call(body, n + 1 + k)
             t0 = time.process_time()
             store_batch(spool, [rec], chain.build, chain.stages, failures)

@@ -58,7 +58,7 @@ from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 
-from opik_cipx.attribute.analysis import Captured  # noqa: E402
+from opik_cipx.attribute.analysis import Captured, analyze  # noqa: E402
 from opik_cipx.capture.pipeline import capture_chain  # noqa: E402
 from opik_cipx.capture.stages import Failure, store_batch  # noqa: E402
 from opik_cipx.config import Settings, ensure_home  # noqa: E402
@@ -96,9 +96,10 @@ def synthetic_calls(turns: int, session: str = long_session.SESSION_ID) -> Itera
 
 
 def expected(item: Captured) -> tuple[dict[str, Any], set[tuple[Any, ...]]]:
-    """What a full (non-incremental) store of this call holds: its summary and its item rows."""
-    attr = item.attribution
-    assert attr is not None
+    """What a full store of this call holds, from a walk from its first byte: its summary and item rows."""
+    assert item.attribution is not None
+    attr = analyze(item.exchange, PriceTable.builtin(), item.content, item.commands)  # no walk cache
+    assert attr == item.attribution
     doc = json.loads(json.dumps(attribution_store.summary(attr, item.commands)))
     rows = {("request", t.category, t.item, t.bytes, t.tokens, t.cost_usd) for t in attr.items}
     rows |= {("response", t.category, t.item, t.bytes, t.tokens, t.cost_usd) for t in attr.output_items}

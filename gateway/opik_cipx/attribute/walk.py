@@ -11,12 +11,15 @@ the last well-formed position keeps its regions and the rest is unattributed.
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import operator
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Hashable, Mapping
 
 from .partition import PROMPT, partition
 from .rawjson import Malformed, skip_value, skip_ws
+from .resume import Hint, Snapshot, WalkCache
 from .sections import Known
 from .types import (
     AGENTS,
@@ -33,7 +36,7 @@ from .types import (
     ItemTotal,
     Layout,
 )
-from .walk_base import REMINDER_TAG, ToolRef, split_mcp_name
+from .walk_base import OBJ_SEP, REMINDER_TAG, ToolRef, split_mcp_name
 from .walk_messages import MessageWalk
 from .walk_system import SystemWalk
 from .walk_toolio import INPUT, RESULT, IoKeys
@@ -77,9 +80,10 @@ _INVOKED_COMMAND = re.compile(r"<command-name>/?([^<\s]+)</command-name>")
 _TAG_NAMES = (REMINDER_TAG, "<command-name>")
 _TAGS = re.compile(r"<(?:system-reminder|command-name)>")
 _TAG_HOPS = 256  # '<' visited one by one before the tag scan hands over to sre
+_SHAPE_BYTES = 512  # a body's head tells its conversation from the session's side calls
 
 
-def _scan_tags(s: str) -> tuple[list[int], frozenset[str]]:
+def _scan_tags(s: str, start: int = 0, stop: int | None = None) -> tuple[list[int], frozenset[str]]:
     """Offsets of every ``<system-reminder>`` tag, and the names in every ``<command-name>`` tag.
 
     One pass over the body for both, instead of a search per tool result plus
@@ -89,27 +93,29 @@ def _scan_tags(s: str) -> tuple[list[int], frozenset[str]]:
     ``str.find`` (memchr) hops from ``<`` to ``<`` while they are few, as in
     prose and logs; past ``_TAG_HOPS`` of them (code, markup) the rest is one
     sre scan, whose ``<`` prefix search is slower than memchr but has no
-    Python step per ``<``. Either way, the same tags.
+    Python step per ``<``. Either way, the same tags. ``start``/``stop``: only tags that
+    begin in ``s[start:stop]`` (tags sit inside strings, never across a message's start).
     """
+    stop = len(s) if stop is None else stop
     reminders: list[int] = []
     commands: set[str] = set()
     command = _INVOKED_COMMAND.match
     find, at = s.find, s.startswith
-    i = find("<")
+    i = find("<", start, stop)
     for _ in range(_TAG_HOPS):
         if i == -1:
             break
         if not at(_TAG_NAMES, i):
-            i = find("<", i + 1)
+            i = find("<", i + 1, stop)
         elif s[i + 1] == "s":
             reminders.append(i)
-            i = find("<", i + len(REMINDER_TAG))
+            i = find("<", i + len(REMINDER_TAG), stop)
         else:
             if (c := command(s, i)) is not None:
                 commands.add(c.group(1))
-            i = find("<", i + len("<command-name>"))
+            i = find("<", i + len("<command-name>"), stop)
     else:
-        for m in _TAGS.finditer(s, i) if i != -1 else ():
+        for m in _TAGS.finditer(s, i, stop) if i != -1 else ():
             if m.end() - m.start() == len(REMINDER_TAG):
                 reminders.append(m.start())
             elif (c := command(s, m.start())) is not None:
@@ -121,13 +127,94 @@ class _Walker(MessageWalk, SystemWalk):
     """The whole walk: the top-level members here, the parts from the mixins it is made of."""
 
     def __init__(
-        self, body: bytes, headers: Mapping[str, str] | None, path: str | None, commands: Collection[str]
+        self,
+        body: bytes,
+        headers: Mapping[str, str] | None,
+        path: str | None,
+        commands: Collection[str],
+        snap: Snapshot | None = None,
     ) -> None:
-        super().__init__(body, headers, path)
-        self.reminders, invoked = _scan_tags(self.s)
+        if snap is None:
+            super().__init__(body, headers, path)
+            self.reminders, invoked = _scan_tags(self.s)
+        else:  # the prefix's scans are the snapshot's: scan only what follows it
+            super().__init__(body, headers, path, mcp_names=set())
+            self.mcp_names = set(snap.names_in_prefix) | self._mcp_names(snap.pos)
+            reminders, invoked = _scan_tags(self.s, snap.pos)
+            self.reminders = snap.reminders + reminders
+            invoked = snap.commands_in_prefix | invoked
         self.known = Known(
             servers=frozenset(sp[0] for sp in map(self._split, self.mcp_names) if sp),
             commands=frozenset(c.lstrip("/") for c in commands) | invoked,
+        )
+
+    # -- resuming (see resume.py) ---------------------------------------------------
+
+    def note_state(self, array_start: int, pos: int, index: int) -> dict[str, object]:
+        """Copies of what the walk has collected before message ``index`` at ``pos``."""
+        return {
+            "array_start": array_start, "pos": pos, "index": index, "regions": len(self.regions),
+            "details": {k: dict(v) for k, v in self.details.items()},
+            "breakpoints": list(self.breakpoints), "spans": dict(self.spans), "good": self.good,
+            "tool_uses": dict(self.tool_uses), "tool_items": dict(self.tool_items),
+            "pending_samples": dict(self.pending_samples), "user_state": dataclasses.replace(self.user_state),
+            "billing_subagent": self.billing_subagent, "title": self.title, "tool_count": self.tool_count,
+            "message_count": self.message_count, "compaction_message": self.compaction_message,
+            "message_starts": list(self.message_starts), "metadata": self.metadata,
+        }
+
+    def restore(self, snap: Snapshot) -> None:
+        """The state a full walk would have at the snapshot's message (copies: the snapshot stays reusable)."""
+        st = snap.state
+        self.regions = list(snap.regions)
+        self.details = {k: dict(v) for k, v in st["details"].items()}
+        self.breakpoints = list(st["breakpoints"])
+        self.spans = dict(st["spans"])
+        self.good = st["good"]
+        self.tool_uses = dict(st["tool_uses"])
+        self.tool_items = dict(st["tool_items"])
+        self.pending_samples = dict(st["pending_samples"])
+        self.user_state = dataclasses.replace(st["user_state"])
+        self.billing_subagent = st["billing_subagent"]
+        self.title = st["title"]
+        self.tool_count = st["tool_count"]
+        self.message_count = st["message_count"]
+        self.compaction_message = st["compaction_message"]
+        self.message_starts = list(st["message_starts"])
+        self.metadata = st["metadata"]
+
+    def run_resumed(self, snap: Snapshot) -> None:
+        """The rest of the walk from the snapshot's message: that array, then the top-level members after it."""
+        s = self.s
+        end = self.messages(snap.array_start, resume=(snap.pos, snap.index))
+        self.spans["messages"] = (snap.array_start, end)
+        if end > self.good:
+            self.good = end
+        sep = OBJ_SEP.match(s, end)
+        if sep is None:
+            raise Malformed(end)
+        top_end = sep.end() if sep.group(1) == "}" else self.obj(skip_ws(s, 0), self.top_member, resume=sep.end())
+        self.good = skip_ws(s, top_end)
+
+    def snapshot(self, snap: Snapshot | None, facts: tuple[object, ...]) -> Snapshot | None:
+        """A :class:`Snapshot` of the last state noted, for the next call; None if none was noted."""
+        st = self.snapped
+        if st is None:
+            return None
+        pos = int(st["pos"])  # type: ignore[call-overload]
+        if snap is None:
+            names = frozenset(self._mcp_names(0, pos))
+            commands = _scan_tags(self.s, 0, pos)[1]
+        else:
+            names = snap.names_in_prefix | self._mcp_names(snap.pos, pos)
+            commands = snap.commands_in_prefix | _scan_tags(self.s, snap.pos, pos)[1]
+        count = int(st["regions"])  # type: ignore[call-overload]
+        return Snapshot(
+            prefix=self.b[:pos], pos=pos, index=int(st["index"]),  # type: ignore[call-overload]
+            array_start=int(st["array_start"]), facts=facts,  # type: ignore[call-overload]
+            mcp_names=frozenset(self.mcp_names), known=self.known, names_in_prefix=names,
+            commands_in_prefix=commands, reminders=self.reminders[: bisect.bisect_left(self.reminders, pos)],
+            regions=self.regions[:count], state=st, message_count=self.message_count,
         )
 
     # -- top level ------------------------------------------------------------------
@@ -216,17 +303,53 @@ def attribute_request(
     headers: Mapping[str, str] | None = None,
     path: str | None = None,
     commands: Collection[str] = (),
+    cache: WalkCache | None = None,
+    cache_key: Hashable | None = None,
 ) -> Attribution:
     """Regions and byte totals for one request body; tokens stay 0 until :func:`allocate`.
 
     ``commands`` names custom slash commands known from outside the body (e.g. the
     project's ``.claude/commands``): their lines in the skills listing then count
     as slash commands. Commands invoked in the body itself are recognised anyway.
+
+    ``cache`` and ``cache_key`` (the session and agent): the walk goes on from the previous
+    call's state where this body starts with that call's bytes (see resume.py), with the
+    same result a walk from the first byte gives.
     """
-    walker = _Walker(bytes(body), headers, path, commands)
+    body = bytes(body)
+    walker: _Walker | None = None
+    snap: Snapshot | None = None
+    entry: Snapshot | Hint | None = None
+    facts: tuple[object, ...] = ()
+    if cache is not None and cache_key is not None:
+        # One snapshot per conversation: side calls of the session (titles, summaries) start differently.
+        cache_key = (cache_key, body[:_SHAPE_BYTES])
+        facts = (tuple(sorted((headers or {}).items())), path, tuple(commands), _Walker.fast)
+        entry = cache.get(cache_key)
+        if isinstance(entry, Snapshot) and entry.facts == facts and len(body) > entry.pos and body.startswith(
+            entry.prefix
+        ):
+            walker = _Walker(body, headers, path, commands, entry)
+            if walker.mcp_names == entry.mcp_names and walker.known == entry.known:
+                snap = entry
+                walker.restore(snap)
+                walker.snap_from = snap.index + 1
+            else:
+                walker = None  # the body as a whole says something new: walk it all
+        if snap is None:
+            cache.misses += 1
+        else:
+            cache.hits += 1
+    if walker is None:
+        walker = _Walker(body, headers, path, commands)
+        if entry is not None:
+            walker.snap_from = max(0, entry.message_count - 1)
     error: str | None = None
     try:
-        walker.run()
+        if snap is not None:
+            walker.run_resumed(snap)
+        else:
+            walker.run()
     except Malformed as exc:
         error = f"not JSON from byte {max(walker.good, exc.pos)}"
     except (IndexError, RecursionError) as exc:  # ran off the end / nested too deep
@@ -237,6 +360,14 @@ def attribute_request(
         walker.finish_samples()
     except Exception as exc:  # noqa: BLE001 - samples are a nicety; never fail the attribution for one
         error = error or f"sample: {type(exc).__name__}"
+    if cache is not None and cache_key is not None:
+        fresh = walker.snapshot(snap, facts) if error is None else None
+        if fresh is not None:
+            cache.put(cache_key, fresh)
+        elif snap is not None and error is None:
+            cache.put(cache_key, snap)  # nothing after the reused prefix to note: keep it
+        else:
+            cache.put(cache_key, Hint(walker.message_count))
     kind = walker.call_kind()
     prompt_item = {"subagent": "agent prompt", "title": "title prompt", "side": "side prompt"}.get(kind, "main prompt")
     prompt_category = AGENTS if kind == "subagent" else SYSTEM

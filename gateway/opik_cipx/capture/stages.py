@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from ..attribute.analysis import Captured, analyze
 from ..attribute.responses import CallMemory, calls_in_output, context_after, previous_response_id
+from ..attribute.resume import WalkCache
 from ..model import CallKind
 from ..pricing import PriceTable
 from ..proxy.recorder import Recorder
@@ -26,11 +27,13 @@ def prepare(
     prices: PriceTable | None,
     commands_for: Callable[[str | None], tuple[str, ...]] | None = None,
     calls: CallMemory | None = None,
+    walk_cache: WalkCache | None = None,
 ) -> Captured:
     """Build the Exchange and, for LLM calls, attribute it once for every stage that needs it.
 
     ``commands_for`` maps a session id to its custom slash command names; ``calls`` remembers
-    what recent Responses turns called, for the next turn's tool outputs.
+    what recent Responses turns called, for the next turn's tool outputs; ``walk_cache`` each
+    session's last attribution walk, so the next call walks only its new messages.
     """
     ex, summary = build_with_summary(rec, prices)
     if not ex.is_llm_call:
@@ -46,7 +49,7 @@ def prepare(
                            context_after(inherited, attr, content))
         return Captured(ex, attr, content)
     commands = commands_for(ex.session_id) if commands_for is not None else ()
-    return Captured(ex, analyze(ex, prices, content, commands), content, commands)
+    return Captured(ex, analyze(ex, prices, content, commands, walk_cache=walk_cache), content, commands)
 
 
 # Runs on the spool thread inside the batch's transaction (each in its own savepoint).
