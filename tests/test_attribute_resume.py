@@ -9,12 +9,15 @@ from typing import Any
 
 import pytest
 
-from opik_cipx.attribute import Attribution, attribute_request
+from opik_cipx.attribute import Attribution, allocate, attribute_request, profile
 from opik_cipx.attribute.resume import Hint, Snapshot, WalkCache
+from opik_cipx.model import Usage
+from opik_cipx.pricing import PriceTable
 from tests.support import long_session
 
 CC = Path(__file__).parent / "fixtures" / "claude_code"
 KEY = ("session", None)
+RATES = PriceTable.builtin().rates("claude-opus-4-6", at=1_790_000_000.0, prompt_tokens=100_000)
 
 
 def walk(body: bytes, cache: WalkCache | None = None, key: Any = KEY, **kw: Any) -> Attribution:
@@ -27,6 +30,15 @@ def same(cache: WalkCache, body: bytes, key: Any = KEY, **kw: Any) -> Attributio
     resumed = walk(body, cache, key, **kw)
     for name in Attribution.__slots__:  # type: ignore[attr-defined]
         assert getattr(resumed, name) == getattr(full, name), name
+    # And what allocate() makes of them: the bins it reads instead of the regions, then the shares
+    # (billed as a cache hit up to the last call, so every boundary and tie rule is exercised).
+    assert resumed.bins == full.bins
+    assert [list(b[2].items()) for b in profile.ordered(resumed.bins)] == [
+        list(b[2].items()) for b in profile.ordered(full.bins)]
+    size = len(body) // 4
+    usage = Usage(input_tokens=7, cache_creation_input_tokens=size // 10, cache_read_input_tokens=size - size // 10,
+                  output_tokens=11)
+    assert allocate(resumed, usage, RATES) == allocate(full, usage, RATES)
     return resumed
 
 

@@ -37,9 +37,16 @@ class Snapshot:
     names_in_prefix: frozenset[str]  # MCP names found before ``pos``
     commands_in_prefix: frozenset[str]  # <command-name>s found before ``pos``
     reminders: list[int]  # <system-reminder> offsets before ``pos``
-    regions: list[tuple[int, int, str | None, str]]  # raw regions before ``pos``, in walk order
     state: dict[str, Any]  # everything else the walk had collected (copies)
     message_count: int = 0  # the earlier body's, as a hint where to snapshot next
+    # What came of the prefix after the walk: the final regions (partition.py) up to the
+    # partition's state then, and the bytes per item between breakpoints (profile.py) up to
+    # ``seg_cursor``, with the system prompt's name the regions were given.
+    out: list[Any] = field(default_factory=list)
+    part: Any = None  # partition.PartitionState
+    bins: Any = None  # profile.Bins
+    seg_cursor: int = 0
+    prompt: tuple[str, str] = ("", "")
     used: float = field(default=0.0)
 
 

@@ -15,9 +15,10 @@ import bisect
 import dataclasses
 import operator
 import re
-from collections.abc import Collection, Hashable, Mapping
+from collections.abc import Collection, Hashable, Iterator, Mapping
 
-from .partition import PROMPT, partition
+from . import profile
+from .partition import PROMPT, partition_from
 from .rawjson import Malformed, skip_value, skip_ws
 from .resume import Hint, Snapshot, WalkCache
 from .sections import Known
@@ -35,6 +36,7 @@ from .types import (
     Breakpoint,
     ItemTotal,
     Layout,
+    Region,
 )
 from .walk_base import OBJ_SEP, REMINDER_TAG, ToolRef, split_mcp_name
 from .walk_messages import MessageWalk
@@ -166,7 +168,7 @@ class _Walker(MessageWalk, SystemWalk):
     def restore(self, snap: Snapshot) -> None:
         """The state a full walk would have at the snapshot's message (copies: the snapshot stays reusable)."""
         st = snap.state
-        self.regions = list(snap.regions)
+        self.regions = []  # the prefix's regions are final already (snap.out): only new ones from here
         self.details = {k: dict(v) for k, v in st["details"].items()}
         self.breakpoints = list(st["breakpoints"])
         self.spans = dict(st["spans"])
@@ -208,13 +210,12 @@ class _Walker(MessageWalk, SystemWalk):
         else:
             names = snap.names_in_prefix | self._mcp_names(snap.pos, pos)
             commands = snap.commands_in_prefix | _scan_tags(self.s, snap.pos, pos)[1]
-        count = int(st["regions"])  # type: ignore[call-overload]
         return Snapshot(
             prefix=self.b[:pos], pos=pos, index=int(st["index"]),  # type: ignore[call-overload]
             array_start=int(st["array_start"]), facts=facts,  # type: ignore[call-overload]
             mcp_names=frozenset(self.mcp_names), known=self.known, names_in_prefix=names,
             commands_in_prefix=commands, reminders=self.reminders[: bisect.bisect_left(self.reminders, pos)],
-            regions=self.regions[:count], state=st, message_count=self.message_count,
+            state=st, message_count=self.message_count,
         )
 
     # -- top level ------------------------------------------------------------------
@@ -360,22 +361,25 @@ def attribute_request(
         walker.finish_samples()
     except Exception as exc:  # noqa: BLE001 - samples are a nicety; never fail the attribution for one
         error = error or f"sample: {type(exc).__name__}"
-    if cache is not None and cache_key is not None:
-        fresh = walker.snapshot(snap, facts) if error is None else None
-        if fresh is not None:
-            cache.put(cache_key, fresh)
-        elif snap is not None and error is None:
-            cache.put(cache_key, snap)  # nothing after the reused prefix to note: keep it
-        else:
-            cache.put(cache_key, Hint(walker.message_count))
     kind = walker.call_kind()
     prompt_item = {"subagent": "agent prompt", "title": "title prompt", "side": "side prompt"}.get(kind, "main prompt")
     prompt_category = AGENTS if kind == "subagent" else SYSTEM
+    prompt = (prompt_category, prompt_item)
+    cuts = _cuts(walker.spans, walker.breakpoints)
+    if snap is not None and (
+        error is not None or prompt != snap.prompt or cuts[: snap.part.next_cut] != snap.part.passed
+    ):
+        # The prefix's regions were split or named for another shape of call: from the first byte.
+        assert cache is not None
+        cache.hits -= 1
+        cache.misses += 1
+        cache.put(cache_key, Hint(walker.message_count))
+        return attribute_request(body, headers=headers, path=path, commands=commands)
 
     n = walker.n
     limit = walker.good if error is None else max([walker.good] + [r[1] for r in walker.regions])
     limit = min(limit, n)
-    raw_regions = walker.regions
+    raw_regions = walker.regions  # after a resumed walk: only those past the reused prefix
     if raw_regions and max(map(operator.itemgetter(1), raw_regions)) > limit:
         raw_regions = [r for r in raw_regions if r[1] <= limit]
     raw_regions.sort()  # the walk appends in byte order almost everywhere: a near-linear sort
@@ -384,8 +388,37 @@ def attribute_request(
         details[(prompt_category, prompt_item)] = details.pop((SYSTEM, PROMPT))
     elif (SYSTEM, PROMPT) in details:
         details[(SYSTEM, prompt_item)] = details.pop((SYSTEM, PROMPT))
-    cuts = _cuts(walker.spans, walker.breakpoints)
-    regions, sizes = partition(raw_regions, limit, cuts, (prompt_category, prompt_item))
+    noting = cache is not None and cache_key is not None and error is None and walker.snapped is not None
+    note_after = int(walker.snapped["regions"]) if noting and walker.snapped else None  # type: ignore[call-overload]
+    new, sizes, noted = partition_from(
+        raw_regions, limit, cuts, prompt, resume=snap.part if snap else None, note_after=note_after
+    )
+    regions = snap.out + new if snap is not None else new
+
+    # Bytes per item between breakpoints, for allocate(): the prefix's bins, then the new segments.
+    bins = profile.copy_bins(snap.bins) if snap is not None else {}
+    cands = profile.candidates(walker.breakpoints)
+    seg_cursor = snap.seg_cursor if snap is not None else 0
+    k = noted.out if noted is not None else len(new)
+    seg_cursor = _add_bins(bins, new[:k], seg_cursor, None, walker.spans, cands)
+    fresh: Snapshot | None = None
+    if noted is not None:
+        fresh = walker.snapshot(snap, facts)
+        if fresh is not None:
+            fresh.out = regions[: len(regions) - len(new) + k]
+            fresh.part = noted
+            fresh.part.out = len(fresh.out)
+            fresh.bins = profile.copy_bins(bins)
+            fresh.seg_cursor = seg_cursor
+            fresh.prompt = prompt
+    _add_bins(bins, new[k:], seg_cursor, n, walker.spans, cands)
+    if cache is not None and cache_key is not None:
+        if fresh is not None:
+            cache.put(cache_key, fresh)
+        elif snap is not None and error is None:
+            cache.put(cache_key, snap)  # nothing after the reused prefix to note: keep it
+        else:
+            cache.put(cache_key, Hint(walker.message_count))
 
     totals = {
         key: ItemTotal(key[0], key[1], size, detail=dict(details.get(key, {}))) for key, size in sizes.items()
@@ -416,7 +449,35 @@ def attribute_request(
         parse_error=error,
         # Only for a body that is one JSON value end to end, as json.loads would take it.
         layout=walker.layout() if error is None and walker.good >= n else None,
+        bins=bins,
     )
+
+
+def _add_bins(
+    bins: profile.Bins,
+    regions: list[Region],
+    cursor: int,
+    stop: int | None,
+    spans: dict[str, tuple[int, int]],
+    cands: dict[int, list[int]],
+) -> int:
+    """Add the segments of ``regions`` (with the unattributed gaps before each, from ``cursor``,
+    and after the last up to ``stop`` when given) to ``bins``; the end of the last one added."""
+
+    def segments() -> Iterator[tuple[int, int, str, str]]:
+        at = cursor
+        for region in regions:
+            if region[0] > at:
+                yield (at, region[0], UNATTRIBUTED, "")
+            yield region
+            at = region[1]
+        if stop is not None and stop > at:
+            yield (at, stop, UNATTRIBUTED, "")
+
+    profile.add_segments(bins, segments(), spans, cands)
+    if stop is not None:
+        return max(stop, cursor)
+    return regions[-1][1] if regions else cursor
 
 
 def classify_call(body: bytes, headers: Mapping[str, str] | None = None, path: str | None = None) -> str:
