@@ -191,3 +191,24 @@ def test_a_session_with_no_snapshot_leaves_a_hint_where_to_take_one() -> None:
     walk(first, cache)
     (entry,) = cache.entries.values()
     assert isinstance(entry, Hint) and entry.message_count == len(json.loads(first)["messages"])
+
+
+def test_a_resumed_walk_visits_only_the_new_messages_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opik_cipx.attribute.walk_messages import MessageWalk
+
+    visited: list[int] = []
+    real = MessageWalk.fast_block
+
+    def counting(self: MessageWalk, role: str, pos: int, index: int, tool: Any) -> int | None:
+        visited.append(pos)
+        return real(self, role, pos, index, tool)
+
+    cache, last = grown(40)
+    body = long_session.with_turn(last, 5000)
+    monkeypatch.setattr(MessageWalk, "fast_block", counting)
+    walk(body)
+    full = len(visited)
+    visited.clear()
+    walk(body, cache)
+    # The previous call's last message (its marker moved: 1 block) and the new tool round (3 blocks).
+    assert len(visited) == 4 and full > 100
