@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 from typing import Any
 
 import aiohttp
+import pytest
 
 from opik_cipx.server import Gateway
 from tests.support.fake_anthropic import FakeAnthropic
@@ -192,3 +194,19 @@ async def test_a_call_that_kills_the_worker_is_quarantined_and_the_journal_rewin
             async with s.post(gw.url + "/v1/messages", data=request_body(), headers={"x-api-key": API_KEY}) as r:
                 await r.read()
         assert len(await captured(gw, 7, timeout=30)) == 7
+
+
+def test_the_worker_gives_freed_memory_back_once_idle_and_not_while_batches_come(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opik_cipx.capture import worker as worker_module
+
+    trimmed = threading.Event()
+    monkeypatch.setattr(worker_module, "give_back_freed_memory", trimmed.set)
+    trim = worker_module._IdleTrim(0.05)
+    trim.arm()
+    trim.cancel()  # the next batch came in time
+    assert not trimmed.wait(0.2)
+    trim.arm()
+    assert trimmed.wait(5)
+    trim.cancel()
