@@ -134,30 +134,31 @@ def _base_for(
 
 
 class _LastSummary:
-    """The last summary this process stored, decoded, keyed by seq with its stored bytes.
+    """The last few summaries this process stored, decoded, with the call and bytes stored.
 
     Saves decoding the base's chain for the next call of the same session. Checked
-    against the row before use (another process may have stored that call again), and
-    one entry per (session's) agent would not pay: calls interleave rarely.
+    against the row before use: another process may have stored that call again, and
+    the exchange id tells one spool's row ``seq`` from another's.
     """
 
     __slots__ = ("entries",)
 
     def __init__(self) -> None:
-        self.entries: dict[int, tuple[bytes, bytes]] = {}  # seq -> (stored blob, decoded JSON)
+        self.entries: dict[int, tuple[str, bytes, bytes]] = {}  # seq -> (exchange id, stored, decoded)
 
     def get(self, conn: sqlite3.Connection, seq: int) -> bytes:
         hit = self.entries.get(seq)
         if hit is not None:
-            row = conn.execute("SELECT summary FROM attribution_calls WHERE seq = ?", (seq,)).fetchone()
-            if row is not None and not isinstance(row[0], str) and bytes(row[0]) == hit[0]:
-                return hit[1]
+            row = conn.execute("SELECT exchange_id, summary FROM attribution_calls WHERE seq = ?", (seq,)).fetchone()
+            if row is not None and row[0] == hit[0] and not isinstance(row[1], str) and bytes(row[1]) == hit[1]:
+                return hit[2]
         return _decoded(conn, seq)
 
-    def put(self, seq: int, stored: bytes, decoded: bytes) -> None:
+    def put(self, seq: int, exchange_id: str, stored: bytes, decoded: bytes) -> None:
+        self.entries.pop(seq, None)
         if len(self.entries) >= 8:  # a handful of sessions and agents at once; oldest out
             self.entries.pop(next(iter(self.entries)))
-        self.entries[seq] = (stored, decoded)
+        self.entries[seq] = (exchange_id, stored, decoded)
 
 
 _last = _LastSummary()
@@ -227,7 +228,7 @@ def save(conn: sqlite3.Connection, exchange_id: str, attr: Attribution, commands
                 (*values, base[0] if base else None, base[1] + 1 if base else 0, blob, seq),
             )
         if not stored_same:
-            _last.put(seq, blob, doc)
+            _last.put(seq, exchange_id, blob, doc)
         keys = _key_ids(conn, {(c, i) for _, c, i, *_ in rows})
         conn.execute("DELETE FROM attribution_totals WHERE call = ?", (seq,))
         # Items can repeat a (category, item) key across sides only; within a side they are unique.
