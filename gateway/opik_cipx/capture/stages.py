@@ -8,7 +8,7 @@ assembled in one place, :mod:`opik_cipx.capture.pipeline`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from ..attribute.analysis import Captured, analyze
 from ..attribute.responses import CallMemory, calls_in_output, context_after, previous_response_id
@@ -80,16 +80,19 @@ class PoisonBatch(Exception):
 
 def store_batch(
     sp: Spool,
-    batch: list[Recorder],
+    batch: Iterable[Recorder],
     build: Callable[[Recorder], Captured],
     stages: list[StoreStage],
     failures: list[Failure],
+    keep: Callable[[Captured], Captured] | None = None,
 ) -> list[Captured]:
     """Build, analyze and store a batch in one transaction; the calls stored, in order.
 
     Runs wherever the spool is written from: the spool thread, or the capture
     worker process. Each stage runs in its own savepoint, so a failing stage
-    undoes only itself; if the first (the Exchange) fails nothing hangs off it.
+    undoes only itself; if the first (the Exchange) fails nothing hangs off it. ``keep``: what
+    to hold of each stored call until the batch is done (the worker keeps no bodies, so a batch
+    of 1 MB calls never has them all in memory at once).
     """
     done: list[Captured] = []
     with transaction(sp.conn):
@@ -110,7 +113,7 @@ def store_batch(
                         stored = False
                         break
             if stored:
-                done.append(item)
+                done.append(item if keep is None else keep(item))
     return done
 
 

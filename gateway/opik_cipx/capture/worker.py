@@ -28,6 +28,7 @@ import struct
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -182,9 +183,10 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
                 continue
             failures: list[Failure] = []
             try:
-                done = store_batch(spool, batch, chain.build, chain.stages, failures)
+                done = store_batch(spool, _consumed(batch), chain.build, chain.stages, failures,
+                                   keep=lambda item: Captured(without_bodies(item.exchange)))
                 reply: dict[str, Any] = {
-                    "stored": [without_bodies(item.exchange) for item in done],
+                    "stored": [item.exchange for item in done],
                     "failures": [(where, f"{type(exc).__name__}: {exc}") for where, exc in failures],
                 }
             except Exception as exc:  # noqa: BLE001 - e.g. disk full: the parent keeps the journal
@@ -198,6 +200,14 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
             flag.close()
         spool.close()
     return 0
+
+
+def _consumed(batch: list[Recorder]) -> Iterator[Recorder]:
+    """The batch's calls one by one, each let go of once taken: stored calls' bodies are garbage
+    as soon as their stages are done, not at the end of the batch."""
+    batch.reverse()
+    while batch:
+        yield batch.pop()
 
 
 class _IdleTrim:
