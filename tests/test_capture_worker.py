@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 from typing import Any
 
 import aiohttp
+import pytest
 
 from opik_cipx.server import Gateway
 from tests.support.fake_anthropic import FakeAnthropic
@@ -192,3 +194,53 @@ async def test_a_call_that_kills_the_worker_is_quarantined_and_the_journal_rewin
             async with s.post(gw.url + "/v1/messages", data=request_body(), headers={"x-api-key": API_KEY}) as r:
                 await r.read()
         assert len(await captured(gw, 7, timeout=30)) == 7
+
+
+def test_the_worker_gives_freed_memory_back_once_idle_and_not_while_batches_come(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from opik_cipx.capture import worker as worker_module
+
+    trimmed = threading.Event()
+    monkeypatch.setattr(worker_module, "give_back_freed_memory", trimmed.set)
+    trim = worker_module._IdleTrim(0.05)
+    trim.arm()
+    trim.cancel()  # the next batch came in time
+    assert not trimmed.wait(0.2)
+    trim.arm()
+    assert trimmed.wait(5)
+    trim.cancel()
+
+
+def test_the_worker_lets_go_of_each_call_s_bodies_once_it_is_stored(tmp_path: Any) -> None:
+    from opik_cipx.attribute.analysis import Captured
+    from opik_cipx.capture import worker as worker_module
+    from opik_cipx.capture.stages import Failure, store_batch
+    from opik_cipx.model import CallKind, Exchange
+    from opik_cipx.proxy.recorder import HeaderList, Recorder
+    from opik_cipx.store.spool import Spool, connect
+
+    batch = []
+    for n in range(4):
+        rec = Recorder("POST", "/v1/messages", HeaderList([]))
+        rec.body = b'{"n":%d}' % n
+        rec.finish()
+        batch.append(rec)
+    ids = [rec.id for rec in batch]
+    held: list[int] = []
+    failures: list[Failure] = []
+
+    def build(rec: Recorder) -> Captured:
+        held.append(len(batch))  # what the batch still holds while this call is built
+        return Captured(Exchange(id=rec.id, started_at=1.0, method="POST", path="/v1/messages",
+                                 kind=CallKind.MESSAGES, request_body=rec.body))
+
+    spool = Spool(connect(tmp_path / "spool.sqlite3"))
+    try:
+        done = store_batch(spool, worker_module._consumed(batch), build, [lambda sp, item: None], failures,
+                           keep=lambda item: Captured(worker_module.without_bodies(item.exchange)))
+    finally:
+        spool.close()
+    assert held == [3, 2, 1, 0] and failures == []
+    assert [item.exchange.id for item in done] == ids
+    assert all(item.exchange.request_body == b"" and item.attribution is None for item in done)

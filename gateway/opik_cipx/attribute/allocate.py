@@ -32,8 +32,8 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from ..model import Usage
+from . import profile
 from .types import CATEGORIES, GROUP_NAMES, OUTPUT, UNATTRIBUTED, Attribution, ItemTotal
-from .walk import group_of
 
 
 class RatesLike(Protocol):
@@ -121,16 +121,16 @@ def allocate(
     response_content: list[dict[str, Any]] | None = None,
 ) -> Attribution:
     """A copy of ``attr`` with tokens and cost on every item and category."""
-    units = [
-        (group_of(attr.spans, seg.start), seg.start, seg.size, seg.category, seg.item)
-        for seg in attr.segments()
-        if seg.size
-    ]
-    units.sort()
-    keys = [(u[0], u[1]) for u in units]
+    bins = attr.bins
+    if bins is None:
+        bins = {}
+        profile.add_segments(bins, attr.segments(), attr.spans, profile.candidates(attr.breakpoints))
+    # One unit per bin (profile.py): the bytes of each item between two breakpoints, in cache order.
+    units = profile.ordered(bins)
+    keys = [u[0] for u in units]
     cumulative = [0]
     for u in units:
-        cumulative.append(cumulative[-1] + u[2])
+        cumulative.append(cumulative[-1] + u[1])
     body = cumulative[-1]
 
     def prefix_bytes(key: tuple[int, int]) -> int:
@@ -156,9 +156,10 @@ def allocate(
     item_keys: list[tuple[str, str]] = []
     index: dict[tuple[str, str], int] = {}
     for u in units:
-        if (u[3], u[4]) not in index:
-            index[(u[3], u[4])] = len(item_keys)
-            item_keys.append((u[3], u[4]))
+        for key in u[2]:
+            if key not in index:
+                index[key] = len(item_keys)
+                item_keys.append(key)
     if not item_keys:  # an empty body still has to carry the billed tokens somewhere
         index[(UNATTRIBUTED, "")] = 0
         item_keys.append((UNATTRIBUTED, ""))
@@ -172,12 +173,13 @@ def allocate(
         if not tokens:
             continue
         segment = units[lo:hi]
-        if not any(u[2] for u in segment):
+        if not any(u[1] for u in segment):
             fallback.append(name)
             segment = units
         weights = [0] * len(item_keys)
         for u in segment:
-            weights[index[(u[3], u[4])]] += u[2]
+            for key, size in u[2].items():
+                weights[index[key]] += size
         for i, share in enumerate(largest_remainder(tokens, weights)):
             split[name][i] += share
 

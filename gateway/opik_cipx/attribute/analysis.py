@@ -17,6 +17,7 @@ from ..wire.response import read_response
 from ..wire.responses import read_responses
 from . import Attribution, allocate, attribute_request
 from .responses import Context, allocate_chained, attribute_responses, output_blocks
+from .resume import WalkCache
 
 
 def response_content(ex: Exchange) -> list[dict[str, Any]]:
@@ -38,6 +39,7 @@ def analyze(
     commands: tuple[str, ...] = (),
     calls: Mapping[str, str] | None = None,
     inherited: Context | None = None,
+    walk_cache: WalkCache | None = None,
 ) -> Attribution:
     """Regions of the request body, with the call's billed tokens and cost shared over them.
 
@@ -45,12 +47,16 @@ def analyze(
     ``commands`` names the session's custom slash commands (see capture/commands.py); ``calls``
     names the tools earlier responses called, for a Responses turn's tool outputs, and
     ``inherited`` the server-side context a turn chained with ``previous_response_id`` bills for.
+    ``walk_cache``: the capture path's memory of each session's last walk (attribute/resume.py),
+    so a call that resends the conversation is walked from where the last one ended.
     """
     responses = ex.kind is CallKind.RESPONSES
     if responses:
         attr = attribute_responses(ex.request_body, calls=calls)
     else:
-        attr = attribute_request(ex.request_body, headers=ex.request_headers, path=ex.path, commands=commands)
+        key = (ex.session_id, ex.agent_id) if walk_cache is not None and ex.session_id else None
+        attr = attribute_request(ex.request_body, headers=ex.request_headers, path=ex.path, commands=commands,
+                                 cache=walk_cache, cache_key=key)
     usage = ex.usage
     rates = None
     if prices is not None and usage is not None:

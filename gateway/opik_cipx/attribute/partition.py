@@ -11,6 +11,8 @@ entries, which any version has to make.)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .types import FRAMING, Region
 
 RawRegion = tuple[int, int, "str | None", str]  # (start, end, category or None for unknown, item)
@@ -22,6 +24,18 @@ PROMPT = "\x00prompt"  # placeholder item for system[2]; named once the call kin
 _new = tuple.__new__
 
 
+@dataclass(slots=True)
+class PartitionState:
+    """Where :func:`partition_from` stood after some of the raw regions, to go on from there later."""
+
+    out: int  # regions emitted by then (in that run)
+    sizes: dict[Key, int]
+    structure: int
+    next_cut: int
+    cursor: int
+    passed: list[int]  # cuts[:next_cut]: a later run may go on only if its cuts start the same
+
+
 def partition(raw: list[RawRegion], limit: int, cuts: list[int], prompt: Key) -> tuple[list[Region], dict[Key, int]]:
     """Final regions up to ``limit`` and bytes per (category, item), items in first-seen order.
 
@@ -29,15 +43,38 @@ def partition(raw: list[RawRegion], limit: int, cuts: list[int], prompt: Key) ->
     one is clipped. Regions with the placeholder item ``PROMPT`` become
     ``prompt`` (the system prompt, named once the call kind is known).
     """
+    regions, sizes, _ = partition_from(raw, limit, cuts, prompt)
+    return regions, sizes
+
+
+def partition_from(
+    raw: list[RawRegion],
+    limit: int,
+    cuts: list[int],
+    prompt: Key,
+    resume: PartitionState | None = None,
+    note_after: int | None = None,
+) -> tuple[list[Region], dict[Key, int], PartitionState | None]:
+    """:func:`partition`, optionally going on from ``resume`` (the regions it covered are not
+    emitted again) and noting the state once ``note_after`` raw regions are consumed."""
     regions: list[Region] = []
     append = regions.append
-    sizes: dict[Key, int] = {}
-    structure = 0  # framing bytes, summed here and stored once
+    noted: PartitionState | None = None
     cuts = [*cuts, max([limit, *cuts]) + 1]  # a sentinel no gap reaches: no bounds checks
-    next_cut = 0
-    cut = cuts[0]  # the first cut past the cursor, once a gap has moved it along
-    cursor = 0
-    for region in (*raw, (limit, limit, None, "")):  # the sentinel closes the last gap
+    if resume is None:
+        sizes: dict[Key, int] = {}
+        structure = 0  # framing bytes, summed here and stored once
+        next_cut = 0
+        cursor = 0
+    else:
+        sizes = dict(resume.sizes)
+        structure = resume.structure
+        next_cut = resume.next_cut
+        cursor = resume.cursor
+    cut = cuts[next_cut]  # the first cut past the cursor, once a gap has moved it along
+    for n, region in enumerate((*raw, (limit, limit, None, ""))):  # the sentinel closes the last gap
+        if n == note_after:
+            noted = PartitionState(len(regions), dict(sizes), structure, next_cut, cursor, cuts[:next_cut])
         start, end, category, item = region
         if start < cursor:  # never overlap, whatever a future wire format does
             start = cursor
@@ -69,4 +106,4 @@ def partition(raw: list[RawRegion], limit: int, cuts: list[int], prompt: Key) ->
         cursor = end
     if structure:
         sizes[STRUCTURE] += structure
-    return regions, sizes
+    return regions, sizes, noted

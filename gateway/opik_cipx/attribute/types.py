@@ -120,6 +120,9 @@ class Attribution:
     spans: dict[str, tuple[int, int]] = field(default_factory=dict)
     parse_error: str | None = None  # where and why the body stopped being readable
     layout: Layout | None = None  # None when the body is not well-formed JSON all through
+    # Bytes per item between breakpoints (profile.py), what allocate() reads instead of every
+    # region; left out of comparisons: it is a digest of the regions, not another result.
+    bins: Any = field(default=None, compare=False, repr=False)
 
     def segments(self) -> Iterator[Region]:
         """Every byte exactly once: the regions plus unattributed gaps, in byte order."""

@@ -79,7 +79,9 @@ class WalkBase:
     reminders: list[int]  # offsets of every <system-reminder>, sorted
     known: Known
 
-    def __init__(self, body: bytes, headers: Mapping[str, str] | None, path: str | None) -> None:
+    def __init__(
+        self, body: bytes, headers: Mapping[str, str] | None, path: str | None, mcp_names: set[str] | None = None
+    ) -> None:
         self.b = body
         self.s = body.decode("latin-1")
         self.n = len(body)
@@ -90,7 +92,7 @@ class WalkBase:
         self.breakpoints: list[Breakpoint] = []
         self.spans: dict[str, tuple[int, int]] = {}
         self.good = 0
-        self.mcp_names = self._mcp_names()
+        self.mcp_names = self._mcp_names() if mcp_names is None else mcp_names
         self.tool_uses: dict[str, ToolRef] = {}  # tool_use id -> (name, input)
         # tool name -> tool_item(); not for Agent/Task, whose item depends on the input.
         self.tool_items: dict[str, tuple[str, str, dict[str, Any]]] = {}
@@ -105,11 +107,13 @@ class WalkBase:
         self.message_starts: list[tuple[int, bool]] = []
         self.metadata: tuple[int, int] | None = None
 
-    def _mcp_names(self) -> set[str]:
-        """Every ``"name": "mcp__…"`` value in the body (tool definitions and calls)."""
+    def _mcp_names(self, start: int = 0, end: int | None = None) -> set[str]:
+        """Every ``"name": "mcp__…"`` value in the body (tool definitions and calls), or in
+        ``s[start:end]`` (a resumed walk scans only what follows the reused prefix)."""
         s, out = self.s, set[str]()
         name, key = _MCP_NAME.match, _NAME_KEY.search
-        for hit in _MCP_PREFIX.finditer(s):  # sre's literal-prefix search: a little faster than a str.find loop
+        # sre's literal-prefix search: a little faster than a str.find loop
+        for hit in _MCP_PREFIX.finditer(s, start, len(s) if end is None else end):
             i = hit.start()
             m = name(s, i)
             if m is not None and key(s, max(0, i - 16), i):

@@ -38,23 +38,40 @@ class MessageWalk(ToolIoWalk):
 
     # -- messages -------------------------------------------------------------------
 
-    def messages(self, pos: int) -> int:
+    # Where the walk notes its state for the next call of the session (see attribute/resume.py):
+    # at the start of every message from this index on; None: nowhere.
+    snap_from: int | None = None
+    snapped: dict[str, object] | None = None
+
+    def note_state(self, array_start: int, pos: int, index: int) -> dict[str, object]:
+        raise NotImplementedError  # the concrete walker (walk._Walker) knows all of its state
+
+    def messages(self, pos: int, resume: tuple[int, int] | None = None) -> int:
         """The messages array: :meth:`arr` over :meth:`message`, with the usual compact message
-        (``{"role":…,"content":[`` blocks ``]}``) walked right here, without the calls per message."""
-        self.message_starts = []  # a repeated "messages" key: the last one counts, as in json.loads
-        if not self.fast:
-            return self.arr(pos, self.message)
+        (``{"role":…,"content":[`` blocks ``]}``) walked right here, without the calls per message.
+
+        ``resume``: (offset, index) of the message to go on from, the state before it restored.
+        """
         s = self.s
-        if s[pos] != "[":
-            raise Malformed(pos)
-        p = pos + 1
-        if s[p] in BLANK:
-            p = skip_ws(s, p)
-        if s[p] == "]":
-            return p + 1
         head = _MESSAGE_BLOCKS.match
-        index = 0
+        if resume is not None:
+            p, index = resume
+        else:
+            self.message_starts = []  # a repeated "messages" key: the last one counts, as in json.loads
+            if not self.fast:
+                return self.arr(pos, self.message)
+            if s[pos] != "[":
+                raise Malformed(pos)
+            p = pos + 1
+            if s[p] in BLANK:
+                p = skip_ws(s, p)
+            if s[p] == "]":
+                return p + 1
+            index = 0
+        snap_from = self.snap_from
         while True:
+            if snap_from is not None and index >= snap_from:
+                self.snapped = self.note_state(pos, p, index)
             m = head(s, p)
             if m is None:
                 end = self.message(index, p)

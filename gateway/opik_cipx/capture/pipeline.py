@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..attribute.analysis import Captured
 from ..attribute.responses import CallMemory
+from ..attribute.resume import WalkCache
 from ..config import Settings
 from ..model import Exchange
 from ..pricing import PriceTable
@@ -55,11 +56,12 @@ def capture_chain(
         return index.names(info.cwd if info is not None else None)
 
     calls = CallMemory()  # one per process: the calls each Codex turn made, for the next turn
+    walks = WalkCache()  # one per process: each session's last walk, resumed by its next call
 
     def build(rec: Recorder) -> Captured:
         if before_build is not None:
             before_build(rec)
-        return prepare(rec, prices(), commands_for, calls)
+        return prepare(rec, prices(), commands_for, calls, walks)
 
     spans = SpanStage(settings, sessions=sessions)
     stages = [store_exchange, store_attribution, summary_stage(settings.home), *extra_stages, spans.record]

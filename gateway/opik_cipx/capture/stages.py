@@ -8,10 +8,11 @@ assembled in one place, :mod:`opik_cipx.capture.pipeline`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from ..attribute.analysis import Captured, analyze
 from ..attribute.responses import CallMemory, calls_in_output, context_after, previous_response_id
+from ..attribute.resume import WalkCache
 from ..model import CallKind
 from ..pricing import PriceTable
 from ..proxy.recorder import Recorder
@@ -26,11 +27,13 @@ def prepare(
     prices: PriceTable | None,
     commands_for: Callable[[str | None], tuple[str, ...]] | None = None,
     calls: CallMemory | None = None,
+    walk_cache: WalkCache | None = None,
 ) -> Captured:
     """Build the Exchange and, for LLM calls, attribute it once for every stage that needs it.
 
     ``commands_for`` maps a session id to its custom slash command names; ``calls`` remembers
-    what recent Responses turns called, for the next turn's tool outputs.
+    what recent Responses turns called, for the next turn's tool outputs; ``walk_cache`` each
+    session's last attribution walk, so the next call walks only its new messages.
     """
     ex, summary = build_with_summary(rec, prices)
     if not ex.is_llm_call:
@@ -46,7 +49,7 @@ def prepare(
                            context_after(inherited, attr, content))
         return Captured(ex, attr, content)
     commands = commands_for(ex.session_id) if commands_for is not None else ()
-    return Captured(ex, analyze(ex, prices, content, commands), content, commands)
+    return Captured(ex, analyze(ex, prices, content, commands, walk_cache=walk_cache), content, commands)
 
 
 # Runs on the spool thread inside the batch's transaction (each in its own savepoint).
@@ -77,16 +80,19 @@ class PoisonBatch(Exception):
 
 def store_batch(
     sp: Spool,
-    batch: list[Recorder],
+    batch: Iterable[Recorder],
     build: Callable[[Recorder], Captured],
     stages: list[StoreStage],
     failures: list[Failure],
+    keep: Callable[[Captured], Captured] | None = None,
 ) -> list[Captured]:
     """Build, analyze and store a batch in one transaction; the calls stored, in order.
 
     Runs wherever the spool is written from: the spool thread, or the capture
     worker process. Each stage runs in its own savepoint, so a failing stage
-    undoes only itself; if the first (the Exchange) fails nothing hangs off it.
+    undoes only itself; if the first (the Exchange) fails nothing hangs off it. ``keep``: what
+    to hold of each stored call until the batch is done (the worker keeps no bodies, so a batch
+    of 1 MB calls never has them all in memory at once).
     """
     done: list[Captured] = []
     with transaction(sp.conn):
@@ -107,7 +113,7 @@ def store_batch(
                         stored = False
                         break
             if stored:
-                done.append(item)
+                done.append(item if keep is None else keep(item))
     return done
 
 

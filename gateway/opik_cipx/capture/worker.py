@@ -27,6 +27,8 @@ import pickle
 import struct
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -35,6 +37,7 @@ from ..attribute.analysis import Captured
 from ..model import Exchange
 from ..proxy import journal
 from ..proxy.busy import BusyFlag
+from ..proxy.heap import IDLE_TRIM_SECONDS, give_back_freed_memory
 from ..proxy.recorder import Recorder
 from .stages import Failure, PoisonBatch, store_batch
 
@@ -169,27 +172,61 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
         settings, lambda: prices, lambda: sessions, before_build=flag.wait_for_lull if flag is not None else None
     )
 
+    # Once no batch has come for a while, freed heap goes back to the kernel: a burst of 1 MB
+    # bodies otherwise leaves the worker at its peak footprint until the next burst.
+    trim = _IdleTrim(IDLE_TRIM_SECONDS)
     try:
         while (batch := _read_batch(inp, frames)) is not None:
+            trim.cancel()
             if isinstance(batch, JournalRefError):
                 _write_frame(out, pickle.dumps({"resend_inline": str(batch)}, protocol=pickle.HIGHEST_PROTOCOL))
                 continue
             failures: list[Failure] = []
             try:
-                done = store_batch(spool, batch, chain.build, chain.stages, failures)
+                done = store_batch(spool, _consumed(batch), chain.build, chain.stages, failures,
+                                   keep=lambda item: Captured(without_bodies(item.exchange)))
                 reply: dict[str, Any] = {
-                    "stored": [without_bodies(item.exchange) for item in done],
+                    "stored": [item.exchange for item in done],
                     "failures": [(where, f"{type(exc).__name__}: {exc}") for where, exc in failures],
                 }
             except Exception as exc:  # noqa: BLE001 - e.g. disk full: the parent keeps the journal
                 reply = {"error": f"{type(exc).__name__}: {exc}"}
             _write_frame(out, pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
+            trim.arm()
     finally:
+        trim.cancel()
         frames.close()
         if flag is not None:
             flag.close()
         spool.close()
     return 0
+
+
+def _consumed(batch: list[Recorder]) -> Iterator[Recorder]:
+    """The batch's calls one by one, each let go of once taken: stored calls' bodies are garbage
+    as soon as their stages are done, not at the end of the batch."""
+    batch.reverse()
+    while batch:
+        yield batch.pop()
+
+
+class _IdleTrim:
+    """``malloc_trim`` once the worker has been idle ``seconds``: a timer re-armed after each batch."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._timer: threading.Timer | None = None
+
+    def arm(self) -> None:
+        self.cancel()
+        self._timer = threading.Timer(self.seconds, give_back_freed_memory)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def worker_argv() -> list[str]:

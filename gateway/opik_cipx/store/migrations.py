@@ -300,3 +300,117 @@ def m007_retention(conn: sqlite3.Connection) -> None:
         )
         """
     )
+
+
+@migration
+def m008_incremental_attribution(conn: sqlite3.Connection) -> None:
+    # Issue 18: a long session's calls share almost all of their attribution with the call
+    # before, so the per-call rows were most of the spool. Self-contained (it only reads
+    # m006's tables), so it can be renumbered freely.
+    #
+    # * attribution_calls: one row per call, with a stable integer key (an explicit INTEGER
+    #   PRIMARY KEY survives VACUUM, a plain rowid does not). `summary` is either the JSON
+    #   text as m006 stored it, or a raw-deflate BLOB compressed with the decoded summary of
+    #   call `base` (an earlier call of the same session and agent) as the preset
+    #   dictionary, so what the two share is stored once and only the difference is paid for;
+    #   `depth` bounds the chain a reader decodes (store/attribution.py).
+    # * attribution_keys: each (category, item) name once; attribution_totals: per call,
+    #   side (0 request, 1 response) and key, just the numbers.
+    # * The m006 names stay as views with the same columns, so every reader's SQL
+    #   (stats, insights, viewer, status line) is unchanged.
+    conn.execute(
+        """
+        CREATE TABLE attribution_calls (
+            seq INTEGER PRIMARY KEY,
+            exchange_id TEXT NOT NULL UNIQUE,
+            call_kind TEXT NOT NULL,
+            agent_id TEXT,
+            body_bytes INTEGER NOT NULL,
+            unattributed_bytes INTEGER NOT NULL,
+            messages_bytes INTEGER NOT NULL,
+            base INTEGER,
+            depth INTEGER NOT NULL DEFAULT 0,
+            summary NOT NULL
+        )
+        """
+    )
+    conn.execute("CREATE INDEX attribution_calls_base ON attribution_calls (base) WHERE base IS NOT NULL")
+    conn.execute(
+        "CREATE TABLE attribution_keys (id INTEGER PRIMARY KEY, category TEXT NOT NULL, item TEXT NOT NULL,"
+        " UNIQUE (category, item))"
+    )
+    conn.execute(
+        """
+        CREATE TABLE attribution_totals (
+            call INTEGER NOT NULL,
+            side INTEGER NOT NULL,
+            key INTEGER NOT NULL,
+            bytes INTEGER NOT NULL,
+            tokens INTEGER NOT NULL,
+            cost_usd REAL,
+            PRIMARY KEY (call, side, key)
+        ) WITHOUT ROWID
+        """
+    )
+    conn.execute("CREATE INDEX attribution_totals_key ON attribution_totals (key)")
+    conn.execute(
+        "INSERT INTO attribution_calls (exchange_id, call_kind, agent_id, body_bytes, unattributed_bytes,"
+        " messages_bytes, summary) SELECT exchange_id, call_kind, agent_id, body_bytes, unattributed_bytes,"
+        " messages_bytes, summary FROM attribution ORDER BY rowid"
+    )
+    conn.execute(
+        "INSERT INTO attribution_keys (category, item) SELECT DISTINCT category, item FROM attribution_items"
+    )
+    conn.execute(
+        "INSERT INTO attribution_totals (call, side, key, bytes, tokens, cost_usd)"
+        " SELECT c.seq, i.side = 'response', k.id, i.bytes, i.tokens, i.cost_usd FROM attribution_items i"
+        " JOIN attribution_calls c ON c.exchange_id = i.exchange_id"
+        " JOIN attribution_keys k ON k.category = i.category AND k.item = i.item"
+    )
+    conn.execute("DROP TABLE attribution_items")
+    conn.execute("DROP TABLE attribution")
+    conn.execute(
+        "CREATE VIEW attribution AS SELECT exchange_id, call_kind, agent_id, body_bytes, unattributed_bytes,"
+        " messages_bytes, summary FROM attribution_calls"
+    )
+    conn.execute(
+        "CREATE VIEW attribution_items AS SELECT c.exchange_id AS exchange_id,"
+        " CASE t.side WHEN 0 THEN 'request' ELSE 'response' END AS side, k.category AS category, k.item AS item,"
+        " t.bytes AS bytes, t.tokens AS tokens, t.cost_usd AS cost_usd"
+        " FROM attribution_totals t JOIN attribution_calls c ON c.seq = t.call JOIN attribution_keys k ON k.id = t.key"
+    )
+    # Writes through the old names keep working: a whole JSON summary goes in as a call with
+    # no base, and deleting a call that a later call's summary is compressed against is refused
+    # (store.attribution.forget re-encodes such dependents first).
+    conn.execute(
+        """
+        CREATE TRIGGER attribution_insert INSTEAD OF INSERT ON attribution BEGIN
+            INSERT INTO attribution_calls (exchange_id, call_kind, agent_id, body_bytes, unattributed_bytes,
+                messages_bytes, summary)
+            VALUES (NEW.exchange_id, NEW.call_kind, NEW.agent_id, NEW.body_bytes, NEW.unattributed_bytes,
+                NEW.messages_bytes, NEW.summary);
+        END
+        """
+    )
+    conn.execute(
+        """
+        CREATE TRIGGER attribution_delete INSTEAD OF DELETE ON attribution BEGIN
+            SELECT RAISE(ABORT, 'a later call is stored against this one: use store.attribution.forget')
+            WHERE EXISTS (SELECT 1 FROM attribution_calls d JOIN attribution_calls c ON d.base = c.seq
+                          WHERE c.exchange_id = OLD.exchange_id);
+            DELETE FROM attribution_totals
+                WHERE call = (SELECT seq FROM attribution_calls WHERE exchange_id = OLD.exchange_id);
+            DELETE FROM attribution_calls WHERE exchange_id = OLD.exchange_id;
+        END
+        """
+    )
+    conn.execute(
+        """
+        CREATE TRIGGER attribution_items_delete INSTEAD OF DELETE ON attribution_items BEGIN
+            DELETE FROM attribution_totals
+                WHERE call = (SELECT seq FROM attribution_calls WHERE exchange_id = OLD.exchange_id)
+                AND side = (OLD.side = 'response')
+                AND key = (SELECT id FROM attribution_keys WHERE category = OLD.category AND item = OLD.item);
+        END
+        """
+    )
