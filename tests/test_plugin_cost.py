@@ -57,5 +57,6 @@ def test_cost_shows_the_insights_of_the_captured_session(tmp_path: Path, isolate
     shown = last.split("## opik-cipx cost", 1)[1].split("Show the report above", 1)[0]
     assert "opik-cipx insights" in shown and re.search(r"over [1-9][0-9]* calls", shown), shown
     assert "| kind | target | calls | uses | saving |" in shown, shown
-    for refusal in ("permission", "not allowed", "requires approval", "no spool"):
+    # Refusal wording, not a word a report may hold (a skill is called fewer-permission-prompts).
+    for refusal in ("permission denied", "permission to", "not allowed", "requires approval", "no spool"):
         assert refusal not in shown.lower(), shown

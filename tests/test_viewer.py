@@ -441,7 +441,7 @@ async def test_a_call_pruned_by_retention_shows_its_totals_and_says_why_the_body
     assert gateway.spool is not None
     await gateway.spool.run(lambda sp: prune(sp.conn, Policy(days=1), time.time() + 2 * 86400))
     page = await new_page(browser)
-    await page.goto(url_of(gateway))
+    await page.goto(url_of(gateway) + "#/captures")
     await page.wait_for_selector("#calls tr.row")
     await page.evaluate(f"location.hash = '#/call/{exchange_id}'")
     await page.wait_for_selector("#pruned")
