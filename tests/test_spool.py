@@ -676,3 +676,23 @@ async def test_open_failure_surfaces_the_error(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(NotADirectoryError, match="not a directory"):
         await AsyncSpool.open(blocker / "spool.sqlite3")
+
+
+def test_the_wal_is_cut_back_after_a_burst(tmp_path: Path) -> None:
+    from opik_cipx.store.spool import WAL_LIMIT_BYTES, connect
+
+    path = tmp_path / "spool.sqlite3"
+    spool = Spool(connect(path))
+    reader = connect(path)  # a long read (a report, the viewer) keeps checkpoints from resetting the WAL
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM exchanges").fetchone()
+    for i in range(60):  # ~24 MB of new content: the WAL grows well past the limit
+        spool.add(make_exchange(i, request_body=os.urandom(200_000).hex().encode()))
+    wal = path.with_name(path.name + "-wal")
+    grown = wal.stat().st_size
+    reader.execute("COMMIT")
+    reader.close()
+    spool.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    spool.add(make_exchange(999))  # the first write after a full checkpoint resets the WAL
+    assert grown > 2 * WAL_LIMIT_BYTES and wal.stat().st_size <= WAL_LIMIT_BYTES, (grown, wal.stat().st_size)
+    spool.close()

@@ -37,6 +37,7 @@ __all__ = ["MAX_CHUNK", "MIN_CHUNK", "SLICE", "AsyncSpool", "BodyPruned", "CallR
            "chunk_bounds", "connect"]
 
 _HASH_SIZE = hashlib.sha256().digest_size
+WAL_LIMIT_BYTES = 4 * 1024 * 1024
 _ZLIB_LEVEL = 1  # level 6 is half again smaller on JSON but twice as slow; the hot path wins
 _SQL_BATCH = 500  # host parameters per IN (...), far below SQLite's limit
 
@@ -126,6 +127,9 @@ def connect(path: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.execute("PRAGMA foreign_keys=ON")
+        # A WAL file otherwise stays at its high-water mark (one burst of 1 MB calls leaves tens
+        # of MB beside a spool of a few): cut it back when a checkpoint resets it.
+        conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
     except BaseException:
         conn.close()
         raise
