@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from opik_cipx.model import CallKind, Cost, Exchange, Outcome, Usage
+from opik_cipx.store import bodies
 from opik_cipx.store.spool import (
     MAX_CHUNK,
     MIN_CHUNK,
@@ -192,14 +193,32 @@ def growing_conversation(turns: int = 40, seed: int = 7) -> list[bytes]:
 
 
 def assert_refs_exact(spool: Spool) -> None:
-    """Every blob's refcount equals the references that rows actually hold; nothing orphaned."""
-    expected: Counter[bytes] = Counter()
-    for chunks, response_hash in spool.conn.execute("SELECT request_chunks, response_hash FROM exchanges"):
-        expected.update(chunks[i : i + 32] for i in range(0, len(chunks), 32))
+    """Every blob's and every chunk list's count equals the references rows actually hold, and
+    nothing is kept that nothing refers to."""
+    conn = spool.conn
+    blob_refs: Counter[int] = Counter()
+    for (own,) in conn.execute("SELECT own FROM chunk_lists"):
+        blob_refs.update(bodies.unpack(own))
+    for (rowid,) in conn.execute("SELECT b.rowid FROM exchanges e JOIN blobs b ON b.hash = e.response_hash"):
+        blob_refs[rowid] += 1
+    assert dict(conn.execute("SELECT rowid, refs FROM blobs")) == dict(blob_refs)
+    list_refs: Counter[int] = Counter()
+    list_refs.update(r for (r,) in conn.execute("SELECT request_list FROM exchanges WHERE request_list IS NOT NULL"))
+    list_refs.update(r for (r,) in conn.execute("SELECT parent FROM chunk_lists WHERE parent IS NOT NULL"))
+    assert dict(conn.execute("SELECT id, refs FROM chunk_lists")) == dict(list_refs)
+
+
+def referenced_hashes(spool: Spool) -> set[bytes]:
+    """The blobs some stored call's bodies still spell."""
+    out: set[bytes] = set()
+    for list_id, response_hash in spool.conn.execute("SELECT request_list, response_hash FROM exchanges"):
+        if list_id is not None:
+            ids = bodies.resolve(spool.conn, list_id)
+            marks = ", ".join("?" for _ in ids)
+            out.update(h for (h,) in spool.conn.execute(f"SELECT hash FROM blobs WHERE rowid IN ({marks})", ids))
         if response_hash is not None:
-            expected[response_hash] += 1
-    actual = dict(spool.conn.execute("SELECT hash, refs FROM blobs"))
-    assert actual == dict(expected)
+            out.add(response_hash)
+    return out
 
 
 @pytest.fixture
@@ -381,11 +400,7 @@ def test_replacing_an_exchange_releases_chunks_only_it_held(spool: Spool) -> Non
     # Nothing in the store is unreferenced: the chunks only bodies[3] had are gone.
     assert spool.conn.execute("SELECT count(*) FROM blobs WHERE refs <= 0").fetchone()[0] == 0
     stored = {h for (h,) in spool.conn.execute("SELECT hash FROM blobs")}
-    referenced = set()
-    for chunks, response_hash in spool.conn.execute("SELECT request_chunks, response_hash FROM exchanges"):
-        referenced.update(chunks[i : i + 32] for i in range(0, len(chunks), 32))
-        referenced.add(response_hash)
-    assert stored == referenced
+    assert stored == referenced_hashes(spool)
 
 
 def test_repeated_chunk_within_one_body_is_counted_per_use(spool: Spool) -> None:

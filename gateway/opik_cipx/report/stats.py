@@ -19,6 +19,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..store import bodies
+
 GROUPS = ("model", "category", "mcp", "project", "session", "day", "client")
 # An LLM call's client follows from its wire kind (model.client_of): Responses calls are Codex's.
 CLIENT_SQL = "CASE WHEN kind = 'responses' THEN 'codex' ELSE 'claude-code' END"
@@ -31,7 +33,6 @@ _UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 # body a newline is the two bytes backslash-n, so the path stops at a backslash or a quote.
 _CWD = re.compile(rb"(?:Primary w|W)orking directory: (/[^\\\"\r\n]*)")
 _CWD_SCAN_LIMIT = 512 * 1024  # the environment section sits near the start of the system prompt
-_DIGEST = 32  # request_chunks is a concatenation of SHA-256 digests (see store/spool.py)
 NO_PROJECT = "(unknown)"
 NO_SESSION = "(none)"
 
@@ -280,14 +281,13 @@ def project_of(conn: sqlite3.Connection, exchange_id: str) -> str:
     only its first few chunks. Read directly rather than through ``Spool.get`` so a
     read-only connection works (``Spool`` migrates on open).
     """
-    row = conn.execute("SELECT request_chunks FROM exchanges WHERE id = ?", (exchange_id,)).fetchone()
-    if row is None:
+    row = conn.execute("SELECT request_list FROM exchanges WHERE id = ?", (exchange_id,)).fetchone()
+    if row is None or row[0] is None:
         return NO_PROJECT
-    packed: bytes = row[0]
     seen = b""
     scanned = 0
-    for i in range(0, len(packed), _DIGEST):
-        blob = conn.execute("SELECT data FROM blobs WHERE hash = ?", (packed[i : i + _DIGEST],)).fetchone()
+    for chunk_id in bodies.resolve(conn, row[0]):
+        blob = conn.execute("SELECT data FROM blobs WHERE rowid = ?", (chunk_id,)).fetchone()
         if blob is None:
             break
         # Keep a tail of the previous chunk so a match across a chunk boundary is found.

@@ -12,8 +12,11 @@ two processes opening the same spool at once cannot apply one twice.
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
+import sys
 import time
+from array import array
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -414,3 +417,44 @@ def m008_incremental_attribution(conn: sqlite3.Connection) -> None:
         END
         """
     )
+
+
+@migration
+def m009_chunk_lists(conn: sqlite3.Connection) -> None:
+    # Issue 18: each call listed every chunk of its body by SHA-256 (32 bytes a chunk, so a
+    # 1 MB context paid about 10 KB a call for its list, and bumped every chunk's count).
+    # Now a call names one row of `chunk_lists`: a root listing blob rowids, or a splice of an
+    # earlier list (its first `head` and last `tail` entries around this call's `own`), see
+    # store/bodies.py. Existing rows become roots with the same counts. Self-contained.
+    conn.execute(
+        """
+        CREATE TABLE chunk_lists (
+            id INTEGER PRIMARY KEY,
+            parent INTEGER,
+            head INTEGER NOT NULL,
+            tail INTEGER NOT NULL,
+            own BLOB NOT NULL,
+            length INTEGER NOT NULL,
+            depth INTEGER NOT NULL,
+            refs INTEGER NOT NULL,
+            nonce INTEGER NOT NULL
+        )
+        """
+    )
+    conn.execute("ALTER TABLE exchanges ADD COLUMN request_list INTEGER")
+    rowids = dict(conn.execute("SELECT hash, rowid FROM blobs"))
+    converted: list[tuple[int, str]] = []
+    for exchange_id, packed in conn.execute(
+        "SELECT id, request_chunks FROM exchanges WHERE length(request_chunks) > 0"
+    ).fetchall():
+        ids = array("q", (rowids[packed[i : i + 32]] for i in range(0, len(packed), 32)))
+        if sys.byteorder == "big":
+            ids.byteswap()
+        row = conn.execute(
+            "INSERT INTO chunk_lists (parent, head, tail, own, length, depth, refs, nonce)"
+            " VALUES (NULL, 0, 0, ?, ?, 0, 1, ?) RETURNING id",
+            (ids.tobytes(), len(ids), secrets.randbits(62)),
+        ).fetchone()
+        converted.append((row[0], exchange_id))
+    conn.executemany("UPDATE exchanges SET request_list = ? WHERE id = ?", converted)
+    conn.execute("ALTER TABLE exchanges DROP COLUMN request_chunks")

@@ -34,12 +34,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import bodies
 from .migrations import transaction
 
 log = logging.getLogger(__name__)
 
 DAY = 86400.0
-_DIGEST = 32  # request_chunks is a concatenation of SHA-256 digests (store/spool.py)
 _BATCH = 64  # calls pruned per transaction: short, so capture never waits long on the lock
 _CAP_BATCH = 16  # under the cap, the size is measured again after this many: stop close to it
 # What `stats --by project` reads from a session's first call (report/stats.py keeps the
@@ -130,7 +130,7 @@ def candidates(conn: sqlite3.Connection) -> list[Candidate]:
         f"""
         SELECT e.id, e.started_at, {_UNSHIPPED}
         FROM exchanges e
-        WHERE e.body_pruned_at IS NULL AND (length(e.request_chunks) > 0 OR e.response_hash IS NOT NULL)
+        WHERE e.body_pruned_at IS NULL AND (e.request_list IS NOT NULL OR e.response_hash IS NOT NULL)
         ORDER BY e.started_at, e.id
         """
     ).fetchall()
@@ -165,35 +165,41 @@ def _prune_batch(conn: sqlite3.Connection, ids: list[str], now: float) -> int:
         for exchange_id in ids:
             # Checked again under the write lock: a re-ship may have queued records for it since.
             row = conn.execute(
-                f"SELECT request_chunks, response_hash FROM exchanges e WHERE id = ? AND body_pruned_at IS NULL"
+                f"SELECT request_list, response_hash FROM exchanges e WHERE id = ? AND body_pruned_at IS NULL"
                 f" AND NOT ({_UNSHIPPED})",
                 (exchange_id,),
             ).fetchone()
             if row is None:
                 continue
-            packed, response_hash = bytes(row[0]), row[1]
-            digests = [packed[i : i + _DIGEST] for i in range(0, len(packed), _DIGEST)]
-            keep = _project_prefix(conn, digests) if exchange_id in firsts else 0
-            released = Counter(digests[keep:])
-            if response_hash is not None:
-                released[response_hash] += 1
-            # The row keeps references only to what it still lists, so every blob's count
-            # stays equal to the references the rows hold (a later re-add releases exactly those).
+            list_id, response_hash = row
+            chunk_ids = bodies.resolve(conn, list_id) if list_id is not None else []
+            keep = _project_prefix(conn, chunk_ids) if exchange_id in firsts else 0
+            # The kept prefix (if any) is listed afresh, so the call holds exactly what it still
+            # spells; its old list goes, and with it every chunk no other list holds.
+            kept_list: int | None = None
+            if keep:
+                conn.executemany(
+                    "UPDATE blobs SET refs = refs + ? WHERE rowid = ?",
+                    ((n, i) for i, n in Counter(chunk_ids[:keep]).items()),
+                )
+                kept_list = bodies.new_list(conn, chunk_ids[:keep])[0]
             conn.execute(
-                "UPDATE exchanges SET request_chunks = ?, response_hash = NULL, body_pruned_at = ? WHERE id = ?",
-                (b"".join(digests[:keep]), now, exchange_id),
+                "UPDATE exchanges SET request_list = ?, response_hash = NULL, body_pruned_at = ? WHERE id = ?",
+                (kept_list, now, exchange_id),
             )
-            conn.executemany("UPDATE blobs SET refs = refs - ? WHERE hash = ?", ((n, h) for h, n in released.items()))
-            conn.executemany("DELETE FROM blobs WHERE hash = ? AND refs <= 0", ((h,) for h in released))
+            if list_id is not None:
+                bodies.release_list(conn, list_id)
+            if response_hash is not None:
+                bodies.release_hash(conn, response_hash)
             done += 1
     return done
 
 
-def _project_prefix(conn: sqlite3.Connection, digests: list[bytes]) -> int:
+def _project_prefix(conn: sqlite3.Connection, ids: list[int]) -> int:
     chunks: list[bytes] = []
     scanned = 0
-    for digest in digests:
-        row = conn.execute("SELECT data FROM blobs WHERE hash = ?", (digest,)).fetchone()
+    for chunk_id in ids:
+        row = conn.execute("SELECT data FROM blobs WHERE rowid = ?", (chunk_id,)).fetchone()
         if row is None:
             break
         chunks.append(zlib.decompress(row[0]))
@@ -308,7 +314,7 @@ def prune(
 def footprint(conn: sqlite3.Connection) -> dict[str, Any]:
     """What ``status`` shows of retention: the oldest kept body, how many were pruned, the last run."""
     oldest, pruned = conn.execute(
-        "SELECT min(CASE WHEN body_pruned_at IS NULL AND (length(request_chunks) > 0 OR response_hash IS NOT NULL)"
+        "SELECT min(CASE WHEN body_pruned_at IS NULL AND (request_list IS NOT NULL OR response_hash IS NOT NULL)"
         " THEN started_at END), count(body_pruned_at) FROM exchanges"
     ).fetchone()
     last = conn.execute(

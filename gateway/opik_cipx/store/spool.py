@@ -13,7 +13,6 @@ each through the same table, so identical responses are also kept once.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import sqlite3
@@ -22,11 +21,12 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ..model import CallKind, Cost, Exchange, Outcome, Usage
+from . import bodies
 from .chunks import MAX_CHUNK, MIN_CHUNK, SLICE, chunk_bounds
 from .errors import BodyPruned, SpoolError
 from .migrations import migrate, transaction
@@ -36,9 +36,7 @@ T = TypeVar("T")
 __all__ = ["MAX_CHUNK", "MIN_CHUNK", "SLICE", "AsyncSpool", "BodyPruned", "CallRow", "Spool", "SpoolError",
            "chunk_bounds", "connect"]
 
-_HASH_SIZE = hashlib.sha256().digest_size
 WAL_LIMIT_BYTES = 4 * 1024 * 1024
-_ZLIB_LEVEL = 1  # level 6 is half again smaller on JSON but twice as slow; the hot path wins
 _SQL_BATCH = 500  # host parameters per IN (...), far below SQLite's limit
 
 
@@ -80,7 +78,7 @@ _DETAIL_COLUMNS = (
     "usage",
     "cost",
     "request_body_size",
-    "request_chunks",
+    "request_list",
     "response_body_size",
     "response_hash",
 )
@@ -140,6 +138,20 @@ def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+def _compact(obj: Any) -> str:
+    """A dataclass as JSON without the fields left at their defaults (``_restore`` puts them
+    back): most of a usage or cost is zeros and Nones, and it is stored once per call."""
+    out: dict[str, Any] = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if f.default is not MISSING and value == f.default:
+            continue
+        if f.default_factory is not MISSING and value == f.default_factory():
+            continue
+        out[f.name] = value
+    return _json(out)
+
+
 def _restore(cls: type[T], text: str | None) -> T | None:
     if text is None:
         return None
@@ -147,10 +159,6 @@ def _restore(cls: type[T], text: str | None) -> T | None:
     # Keys a newer or older version wrote that this dataclass lacks are dropped, not fatal.
     known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     return cls(**{k: v for k, v in data.items() if k in known})
-
-
-def _digests(packed: bytes) -> list[bytes]:
-    return [packed[i : i + _HASH_SIZE] for i in range(0, len(packed), _HASH_SIZE)]
 
 
 def _batches(items: list[T]) -> Iterable[list[T]]:
@@ -164,77 +172,83 @@ class Spool:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         migrate(conn)
+        self._recent = bodies.Recent()  # each session's last stored body, to splice the next from
 
     # --- writing -----------------------------------------------------------------------------
 
     def add(self, ex: Exchange) -> None:
         """Store ``ex`` in one transaction. Adding the same id again replaces it.
 
-        New chunk references are counted before the old version's are released, so a
-        chunk both versions share never drops to zero in between.
+        The request body is spliced from the previous call of its session when this process
+        stored that call and it is still stored as it was (``bodies.py``). New references are
+        counted before the old version's are released, so a chunk both versions share never
+        drops to zero in between.
         """
-        body = ex.request_body
-        view = memoryview(body)
-        pieces: dict[bytes, memoryview] = {}
-        order: list[bytes] = []
-        for start, end in chunk_bounds(body):
-            piece = view[start:end]
-            digest = hashlib.sha256(piece).digest()
-            pieces.setdefault(digest, piece)
-            order.append(digest)
-        refs = Counter(order)
-        response_hash: bytes | None = None
-        if ex.response_body:
-            response_hash = hashlib.sha256(ex.response_body).digest()
-            pieces.setdefault(response_hash, memoryview(ex.response_body))
-            refs[response_hash] += 1
-
+        key = (ex.session_id, ex.agent_id) if ex.session_id else None
         usage = ex.usage
-        row = (
-            ex.id,
-            ex.started_at,
-            str(ex.kind),
-            ex.method,
-            ex.path,
-            ex.status,
-            str(ex.outcome),
-            ex.session_id,
-            ex.agent_id,
-            ex.model,
-            ex.stop_reason,
-            usage.input_tokens if usage else 0,
-            usage.output_tokens if usage else 0,
-            usage.cache_creation_input_tokens if usage else 0,
-            usage.cache_read_input_tokens if usage else 0,
-            ex.cost.total_usd if ex.cost else None,
-            ex.ttfb_ms,
-            ex.ttft_ms,
-            ex.duration_ms,
-            ex.request_bytes,
-            ex.response_bytes,
-            int(ex.streamed),
-            ex.response_encoding,
-            ex.error,
-            _json(ex.request_headers),
-            _json(ex.response_headers),
-            _json(asdict(usage)) if usage else None,
-            _json(asdict(ex.cost)) if ex.cost else None,
-            len(body),
-            b"".join(order),
-            len(ex.response_body),
-            response_hash,
-        )
         with transaction(self.conn):
             old = self.conn.execute(
-                "SELECT request_chunks, response_hash FROM exchanges WHERE id = ?", (ex.id,)
+                "SELECT request_list, response_hash FROM exchanges WHERE id = ?", (ex.id,)
             ).fetchone()
-            self._retain(refs, pieces)
+            last = self._recent.get(key) if key is not None else None
+            if last is not None and not self._still_stored(last):
+                last = None
+            list_id, after = bodies.store_request(
+                self.conn, ex.request_body, last, root=last is not None and last.exchange_id == ex.id
+            )
+            response_hash = bodies.retain_hash(self.conn, ex.response_body) if ex.response_body else None
+            row = (
+                ex.id,
+                ex.started_at,
+                str(ex.kind),
+                ex.method,
+                ex.path,
+                ex.status,
+                str(ex.outcome),
+                ex.session_id,
+                ex.agent_id,
+                ex.model,
+                ex.stop_reason,
+                usage.input_tokens if usage else 0,
+                usage.output_tokens if usage else 0,
+                usage.cache_creation_input_tokens if usage else 0,
+                usage.cache_read_input_tokens if usage else 0,
+                ex.cost.total_usd if ex.cost else None,
+                ex.ttfb_ms,
+                ex.ttft_ms,
+                ex.duration_ms,
+                ex.request_bytes,
+                ex.response_bytes,
+                int(ex.streamed),
+                ex.response_encoding,
+                ex.error,
+                _json(ex.request_headers),
+                _json(ex.response_headers),
+                _compact(usage) if usage else None,
+                _compact(ex.cost) if ex.cost else None,
+                len(ex.request_body),
+                list_id,
+                len(ex.response_body),
+                response_hash,
+            )
             self.conn.execute(_UPSERT, row)
             if old is not None:
-                released = Counter(_digests(old[0]))
+                if old[0] is not None:
+                    bodies.release_list(self.conn, old[0])
                 if old[1] is not None:
-                    released[old[1]] += 1
-                self._release(released)
+                    bodies.release_hash(self.conn, old[1])
+        if key is not None and after is not None:
+            after.exchange_id = ex.id
+            self._recent.put(key, after)
+
+    def _still_stored(self, last: bodies.Last) -> bool:
+        """Whether the list ``last`` describes is still this call's, as it was written: a
+        transaction rolled back since (and a list id reused) is caught by the list's nonce."""
+        row = self.conn.execute(
+            "SELECT l.nonce FROM exchanges e JOIN chunk_lists l ON l.id = e.request_list WHERE e.id = ?",
+            (last.exchange_id,),
+        ).fetchone()
+        return row is not None and row[0] == last.nonce
 
     def existing_ids(self, ids: list[str]) -> set[str]:
         """Which of these exchange ids are stored (the journal replay skips those)."""
@@ -244,71 +258,21 @@ class Spool:
             found.update(r[0] for r in self.conn.execute(f"SELECT id FROM exchanges WHERE id IN ({marks})", batch))
         return found
 
-    def _existing(self, digests: list[bytes]) -> set[bytes]:
-        found: set[bytes] = set()
-        for batch in _batches(digests):
-            marks = ", ".join("?" for _ in batch)
-            found.update(
-                r[0] for r in self.conn.execute(f"SELECT hash FROM blobs WHERE hash IN ({marks})", batch)
-            )
-        return found
-
-    def _retain(self, refs: Counter[bytes], pieces: dict[bytes, memoryview]) -> None:
-        if not refs:
-            return
-        existing = self._existing(list(refs))
-        # Only chunks never seen before are compressed: in a long conversation that is the
-        # new turn, which is what keeps add() cheap when the body is a megabyte.
-        self.conn.executemany(
-            "INSERT INTO blobs (hash, data, size, refs) VALUES (?, ?, ?, ?)",
-            (
-                (h, zlib.compress(pieces[h], _ZLIB_LEVEL), len(pieces[h]), n)
-                for h, n in refs.items()
-                if h not in existing
-            ),
-        )
-        self.conn.executemany(
-            "UPDATE blobs SET refs = refs + ? WHERE hash = ?",
-            ((n, h) for h, n in refs.items() if h in existing),
-        )
-
-    def _release(self, refs: Counter[bytes]) -> None:
-        if not refs:
-            return
-        self.conn.executemany(
-            "UPDATE blobs SET refs = refs - ? WHERE hash = ?", ((n, h) for h, n in refs.items())
-        )
-        for batch in _batches(list(refs)):
-            marks = ", ".join("?" for _ in batch)
-            self.conn.execute(f"DELETE FROM blobs WHERE refs <= 0 AND hash IN ({marks})", batch)
-
     # --- reading -----------------------------------------------------------------------------
-
-    def _load(self, digests: set[bytes]) -> dict[bytes, bytes]:
-        wanted = sorted(digests)
-        out: dict[bytes, bytes] = {}
-        for batch in _batches(wanted):
-            marks = ", ".join("?" for _ in batch)
-            for digest, data in self.conn.execute(
-                f"SELECT hash, data FROM blobs WHERE hash IN ({marks})", batch
-            ):
-                out[digest] = zlib.decompress(data)
-        if len(out) != len(wanted):
-            raise SpoolError(f"{len(wanted) - len(out)} body chunk(s) missing from the spool")
-        return out
 
     def _exchange(self, row: tuple[Any, ...]) -> Exchange:
         values = dict(zip(_ALL_COLUMNS, row[:-1], strict=True))
         if row[-1] is not None:
             raise BodyPruned(values["id"], row[-1])
-        order = _digests(values["request_chunks"])
+        list_id: int | None = values["request_list"]
+        request_body = bodies.load(self.conn, bodies.resolve(self.conn, list_id)) if list_id is not None else b""
         response_hash: bytes | None = values["response_hash"]
-        wanted = set(order)
+        response_body = b""
         if response_hash is not None:
-            wanted.add(response_hash)
-        data = self._load(wanted) if wanted else {}
-        request_body = b"".join(data[h] for h in order)
-        response_body = data[response_hash] if response_hash is not None else b""
+            found = self.conn.execute("SELECT data FROM blobs WHERE hash = ?", (response_hash,)).fetchone()
+            if found is None:
+                raise SpoolError(f"exchange {values['id']}: the response body is missing from the spool")
+            response_body = zlib.decompress(found[0])
         if len(request_body) != values["request_body_size"] or len(response_body) != values[
             "response_body_size"
         ]:
