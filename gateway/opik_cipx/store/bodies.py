@@ -25,6 +25,7 @@ from array import array
 from collections import Counter
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from .chunks import chunk_bounds, splice
 from .errors import SpoolError
@@ -32,6 +33,8 @@ from .errors import SpoolError
 ZLIB_LEVEL = 1  # level 6 is half again smaller on JSON but twice as slow; the hot path wins
 MAX_DEPTH = 32  # splices between a list and its root: bounds a read to that many rows
 _SQL_BATCH = 500  # host parameters per IN (...), far below SQLite's limit
+
+T = TypeVar("T")
 
 
 def pack(ids: Iterable[int]) -> bytes:
@@ -85,11 +88,10 @@ class Recent:
         while len(self.entries) > self.max_entries:
             self.entries.pop(next(iter(self.entries)))
 
-    def clear(self) -> None:
-        self.entries.clear()
 
 
-def _batches(items: list[bytes]) -> Iterable[list[bytes]]:
+def batches(items: list[T]) -> Iterable[list[T]]:
+    """``items`` in slices small enough for one ``IN (...)``."""
     for i in range(0, len(items), _SQL_BATCH):
         yield items[i : i + _SQL_BATCH]
 
@@ -98,7 +100,7 @@ def retain_blobs(conn: sqlite3.Connection, pieces: dict[bytes, memoryview], refs
     """Count ``refs`` more references to these chunks, storing the ones never seen; their rowids."""
     ids: dict[bytes, int] = {}
     digests = list(refs)
-    for batch in _batches(digests):
+    for batch in batches(digests):
         marks = ", ".join("?" for _ in batch)
         ids.update(conn.execute(f"SELECT hash, rowid FROM blobs WHERE hash IN ({marks})", batch).fetchall())
     conn.executemany("UPDATE blobs SET refs = refs + ? WHERE rowid = ?", ((refs[h], i) for h, i in ids.items()))
@@ -112,6 +114,11 @@ def retain_blobs(conn: sqlite3.Connection, pieces: dict[bytes, memoryview], refs
             ).fetchone()
             ids[digest] = row[0]
     return ids
+
+
+def retain_ids(conn: sqlite3.Connection, ids: list[int]) -> None:
+    """One more reference per occurrence of these stored chunks (a new list naming them)."""
+    conn.executemany("UPDATE blobs SET refs = refs + ? WHERE rowid = ?", ((n, i) for i, n in Counter(ids).items()))
 
 
 def release_blobs(conn: sqlite3.Connection, refs: Counter[int]) -> None:
@@ -189,8 +196,7 @@ def load(conn: sqlite3.Connection, ids: list[int]) -> bytes:
     """The body these chunk ids spell."""
     wanted = sorted(set(ids))
     data: dict[int, bytes] = {}
-    for i in range(0, len(wanted), _SQL_BATCH):
-        batch = wanted[i : i + _SQL_BATCH]
+    for batch in batches(wanted):
         marks = ", ".join("?" for _ in batch)
         for rowid, blob in conn.execute(f"SELECT rowid, data FROM blobs WHERE rowid IN ({marks})", batch):
             data[rowid] = zlib.decompress(blob)
@@ -200,7 +206,7 @@ def load(conn: sqlite3.Connection, ids: list[int]) -> bytes:
 
 
 def store_request(
-    conn: sqlite3.Connection, body: bytes, last: Last | None, *, root: bool = False
+    conn: sqlite3.Connection, exchange_id: str, body: bytes, last: Last | None, *, root: bool = False
 ) -> tuple[int | None, Last | None]:
     """Store a request body's chunks and list, spliced from ``last`` (the previous call of the
     session, still stored as it was); the list id (None for an empty body) and what the next
@@ -213,7 +219,7 @@ def store_request(
         bounds = chunk_bounds(body)
         ids = _chunk_ids(conn, view, bounds)
         list_id, nonce = new_list(conn, ids)
-        return list_id, Last("", list_id, nonce, 0, body, bounds, ids)
+        return list_id, Last(exchange_id, list_id, nonce, 0, body, bounds, ids)
     plan = splice(last.body, last.bounds, body)
     shift = len(body) - len(last.body)
     middle = chunk_bounds(body, plan.start, plan.end)
@@ -226,12 +232,11 @@ def store_request(
     if last.depth < MAX_DEPTH and not root:
         list_id, nonce = new_list(conn, own, parent=last.list_id, head=plan.head, tail=plan.tail,
                                   length=len(ids), depth=last.depth + 1)
-        return list_id, Last("", list_id, nonce, last.depth + 1, body, bounds, ids)
+        return list_id, Last(exchange_id, list_id, nonce, last.depth + 1, body, bounds, ids)
     # Deep enough: a new root. Its ids are known, so only the kept chunks' counts move.
-    kept = Counter(head_ids + tail_ids)
-    conn.executemany("UPDATE blobs SET refs = refs + ? WHERE rowid = ?", ((n, i) for i, n in kept.items()))
+    retain_ids(conn, head_ids + tail_ids)
     list_id, nonce = new_list(conn, ids)
-    return list_id, Last("", list_id, nonce, 0, body, bounds, ids)
+    return list_id, Last(exchange_id, list_id, nonce, 0, body, bounds, ids)
 
 
 def _chunk_ids(conn: sqlite3.Connection, view: memoryview, bounds: list[tuple[int, int]]) -> list[int]:

@@ -28,7 +28,6 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -178,10 +177,7 @@ def _prune_batch(conn: sqlite3.Connection, ids: list[str], now: float) -> int:
             # spells; its old list goes, and with it every chunk no other list holds.
             kept_list: int | None = None
             if keep:
-                conn.executemany(
-                    "UPDATE blobs SET refs = refs + ? WHERE rowid = ?",
-                    ((n, i) for i, n in Counter(chunk_ids[:keep]).items()),
-                )
+                bodies.retain_ids(conn, chunk_ids[:keep])
                 kept_list = bodies.new_list(conn, chunk_ids[:keep])[0]
             conn.execute(
                 "UPDATE exchanges SET request_list = ?, response_hash = NULL, body_pruned_at = ? WHERE id = ?",

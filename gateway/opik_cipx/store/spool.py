@@ -19,7 +19,7 @@ import sqlite3
 import stat
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
@@ -37,7 +37,6 @@ __all__ = ["MAX_CHUNK", "MIN_CHUNK", "SLICE", "AsyncSpool", "BodyPruned", "CallR
            "chunk_bounds", "connect"]
 
 WAL_LIMIT_BYTES = 4 * 1024 * 1024
-_SQL_BATCH = 500  # host parameters per IN (...), far below SQLite's limit
 
 
 @dataclass(slots=True)
@@ -161,11 +160,6 @@ def _restore(cls: type[T], text: str | None) -> T | None:
     return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def _batches(items: list[T]) -> Iterable[list[T]]:
-    for i in range(0, len(items), _SQL_BATCH):
-        yield items[i : i + _SQL_BATCH]
-
-
 class Spool:
     """The synchronous store. Not thread-safe: use it from one thread (see AsyncSpool)."""
 
@@ -194,7 +188,7 @@ class Spool:
             if last is not None and not self._still_stored(last):
                 last = None
             list_id, after = bodies.store_request(
-                self.conn, ex.request_body, last, root=last is not None and last.exchange_id == ex.id
+                self.conn, ex.id, ex.request_body, last, root=last is not None and last.exchange_id == ex.id
             )
             response_hash = bodies.retain_hash(self.conn, ex.response_body) if ex.response_body else None
             row = (
@@ -238,7 +232,6 @@ class Spool:
                 if old[1] is not None:
                     bodies.release_hash(self.conn, old[1])
         if key is not None and after is not None:
-            after.exchange_id = ex.id
             self._recent.put(key, after)
 
     def _still_stored(self, last: bodies.Last) -> bool:
@@ -253,7 +246,7 @@ class Spool:
     def existing_ids(self, ids: list[str]) -> set[str]:
         """Which of these exchange ids are stored (the journal replay skips those)."""
         found: set[str] = set()
-        for batch in _batches(ids):
+        for batch in bodies.batches(ids):
             marks = ", ".join("?" for _ in batch)
             found.update(r[0] for r in self.conn.execute(f"SELECT id FROM exchanges WHERE id IN ({marks})", batch))
         return found
