@@ -17,14 +17,18 @@ Printed (one markdown table):
   context size: per-call CPU ``a + b * context``; a total that grows linearly in the
   number of turns needs ``b * context`` to stay small next to ``a``.
 
-Usage: python bench/spool_bench.py [--turns N] [--repeat N] [--json]
+Usage: python bench/spool_bench.py [--turns N] [--repeat N] [--json] [--profile N]
+
+``--profile N`` also prints cProfile's top N functions (by own time) over the probe calls.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
+import pstats
 import sqlite3
 import statistics
 import sys
@@ -128,7 +132,7 @@ def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return my - b * mx, b
 
 
-def run(turns: int, repeat: int) -> dict[str, Any]:
+def run(turns: int, repeat: int, profile: int = 0) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="cipx-spool-bench-") as tmp:
         home = Path(tmp)
         os.environ["HOME"] = str(home)  # no ~/.opik.config: the span stage queues nothing to ship
@@ -169,17 +173,24 @@ def run(turns: int, repeat: int) -> dict[str, Any]:
 
         # Calls each adding 5 KB to the ~1 MB context, as the session's next turns.
         probe: list[float] = []
+        profiler = cProfile.Profile() if profile else None
         for k in range(repeat):
             body = last = with_turn(last, 5 * KB, seed=100 + k)
             rec = recorded_call(body, n + 1 + k)
             timing[0] = True
+            if profiler is not None:
+                profiler.enable()
             t0 = time.process_time()
             store_batch(spool, [rec], build, stages, failures)
             probe.append(time.process_time() - t0)
+            if profiler is not None:
+                profiler.disable()
             timing[0] = False
             raw += len(body)
             assert not failures, failures
 
+        if profiler is not None:  # the profiler's own overhead inflates these: read them as shares
+            pstats.Stats(profiler, stream=sys.stderr).sort_stats(os.environ.get("CIPX_PROFILE_SORT", "tottime")).print_stats(profile)
         # The attribution alone (walk + allocate) for such a call: resumed from the previous
         # call's walk, and walked from the first byte as before issue 18.
         resumed, whole = attribution_cpu(last, repeat)
@@ -253,8 +264,10 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=7, help="probe calls (+5 KB on the last context)")
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON too")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="print cProfile's top N functions over the probe calls (to stderr)")
     args = parser.parse_args()
-    result = run(args.turns, args.repeat)
+    result = run(args.turns, args.repeat, args.profile)
     print(table(result))
     if args.json:
         print(json.dumps(result, indent=1))

@@ -110,12 +110,74 @@ def test_a_changed_system_prompt_falls_back_when_it_comes_before_the_messages() 
     assert cache.misses == misses + 1
 
 
-def test_a_changed_system_prompt_after_the_messages_is_walked_again_anyway() -> None:
-    # Claude Code's key order puts system and tools after the messages: they are never reused.
+def counting_walks(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """How often the system blocks and tool definitions are walked from here on."""
+    from opik_cipx.attribute.walk_system import SystemWalk
+
+    counts = {"system": 0, "tools": 0}
+    real_block, real_tool = SystemWalk.system_block, SystemWalk.tool
+
+    def block(self: SystemWalk, index: int, pos: int) -> int:
+        counts["system"] += 1
+        return real_block(self, index, pos)
+
+    def tool(self: SystemWalk, index: int, pos: int) -> int:
+        counts["tools"] += 1
+        return real_tool(self, index, pos)
+
+    monkeypatch.setattr(SystemWalk, "system_block", block)
+    monkeypatch.setattr(SystemWalk, "tool", tool)
+    return counts
+
+
+def test_unchanged_system_and_tools_after_the_messages_are_replayed_not_walked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Claude Code's key order puts system and tools after the messages, outside the reused prefix.
     cache, last = grown(12)
+    counts = counting_walks(monkeypatch)
     hits = cache.hits
-    same(cache, long_session.edited(long_session.with_turn(last, 3000), "system"))
-    assert cache.hits == hits + 1
+    body = long_session.with_turn(last, 3000)
+    resumed = walk(body, cache)
+    assert cache.hits == hits + 1 and counts == {"system": 0, "tools": 0}
+    full = walk(body)
+    assert counts["system"] > 0 and counts["tools"] > 10
+    for name in Attribution.__slots__:  # type: ignore[attr-defined]
+        assert getattr(resumed, name) == getattr(full, name), name
+    # The replay carries over to the next call too.
+    counts.update(system=0, tools=0)
+    same(cache, long_session.with_turn(body, 2000))
+    assert cache.hits == hits + 2
+
+
+def test_a_changed_system_prompt_after_the_messages_is_walked_again_the_tools_replayed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cache, last = grown(12)
+    counts = counting_walks(monkeypatch)
+    hits = cache.hits
+    body = long_session.edited(long_session.with_turn(last, 3000), "system")
+    walk(body, cache)
+    assert cache.hits == hits + 1 and counts["system"] > 0 and counts["tools"] == 0
+    same(cache, long_session.with_turn(body, 500))
+
+
+def test_a_changed_tool_definition_is_walked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    cache, last = grown(12)
+    parsed = json.loads(long_session.with_turn(last, 3000))
+    parsed["tools"].append({"name": "NewBuiltin", "description": "added mid-session",
+                            "input_schema": {"type": "object"}, "cache_control": {"type": "ephemeral", "ttl": "1h"}})
+    body = long_session.dump(parsed)
+    counts = counting_walks(monkeypatch)
+    hits = cache.hits
+    resumed = walk(body, cache)
+    assert cache.hits == hits + 1 and counts["tools"] == len(parsed["tools"])
+    full = walk(body)
+    for name in Attribution.__slots__:  # type: ignore[attr-defined]
+        assert getattr(resumed, name) == getattr(full, name), name
+    assert any(item.item == "NewBuiltin" for item in resumed.items)
+    assert any(bp.ttl == "1h" for bp in resumed.breakpoints)
+    same(cache, long_session.with_turn(body, 500))
 
 
 def extended(body: bytes, message: dict[str, Any]) -> bytes:

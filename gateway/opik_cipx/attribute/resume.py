@@ -11,6 +11,13 @@ other change (a compaction, an edited system prompt in the SDK's key order, a ma
 moved into the prefix, a new MCP server) fails one of the checks and the walk starts
 from the first byte, as it always did.
 
+Claude Code sends ``system`` and ``tools`` after the messages, so they are never in the
+reused prefix; but they rarely change between calls. A :class:`SectionMemo` records what
+walking one of them did (the regions and details added, the breakpoints, a few flags), and
+a resumed walk that finds the same bytes again replays it, shifted to where they now sit.
+The walk of such a member depends only on its bytes and on the facts the snapshot checks
+(MCP names, known servers and commands), so the replay adds exactly what walking it would.
+
 Memory is bounded: one snapshot per session and agent (the last call's), at most
 ``max_entries`` of them, and none idle longer than ``idle_seconds``.
 """
@@ -20,7 +27,65 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .types import Breakpoint
+
+if TYPE_CHECKING:
+    from .walk_base import WalkBase
+
+# Top-level members whose walk is memoised: large, after the messages, unchanged for long.
+MEMO_KEYS = frozenset({"system", "tools"})
+Added = tuple[int, int, str | None, str, dict[str, Any] | None]  # one WalkBase.add() call
+
+
+@dataclass(slots=True)
+class SectionMemo:
+    """What walking one top-level member's value did, replayable where the same bytes recur."""
+
+    raw: bytes  # the value's bytes
+    start: int  # where the value started in the body it was walked in
+    added: list[Added]
+    breakpoints: list[Breakpoint]
+    tool_count: int
+    billing_subagent: bool | None  # what the member set it to, if it set it
+    title: bool
+
+
+def record_section(walker: WalkBase, vstart: int, walk: Callable[[], int]) -> tuple[int, SectionMemo]:
+    """Walk a member's value with ``walk()``, noting its effects on ``walker``; its end and the memo."""
+    tape: list[Added] = []
+    bp0, tools0, billing0, title0 = len(walker.breakpoints), walker.tool_count, walker.billing_subagent, walker.title
+    walker.tape = tape
+    try:
+        end = walk()
+    finally:
+        walker.tape = None
+    # Only the system prompt's billing line sets the flag, once per body: a change is what it said.
+    billing = walker.billing_subagent if walker.billing_subagent != billing0 else None
+    memo = SectionMemo(
+        raw=walker.b[vstart:end], start=vstart, added=tape, breakpoints=walker.breakpoints[bp0:],
+        tool_count=walker.tool_count - tools0, billing_subagent=billing, title=walker.title and not title0,
+    )
+    return end, memo
+
+
+def replay_section(walker: WalkBase, memo: SectionMemo, vstart: int) -> int:
+    """Apply ``memo`` to ``walker`` for the same bytes found at ``vstart``; the value's end."""
+    shift = vstart - memo.start
+    add = walker.add
+    for start, end, category, item, detail in memo.added:
+        add(start + shift, end + shift, category, item, detail)
+    walker.breakpoints.extend(Breakpoint(bp.group, bp.pos + shift, bp.ttl) for bp in memo.breakpoints)
+    walker.tool_count += memo.tool_count
+    if memo.billing_subagent is not None:
+        walker.billing_subagent = memo.billing_subagent
+    if memo.title:
+        walker.title = True
+    end = vstart + len(memo.raw)
+    if end > walker.good:
+        walker.good = end
+    return end
 
 
 @dataclass(slots=True)
@@ -47,6 +112,7 @@ class Snapshot:
     bins: Any = None  # profile.Bins
     seg_cursor: int = 0
     prompt: tuple[str, str] = ("", "")
+    sections: dict[str, SectionMemo] = field(default_factory=dict)  # system / tools, walked after ``pos``
     used: float = field(default=0.0)
 
 
@@ -95,5 +161,9 @@ class WalkCache:
         self.entries.clear()
 
     def held_bytes(self) -> int:
-        """Roughly what the snapshots keep alive: their prefixes (the regions are small next to them)."""
-        return sum(len(e.prefix) for e in self.entries.values() if isinstance(e, Snapshot))
+        """Roughly what the snapshots keep alive: their prefixes and memoised sections."""
+        return sum(
+            len(e.prefix) + sum(len(m.raw) for m in e.sections.values())
+            for e in self.entries.values()
+            if isinstance(e, Snapshot)
+        )

@@ -20,7 +20,7 @@ from collections.abc import Collection, Hashable, Iterator, Mapping
 from . import profile
 from .partition import PROMPT, partition_from
 from .rawjson import Malformed, skip_value, skip_ws
-from .resume import Hint, Snapshot, WalkCache
+from .resume import MEMO_KEYS, Hint, SectionMemo, Snapshot, WalkCache, record_section, replay_section
 from .sections import Known
 from .types import (
     AGENTS,
@@ -149,6 +149,9 @@ class _Walker(MessageWalk, SystemWalk):
             servers=frozenset(sp[0] for sp in map(self._split, self.mcp_names) if sp),
             commands=frozenset(c.lstrip("/") for c in commands) | invoked,
         )
+        # Memos of system/tools: replayed from ``prior`` (a resumed walk), recorded into ``memos``.
+        self.prior: dict[str, SectionMemo] = snap.sections if snap is not None else {}
+        self.memos: dict[str, SectionMemo] | None = None  # None: not recording (no cache)
 
     # -- resuming (see resume.py) ---------------------------------------------------
 
@@ -216,6 +219,8 @@ class _Walker(MessageWalk, SystemWalk):
             mcp_names=frozenset(self.mcp_names), known=self.known, names_in_prefix=names,
             commands_in_prefix=commands, reminders=self.reminders[: bisect.bisect_left(self.reminders, pos)],
             state=st, message_count=self.message_count,
+            # Only members walked after ``pos``: those before it are in the prefix anyway.
+            sections={k: m for k, m in (self.memos or {}).items() if m.start >= pos},
         )
 
     # -- top level ------------------------------------------------------------------
@@ -229,6 +234,18 @@ class _Walker(MessageWalk, SystemWalk):
         self.good = skip_ws(s, end)
 
     def top_member(self, key: str, kstart: int, vstart: int) -> int:
+        if key in MEMO_KEYS and self.memos is not None:
+            memo = self.prior.get(key)
+            if memo is not None and self.b.startswith(memo.raw, vstart):
+                end = replay_section(self, memo, vstart)
+                self.spans[key] = (vstart, end)
+            else:
+                end, memo = record_section(self, vstart, lambda: self.member_value(key, kstart, vstart))
+            self.memos[key] = memo
+            return end
+        return self.member_value(key, kstart, vstart)
+
+    def member_value(self, key: str, kstart: int, vstart: int) -> int:
         if key == "messages" and self.s[vstart] == "[":
             end = self.messages(vstart)
             self.spans["messages"] = (vstart, end)
@@ -345,6 +362,8 @@ def attribute_request(
         walker = _Walker(body, headers, path, commands)
         if entry is not None:
             walker.snap_from = max(0, entry.message_count - 1)
+    if cache is not None and cache_key is not None:
+        walker.memos = {}
     error: str | None = None
     try:
         if snap is not None:

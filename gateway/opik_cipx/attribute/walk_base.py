@@ -106,6 +106,8 @@ class WalkBase:
         # Where each message starts and whether it is the assistant's; "metadata"'s value.
         self.message_starts: list[tuple[int, bool]] = []
         self.metadata: tuple[int, int] | None = None
+        # While a memoised member is walked (resume.record_section): every add() call, in order.
+        self.tape: list[Any] | None = None
 
     def _mcp_names(self, start: int = 0, end: int | None = None) -> set[str]:
         """Every ``"name": "mcp__…"`` value in the body (tool definitions and calls), or in
@@ -128,6 +130,8 @@ class WalkBase:
     def add(self, start: int, end: int, category: str | None, item: str, detail: dict[str, Any] | None = None) -> None:
         if end <= start:
             return
+        if self.tape is not None:
+            self.tape.append((start, end, category, item, detail))
         self.regions.append((start, end, category, item))
         if category is not None:
             key = (category, item)

@@ -21,7 +21,12 @@ def _json_string(raw: bytes) -> str | None:
 
 def session_from_body(body: bytes) -> str | None:
     """``metadata.user_id``'s session: a JSON string today, ``user_.._session_<uuid>`` before."""
-    match = _USER_ID.search(body)
+    # Claude Code sends "metadata" after the messages, near the end of a body that may be
+    # megabytes long: looking from the end first finds it in microseconds.
+    last = body.rfind(b'"user_id"')
+    if last == -1:
+        return None
+    match = _USER_ID.match(body, last) or _USER_ID.search(body)
     if match is None:
         return None
     user_id = _json_string(match.group(1))
