@@ -6,6 +6,8 @@ import asyncio
 import uuid
 from typing import Any
 
+import pytest
+
 from opik_cipx.attribute.analysis import Captured
 from opik_cipx.capture.exchange import build_exchange
 from opik_cipx.capture.quarantine import quarantined as quarantined_exchange
@@ -205,3 +207,51 @@ def test_call_ids_are_distinct_version_4_uuids() -> None:
     for raw in ids[:50]:
         parsed = uuid.UUID(raw)
         assert parsed.hex == raw and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def fast_call(body: dict[str, Any]) -> Recorder:
+    import json
+
+    rec = Recorder("POST", "/v1/messages", HeaderList([(b"content-type", b"application/json")]))
+    rec.body = json.dumps(body).encode()
+    rec.response_head(200, ((b"content-type", b"application/json"),))
+    rec.chunk(json.dumps({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-opus-4-6", "stop_reason": "end_turn",
+        "content": [{"type": "text", "text": "ok"}],
+        "usage": {"input_tokens": 1000, "output_tokens": 100},
+    }).encode())
+    rec.finish()
+    return rec
+
+
+def test_a_top_level_speed_in_the_request_prices_the_call_at_fast_mode_rates() -> None:
+    from opik_cipx.attribute.resume import WalkCache
+    from opik_cipx.capture.stages import prepare
+    from opik_cipx.pricing import FAST_MODE_MULTIPLIER, PriceTable
+
+    prices = PriceTable.builtin()
+    base = {"model": "claude-opus-4-6", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
+    standard = prepare(fast_call(base), prices, walk_cache=WalkCache())
+    fast = prepare(fast_call({**base, "speed": "fast"}), prices, walk_cache=WalkCache())
+    assert standard.exchange.usage is not None and standard.exchange.usage.speed is None
+    assert fast.exchange.usage is not None and fast.exchange.usage.speed == "fast"
+    assert fast.exchange.cost.total_usd == pytest.approx(standard.exchange.cost.total_usd * FAST_MODE_MULTIPLIER)
+    assert fast.attribution is not None and standard.attribution is not None
+    shared = sum(t.cost_usd or 0.0 for t in fast.attribution.items)
+    assert shared == pytest.approx(sum(t.cost_usd or 0.0 for t in standard.attribution.items) * FAST_MODE_MULTIPLIER)
+    # The same pure build, as replay and the viewer use it, finds it in the body too.
+    assert build_exchange(fast_call({**base, "speed": "fast"}), prices).usage.speed == "fast"  # type: ignore[union-attr]
+
+
+def test_a_speed_key_inside_a_tool_input_is_not_the_call_s_speed() -> None:
+    from opik_cipx.capture.stages import prepare
+    from opik_cipx.pricing import PriceTable
+
+    body = {"model": "claude-opus-4-6", "max_tokens": 10, "messages": [
+        {"role": "user", "content": "set it"},
+        {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "t1", "name": "Configure", "input": {"speed": "fast"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "done"}]},
+    ]}
+    captured = prepare(fast_call(body), PriceTable.builtin())
+    assert captured.exchange.usage is not None and captured.exchange.usage.speed is None

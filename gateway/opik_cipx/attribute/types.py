@@ -123,6 +123,7 @@ class Attribution:
     # Bytes per item between breakpoints (profile.py), what allocate() reads instead of every
     # region; left out of comparisons: it is a digest of the regions, not another result.
     bins: Any = field(default=None, compare=False, repr=False)
+    speed: str | None = None  # the request's top-level "speed" setting (e.g. "fast"), if it has one
 
     def segments(self) -> Iterator[Region]:
         """Every byte exactly once: the regions plus unattributed gaps, in byte order."""

@@ -165,7 +165,7 @@ class _Walker(MessageWalk, SystemWalk):
             "pending_samples": dict(self.pending_samples), "user_state": dataclasses.replace(self.user_state),
             "billing_subagent": self.billing_subagent, "title": self.title, "tool_count": self.tool_count,
             "message_count": self.message_count, "compaction_message": self.compaction_message,
-            "message_starts": list(self.message_starts), "metadata": self.metadata,
+            "message_starts": list(self.message_starts), "metadata": self.metadata, "speed": self.speed,
         }
 
     def restore(self, snap: Snapshot) -> None:
@@ -187,6 +187,7 @@ class _Walker(MessageWalk, SystemWalk):
         self.compaction_message = st["compaction_message"]
         self.message_starts = list(st["message_starts"])
         self.metadata = st["metadata"]
+        self.speed = st["speed"]
 
     def run_resumed(self, snap: Snapshot) -> None:
         """The rest of the walk from the snapshot's message: that array, then the top-level members after it."""
@@ -268,6 +269,8 @@ class _Walker(MessageWalk, SystemWalk):
         end = skip_value(self.s, vstart)
         if key == "metadata":
             self.metadata = (vstart, end)
+        elif key == "speed":
+            self.speed = self.str_value((kstart, vstart, end))
         if key in FRAMING_KEYS:
             self.add(kstart, end, FRAMING, key)
         else:
@@ -469,6 +472,7 @@ def attribute_request(
         # Only for a body that is one JSON value end to end, as json.loads would take it.
         layout=walker.layout() if error is None and walker.good >= n else None,
         bins=bins,
+        speed=walker.speed,
     )
 
 

@@ -106,6 +106,7 @@ class WalkBase:
         # Where each message starts and whether it is the assistant's; "metadata"'s value.
         self.message_starts: list[tuple[int, bool]] = []
         self.metadata: tuple[int, int] | None = None
+        self.speed: str | None = None  # a top-level "speed" string
         # While a memoised member is walked (resume.record_section): every add() call, in order.
         self.tape: list[Any] | None = None
 

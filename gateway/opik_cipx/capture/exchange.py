@@ -20,8 +20,14 @@ def build_exchange(rec: Recorder, prices: PriceTable | None) -> Exchange:
     return build_with_summary(rec, prices)[0]
 
 
-def build_with_summary(rec: Recorder, prices: PriceTable | None) -> tuple[Exchange, ResponseSummary | None]:
-    """The Exchange and the parsed response it came from (its content blocks feed attribution)."""
+def build_with_summary(
+    rec: Recorder, prices: PriceTable | None, *, body_speed: bool = True
+) -> tuple[Exchange, ResponseSummary | None]:
+    """The Exchange and the parsed response it came from (its content blocks feed attribution).
+
+    ``body_speed=False``: the caller takes a ``speed`` the usage does not state from the
+    attribution walk (``Attribution.speed``) instead of a search through the whole body.
+    """
     kind = classify(rec.method, rec.path)
     request_headers = redact_headers(rec.request_headers.items())
     request_headers[CREDENTIAL_HEADER] = credential_kind(rec.request_headers.items())
@@ -85,7 +91,7 @@ def build_with_summary(rec: Recorder, prices: PriceTable | None) -> tuple[Exchan
         # The wire's verdict (unreachable, cut off, client gone) outranks what the bytes suggest.
         ex.outcome = rec.forced_outcome
         ex.error = rec.error if not ex.error else f"{rec.error}; {ex.error}"
-    if ex.usage is not None and ex.usage.speed is None:
+    if ex.usage is not None and ex.usage.speed is None and body_speed:
         ex.usage.speed = speed_from_body(rec.body)
     if ex.is_llm_call and ex.usage is not None and prices is not None:
         ex.cost = prices.price(ex.model, ex.usage, at=ex.started_at)

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from ..attribute.analysis import Captured, analyze
 from ..attribute.responses import CallMemory, calls_in_output, context_after, previous_response_id
 from ..attribute.resume import WalkCache
-from ..model import CallKind
+from ..model import CallKind, classify
 from ..pricing import PriceTable
 from ..proxy.recorder import Recorder
 from ..store import attribution as attribution_store
@@ -35,7 +35,9 @@ def prepare(
     what recent Responses turns called, for the next turn's tool outputs; ``walk_cache`` each
     session's last attribution walk, so the next call walks only its new messages.
     """
-    ex, summary = build_with_summary(rec, prices)
+    # A Messages call's top-level "speed" comes with its attribution walk, for free.
+    messages = classify(rec.method, rec.path) is CallKind.MESSAGES
+    ex, summary = build_with_summary(rec, prices, body_speed=not messages)
     if not ex.is_llm_call:
         return Captured(ex)
     content = summary.content if summary is not None else []
@@ -49,7 +51,15 @@ def prepare(
                            context_after(inherited, attr, content))
         return Captured(ex, attr, content)
     commands = commands_for(ex.session_id) if commands_for is not None else ()
-    return Captured(ex, analyze(ex, prices, content, commands, walk_cache=walk_cache), content, commands)
+    attr = analyze(ex, prices, content, commands, walk_cache=walk_cache)
+    if ex.usage is not None and ex.usage.speed is None and attr.speed is not None:
+        # Fast mode asked for in the request only: price the call, and share it, at that rate
+        # (the second walk goes on from the snapshot the first one just left).
+        ex.usage.speed = attr.speed
+        if prices is not None:
+            ex.cost = prices.price(ex.model, ex.usage, at=ex.started_at)
+        attr = analyze(ex, prices, content, commands, walk_cache=walk_cache)
+    return Captured(ex, attr, content, commands)
 
 
 # Runs on the spool thread inside the batch's transaction (each in its own savepoint).
