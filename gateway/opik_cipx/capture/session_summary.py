@@ -44,11 +44,10 @@ def session_summary(sp: Spool, item: Captured) -> dict[str, Any] | None:
     if not sid or ex.kind is not CallKind.MESSAGES:
         return None
     conn = sp.conn
+    # Kept current by triggers on exchanges (migration m010): one row, however long the session.
     calls, cost, unknown, cache_read, prompt = conn.execute(
-        "SELECT count(*), total(cost_usd), total(usage IS NOT NULL AND cost_usd IS NULL),"
-        " total(cache_read_input_tokens),"
-        " total(input_tokens + cache_creation_input_tokens + cache_read_input_tokens)"
-        " FROM exchanges WHERE session_id = ? AND kind = 'messages'", (sid,)).fetchone()
+        "SELECT calls, cost_usd, unpriced, cache_read, prompt FROM session_totals WHERE session_id = ?",
+        (sid,)).fetchone() or (0, 0.0, 0, 0, 0)
     out: dict[str, Any] = {
         "session_id": sid, "updated_at": time.time(), "calls": int(calls), "cost_usd": float(cost),
         "unpriced_calls": int(unknown), "cache_hit_rate": (cache_read / prompt) if prompt else None,

@@ -165,9 +165,21 @@ _last = _LastSummary()
 
 
 def _key_ids(conn: sqlite3.Connection, keys: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
-    conn.executemany("INSERT OR IGNORE INTO attribution_keys (category, item) VALUES (?, ?)", sorted(keys))
+    """The id of every (category, item) name, adding the names not stored yet.
+
+    Looked up first and inserted only when missing: a session's calls name the same items
+    again and again, so the insert is almost never needed.
+    """
+    out = _known_key_ids(conn, list(keys))
+    missing = sorted(keys - out.keys())
+    if missing:
+        conn.executemany("INSERT OR IGNORE INTO attribution_keys (category, item) VALUES (?, ?)", missing)
+        out.update(_known_key_ids(conn, missing))
+    return out
+
+
+def _known_key_ids(conn: sqlite3.Connection, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
     out: dict[tuple[str, str], int] = {}
-    pairs = list(keys)
     for i in range(0, len(pairs), 400):  # bound the parameters of one statement
         part = pairs[i : i + 400]
         marks = ",".join("(?, ?)" for _ in part)
@@ -230,7 +242,8 @@ def save(conn: sqlite3.Connection, exchange_id: str, attr: Attribution, commands
         if not stored_same:
             _last.put(seq, exchange_id, blob, doc)
         keys = _key_ids(conn, {(c, i) for _, c, i, *_ in rows})
-        conn.execute("DELETE FROM attribution_totals WHERE call = ?", (seq,))
+        if old is not None:
+            conn.execute("DELETE FROM attribution_totals WHERE call = ?", (seq,))
         # Items can repeat a (category, item) key across sides only; within a side they are unique.
         conn.executemany(
             "INSERT OR REPLACE INTO attribution_totals (call, side, key, bytes, tokens, cost_usd)"

@@ -458,3 +458,58 @@ def m009_chunk_lists(conn: sqlite3.Connection) -> None:
         converted.append((row[0], exchange_id))
     conn.executemany("UPDATE exchanges SET request_list = ? WHERE id = ?", converted)
     conn.execute("ALTER TABLE exchanges DROP COLUMN request_chunks")
+
+
+# What a session's Messages calls add up to, for the status line's summary. Kept by triggers so
+# every writer (capture, replay, re-capture, retention) keeps it exact without summing the
+# session's rows again on each call, which made a long session's summary cost grow with it.
+_SESSION_TOTALS_ROW = (
+    "1, coalesce({r}.cost_usd, 0), {r}.usage IS NOT NULL AND {r}.cost_usd IS NULL,"
+    " coalesce({r}.cache_read_input_tokens, 0), coalesce({r}.input_tokens, 0)"
+    " + coalesce({r}.cache_creation_input_tokens, 0) + coalesce({r}.cache_read_input_tokens, 0)"
+)
+_COUNTED = "{r}.session_id IS NOT NULL AND {r}.kind = 'messages'"
+_ADD = (
+    "INSERT INTO session_totals VALUES ({r}.session_id, " + _SESSION_TOTALS_ROW + ")"
+    " ON CONFLICT (session_id) DO UPDATE SET calls = calls + 1, cost_usd = cost_usd + excluded.cost_usd,"
+    " unpriced = unpriced + excluded.unpriced, cache_read = cache_read + excluded.cache_read,"
+    " prompt = prompt + excluded.prompt;"
+)
+_SUBTRACT = (
+    "UPDATE session_totals SET calls = calls - 1, cost_usd = cost_usd - coalesce({r}.cost_usd, 0),"
+    " unpriced = unpriced - ({r}.usage IS NOT NULL AND {r}.cost_usd IS NULL),"
+    " cache_read = cache_read - coalesce({r}.cache_read_input_tokens, 0),"
+    " prompt = prompt - (coalesce({r}.input_tokens, 0) + coalesce({r}.cache_creation_input_tokens, 0)"
+    " + coalesce({r}.cache_read_input_tokens, 0)) WHERE session_id = {r}.session_id;"
+)
+_TOTALLED = "session_id, kind, cost_usd, usage, input_tokens, cache_creation_input_tokens, cache_read_input_tokens"
+
+
+@migration
+def m010_session_totals(conn: sqlite3.Connection) -> None:
+    # Also: attribution_totals loses its index by key. Each call's ~30 keys landed on ~30 leaf
+    # pages of it, 60 % of the pages a stored call wrote; readers reach totals through their
+    # calls (a window of exchanges, then attribution_totals' primary key) anyway.
+    conn.execute("DROP INDEX IF EXISTS attribution_totals_key")
+    conn.execute(
+        "CREATE TABLE session_totals (session_id TEXT PRIMARY KEY, calls INTEGER NOT NULL,"
+        " cost_usd REAL NOT NULL, unpriced INTEGER NOT NULL, cache_read INTEGER NOT NULL,"
+        " prompt INTEGER NOT NULL) WITHOUT ROWID"
+    )
+    conn.execute(
+        "INSERT INTO session_totals SELECT session_id, count(*), total(cost_usd),"
+        " sum(usage IS NOT NULL AND cost_usd IS NULL), coalesce(sum(cache_read_input_tokens), 0),"
+        " coalesce(sum(input_tokens + cache_creation_input_tokens + cache_read_input_tokens), 0)"
+        " FROM exchanges WHERE " + _COUNTED.format(r="exchanges") + " GROUP BY session_id"
+    )
+    new, old = "NEW", "OLD"
+    for name, event, when, body in (
+        ("insert", "INSERT", _COUNTED.format(r=new), _ADD.format(r=new)),
+        ("delete", "DELETE", _COUNTED.format(r=old), _SUBTRACT.format(r=old)),
+        # An update is the old row taken out and the new one put in (two triggers: either may not count).
+        ("update_old", f"UPDATE OF {_TOTALLED}", _COUNTED.format(r=old), _SUBTRACT.format(r=old)),
+        ("update_new", f"UPDATE OF {_TOTALLED}", _COUNTED.format(r=new), _ADD.format(r=new)),
+    ):
+        conn.execute(
+            f"CREATE TRIGGER session_totals_{name} AFTER {event} ON exchanges WHEN {when} BEGIN {body} END"
+        )
