@@ -151,7 +151,8 @@ class _Walker(MessageWalk, SystemWalk):
         )
         # Memos of system/tools: replayed from ``prior`` (a resumed walk), recorded into ``memos``.
         self.prior: dict[str, SectionMemo] = snap.sections if snap is not None else {}
-        self.memos: dict[str, SectionMemo] | None = None  # None: not recording (no cache)
+        # Each with where its bytes start in this body (a replayed memo's own start is older).
+        self.memos: dict[str, tuple[SectionMemo, int]] | None = None  # None: not recording (no cache)
 
     # -- resuming (see resume.py) ---------------------------------------------------
 
@@ -221,7 +222,7 @@ class _Walker(MessageWalk, SystemWalk):
             commands_in_prefix=commands, reminders=self.reminders[: bisect.bisect_left(self.reminders, pos)],
             state=st, message_count=self.message_count,
             # Only members walked after ``pos``: those before it are in the prefix anyway.
-            sections={k: m for k, m in (self.memos or {}).items() if m.start >= pos},
+            sections={k: m for k, (m, at) in (self.memos or {}).items() if at >= pos},
         )
 
     # -- top level ------------------------------------------------------------------
@@ -242,7 +243,7 @@ class _Walker(MessageWalk, SystemWalk):
                 self.spans[key] = (vstart, end)
             else:
                 end, memo = record_section(self, vstart, lambda: self.member_value(key, kstart, vstart))
-            self.memos[key] = memo
+            self.memos[key] = (memo, vstart)
             return end
         return self.member_value(key, kstart, vstart)
 
