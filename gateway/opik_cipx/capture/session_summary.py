@@ -110,16 +110,25 @@ def write_summary(home: Path, summary: dict[str, Any]) -> None:
     path = summary_path(home, summary["session_id"])
     if path is None:
         return
-    path.parent.mkdir(mode=0o700, exist_ok=True)
     _write_atomic(path, json.dumps(summary, separators=(",", ":")))
     _write_atomic(path.with_suffix(".line"), render(summary, {}, alive=True) + "\n")
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    # Replaced by rename, so the status line never reads half a file; the directory is made
+    # only when missing (this runs after every call: one syscall less each time).
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except FileNotFoundError:
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        data = text.encode("utf-8")
+        while data:
+            data = data[os.write(fd, data):]
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
 
 
