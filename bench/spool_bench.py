@@ -54,6 +54,7 @@ from opik_cipx.config import Settings, ensure_home  # noqa: E402
 from opik_cipx.model import Usage  # noqa: E402
 from opik_cipx.pricing import PriceTable  # noqa: E402
 from opik_cipx.proxy.recorder import HeaderList, Recorder  # noqa: E402
+from opik_cipx.store.sessions import SessionTable  # noqa: E402
 from opik_cipx.store.spool import Spool, connect  # noqa: E402
 from tests.support.long_session import SESSION_ID, grow, with_turn  # noqa: E402
 
@@ -139,7 +140,10 @@ def run(turns: int, repeat: int, profile: int = 0) -> dict[str, Any]:
         settings = Settings(home=home / "cipx")
         ensure_home(settings)
         spool = Spool(connect(settings.spool_path))
-        chain = capture_chain(settings, PriceTable.builtin, lambda: None, home=settings.home)
+        # As the capture worker builds its chain: the price table loaded once, sessions from the spool.
+        prices = PriceTable.builtin()
+        sessions = SessionTable(spool.conn)
+        chain = capture_chain(settings, lambda: prices, lambda: sessions, home=settings.home)
         # Where the probe calls' CPU goes: the build (Exchange + attribution) and each store stage.
         split: dict[str, float] = {}
         timing = [False]
