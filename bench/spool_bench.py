@@ -53,34 +53,13 @@ from opik_cipx.capture.stages import Failure, stage_name, store_batch  # noqa: E
 from opik_cipx.config import Settings, ensure_home  # noqa: E402
 from opik_cipx.model import Usage  # noqa: E402
 from opik_cipx.pricing import PriceTable  # noqa: E402
-from opik_cipx.proxy.recorder import HeaderList, Recorder  # noqa: E402
 from opik_cipx.store.sessions import SessionTable  # noqa: E402
 from opik_cipx.store.spool import Spool, connect  # noqa: E402
-from tests.support.long_session import SESSION_ID, grow, with_turn  # noqa: E402
+from tests.support.long_session import grow, recorded_call, with_turn  # noqa: E402
 
 KB = 1024
 MB = 1024 * 1024
 MODEL = "claude-opus-4-8"
-
-
-def recorded_call(body: bytes, n: int) -> Recorder:
-    """A finished call as the relay hands it to capture: request, a JSON answer with usage."""
-    rec = Recorder("POST", "/v1/messages?beta=true", HeaderList([
-        (b"content-type", b"application/json"),
-        (b"x-claude-code-session-id", SESSION_ID.encode()),
-        (b"user-agent", b"claude-cli/2.1.197 (external, sdk-cli)"),
-    ]))
-    rec.body = body
-    rec.response_head(200, ((b"content-type", b"application/json"),))
-    tokens = len(body) // 4
-    rec.chunk(json.dumps({
-        "id": f"msg_{n:020d}", "type": "message", "role": "assistant", "model": MODEL, "stop_reason": "tool_use",
-        "content": [{"type": "text", "text": f"turn {n}: let me look."}],
-        "usage": {"input_tokens": 3, "cache_creation_input_tokens": 1500, "cache_read_input_tokens": max(0, tokens - 1500),
-                  "output_tokens": 120},
-    }).encode())
-    rec.finish()
-    return rec
 
 
 def dir_bytes(path: Path) -> dict[str, int]:

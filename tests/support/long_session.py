@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from opik_cipx.proxy.recorder import HeaderList, Recorder
+
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "claude_code"
 SEED = FIXTURES / "opus48" / "02-after-bash.json"
 SESSION_ID = "a0a7a7c3-a4dd-4145-a443-e9786d95821f"  # the recording's own session id
@@ -126,3 +128,23 @@ def edited(body: bytes, how: str) -> bytes:
     else:
         raise ValueError(how)
     return dump(copy.deepcopy(parsed))
+
+
+def recorded_call(body: bytes, n: int, model: str = "claude-opus-4-8") -> Recorder:
+    """A finished call as the relay hands it to capture: request, a JSON answer with usage."""
+    rec = Recorder("POST", "/v1/messages?beta=true", HeaderList([
+        (b"content-type", b"application/json"),
+        (b"x-claude-code-session-id", SESSION_ID.encode()),
+        (b"user-agent", b"claude-cli/2.1.197 (external, sdk-cli)"),
+    ]))
+    rec.body = body
+    rec.response_head(200, ((b"content-type", b"application/json"),))
+    tokens = len(body) // 4
+    rec.chunk(json.dumps({
+        "id": f"msg_{n:020d}", "type": "message", "role": "assistant", "model": model, "stop_reason": "tool_use",
+        "content": [{"type": "text", "text": f"turn {n}: let me look."}],
+        "usage": {"input_tokens": 3, "cache_creation_input_tokens": 1500, "cache_read_input_tokens": max(0, tokens - 1500),
+                  "output_tokens": 120},
+    }).encode())
+    rec.finish()
+    return rec

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..attribute import ItemTotal
 from ..attribute.analysis import Captured
 from ..model import CallKind, Outcome
 from ..segment import render
@@ -69,9 +70,12 @@ def session_summary(sp: Spool, item: Captured) -> dict[str, Any] | None:
     if main:
         last_id, model, at, inp, write, read, last_cost, headers = main[0]
         total = inp + write + read
-        top = conn.execute(
-            "SELECT category, total(tokens) AS t FROM attribution_items WHERE exchange_id = ? AND side = 'request'"
-            " GROUP BY category ORDER BY t DESC LIMIT 2", (last_id,)).fetchall()
+        if last_id == ex.id and item.attribution is not None:  # the call just stored: its rows are these
+            top = _top_categories(item.attribution.items)
+        else:
+            top = conn.execute(
+                "SELECT category, total(tokens) AS t FROM attribution_items WHERE exchange_id = ? AND side = 'request'"
+                " GROUP BY category ORDER BY t DESC, category LIMIT 2", (last_id,)).fetchall()
         gap = at - main[1][2] if len(main) > 1 else None
         out["last_main"] = {
             "id": last_id, "model": model, "prompt_tokens": total, "cache_write_tokens": write,
@@ -85,6 +89,14 @@ def session_summary(sp: Spool, item: Captured) -> dict[str, Any] | None:
         # A subscription login (OAuth) is not billed per token: the price shown is API list price.
         out["at_list"] = _credential(headers) == OAUTH
     return out
+
+
+def _top_categories(items: list[ItemTotal]) -> list[tuple[str, int]]:
+    """The two categories with the most request tokens, as the query over stored items orders them."""
+    sums: dict[str, int] = {}
+    for total in items:
+        sums[total.category] = sums.get(total.category, 0) + total.tokens
+    return sorted(sums.items(), key=lambda kv: (-kv[1], kv[0]))[:2]
 
 
 def _credential(request_headers: str | None) -> str | None:

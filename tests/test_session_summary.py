@@ -1,0 +1,65 @@
+"""The per-session summary (capture/session_summary.py): what the status line reads after each call."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from opik_cipx.capture import session_summary
+from opik_cipx.capture.pipeline import capture_chain
+from opik_cipx.capture.stages import store_batch
+from opik_cipx.config import Settings, ensure_home
+from opik_cipx.pricing import PriceTable
+from opik_cipx.store.sessions import SessionTable
+from opik_cipx.store.spool import Spool, connect
+from tests.support.long_session import SESSION_ID, grow, recorded_call
+
+
+def test_the_summary_of_a_stored_session_matches_its_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    settings = Settings(home=tmp_path / "cipx")
+    ensure_home(settings)
+    spool = Spool(connect(settings.spool_path))
+    prices, sessions = PriceTable.builtin(), SessionTable(spool.conn)
+    chain = capture_chain(settings, lambda: prices, lambda: sessions, home=settings.home)
+    try:
+        stored = []
+        for n, body in enumerate(grow(6), start=1):
+            failures: list[object] = []
+            stored += store_batch(spool, [recorded_call(body, n)], chain.build, chain.stages, failures)  # type: ignore[arg-type]
+            assert not failures
+        last = stored[-1]
+        summary = session_summary.session_summary(spool, last)
+        assert summary is not None
+        # The totals (kept by triggers) and the last call's top categories (taken from the call in
+        # memory) are what summing and grouping the stored rows gives.
+        calls, cost = spool.conn.execute(
+            "SELECT count(*), total(cost_usd) FROM exchanges WHERE session_id = ?", (SESSION_ID,)).fetchone()
+        assert summary["calls"] == calls == 6 and summary["cost_usd"] == pytest.approx(cost)
+        from_rows = session_summary.session_summary(spool, dataclasses.replace(last, attribution=None))
+        assert from_rows is not None
+        assert summary["last_main"]["top_categories"] == from_rows["last_main"]["top_categories"]
+        assert len(summary["last_main"]["top_categories"]) == 2
+        # And what the stage wrote: both files, private, the line already rendered.
+        path = session_summary.summary_path(settings.home, SESSION_ID)
+        assert path is not None and json.loads(path.read_text())["calls"] == 6
+        line = path.with_suffix(".line")
+        assert line.read_text().startswith("◆ $") and os.stat(line).st_mode & 0o777 == 0o600
+        assert not list(path.parent.glob(".*.tmp"))
+    finally:
+        spool.close()
+
+
+def test_the_files_are_written_even_when_the_sessions_directory_went_away(tmp_path: Path) -> None:
+    summary = {"session_id": "s-1", "calls": 1, "cost_usd": 0.5}
+    session_summary.write_summary(tmp_path, summary)
+    for name in ("s-1.json", "s-1.line"):
+        (tmp_path / "sessions" / name).unlink()
+    (tmp_path / "sessions").rmdir()
+    session_summary.write_summary(tmp_path, summary)
+    assert json.loads((tmp_path / "sessions" / "s-1.json").read_text())["calls"] == 1
+    assert (tmp_path / "sessions").stat().st_mode & 0o777 == 0o700
