@@ -140,6 +140,7 @@ def run(turns: int, repeat: int, profile: int = 0) -> dict[str, Any]:
 
         build = timed("build + attribute", chain.build)
         stages = [timed(stage_name(st).split(".")[-1].replace("<locals>", "").strip(), st) for st in chain.stages]
+        committed = [timed("status files", end) for end in chain.committed]
         failures: list[Failure] = []
         raw = 0
         per_call: list[tuple[int, float]] = []  # (context bytes, CPU seconds)
@@ -148,7 +149,7 @@ def run(turns: int, repeat: int, profile: int = 0) -> dict[str, Any]:
         for n, body in enumerate(grow(turns), start=1):
             rec = recorded_call(body, n)
             t0 = time.process_time()
-            done = store_batch(spool, [rec], build, stages, failures)
+            done = store_batch(spool, [rec], build, stages, failures, committed=committed)
             per_call.append((len(body), time.process_time() - t0))
             assert len(done) == 1 and not failures, failures
             raw += len(body)
@@ -164,7 +165,7 @@ def run(turns: int, repeat: int, profile: int = 0) -> dict[str, Any]:
             if profiler is not None:
                 profiler.enable()
             t0 = time.process_time()
-            store_batch(spool, [rec], build, stages, failures)
+            store_batch(spool, [rec], build, stages, failures, committed=committed)
             probe.append(time.process_time() - t0)
             if profiler is not None:
                 profiler.disable()

@@ -30,7 +30,8 @@ def test_the_summary_of_a_stored_session_matches_its_rows(tmp_path: Path, monkey
         stored = []
         for n, body in enumerate(grow(6), start=1):
             failures: list[object] = []
-            stored += store_batch(spool, [recorded_call(body, n)], chain.build, chain.stages, failures)  # type: ignore[arg-type]
+            stored += store_batch(spool, [recorded_call(body, n)], chain.build, chain.stages, failures,  # type: ignore[arg-type]
+                                  committed=chain.committed)
             assert not failures
         last = stored[-1]
         summary = session_summary.session_summary(spool, last)
@@ -63,3 +64,48 @@ def test_the_files_are_written_even_when_the_sessions_directory_went_away(tmp_pa
     session_summary.write_summary(tmp_path, summary)
     assert json.loads((tmp_path / "sessions" / "s-1.json").read_text())["calls"] == 1
     assert (tmp_path / "sessions").stat().st_mode & 0o777 == 0o700
+
+
+def test_a_batch_writes_each_session_s_files_once_after_it_commits_and_none_if_it_rolls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opik_cipx.capture.stages import Failure
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    settings = Settings(home=tmp_path / "cipx")
+    ensure_home(settings)
+    spool = Spool(connect(settings.spool_path))
+    prices, sessions = PriceTable.builtin(), SessionTable(spool.conn)
+    chain = capture_chain(settings, lambda: prices, lambda: sessions, home=settings.home)
+    written: list[tuple[str, int, bool]] = []
+    real = session_summary.write_summary
+
+    def write(home: Path, summary: dict[str, object]) -> None:
+        # Written after the commit: another connection already sees the batch's rows.
+        other = connect(settings.spool_path)
+        try:
+            rows = other.execute("SELECT count(*) FROM exchanges").fetchone()[0]
+        finally:
+            other.close()
+        written.append((str(summary["session_id"]), int(summary["calls"]), rows == summary["calls"]))  # type: ignore[call-overload]
+        real(home, summary)
+
+    monkeypatch.setattr(session_summary, "write_summary", write)
+    try:
+        bodies = list(grow(4))
+        failures: list[Failure] = []
+        store_batch(spool, [recorded_call(b, n) for n, b in enumerate(bodies[:3])], chain.build, chain.stages,
+                    failures, committed=chain.committed)
+        assert not failures and written == [(SESSION_ID, 3, True)]
+
+        def boom(item: object) -> object:
+            raise OSError("disk full")  # after the stages ran, before the commit
+
+        with pytest.raises(OSError):
+            store_batch(spool, [recorded_call(bodies[3], 3)], chain.build, chain.stages, failures, keep=boom,
+                        committed=chain.committed)
+        assert written == [(SESSION_ID, 3, True)]
+        path = session_summary.summary_path(settings.home, SESSION_ID)
+        assert path is not None and json.loads(path.read_text())["calls"] == 3
+    finally:
+        spool.close()

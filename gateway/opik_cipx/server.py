@@ -103,7 +103,7 @@ class Gateway:
             await self._worker.start()
             store: StoreBatch = self._worker.store
         else:
-            store = in_thread(self.spool, chain.build, chain.stages)
+            store = in_thread(self.spool, chain.build, chain.stages, chain.committed)
         self.capture = CaptureSink(
             store,
             after_stages(self.metrics.observe, shipper),

@@ -26,13 +26,14 @@ from ..ship.shipper import Shipper
 from ..ship.stage import SpanStage
 from .commands import CommandIndex
 from .session_summary import summary_stage
-from .stages import AfterStage, StoreStage, prepare, store_attribution, store_exchange
+from .stages import AfterStage, Committed, StoreStage, prepare, store_attribution, store_exchange
 
 
 @dataclass(slots=True)
 class Chain:
     build: Callable[[Recorder], Captured]  # Recorder -> Exchange + analysis
     stages: list[StoreStage]  # in order, inside the batch's transaction
+    committed: list[Committed]  # once the batch's transaction has ended (store_batch's ``committed``)
     spans: SpanStage  # the last store stage, for status and crash recovery
 
 
@@ -64,8 +65,9 @@ def capture_chain(
         return prepare(rec, prices(), commands_for, calls, walks)
 
     spans = SpanStage(settings, sessions=sessions)
-    stages = [store_exchange, store_attribution, summary_stage(settings.home), *extra_stages, spans.record]
-    return Chain(build, stages, spans)
+    summary, summary_files = summary_stage(settings.home)
+    stages = [store_exchange, store_attribution, summary, *extra_stages, spans.record]
+    return Chain(build, stages, [summary_files], spans)
 
 
 def after_stages(observe: Callable[[Exchange], Awaitable[None]], shipper: Shipper) -> list[AfterStage]:

@@ -26,6 +26,7 @@ from ..segment import render
 from ..store.spool import Spool
 from ..wire.ratelimit import plan_windows
 from ..wire.redact import CREDENTIAL_HEADER, OAUTH
+from .stages import Committed, StoreStage
 
 log = logging.getLogger(__name__)
 
@@ -144,15 +145,28 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def summary_stage(home: Path) -> Any:
-    """A store stage: after the call's rows, refresh its session's summary file."""
+def summary_stage(home: Path) -> tuple[StoreStage, Committed]:
+    """A store stage that works out each call's session summary inside the batch, and what
+    writes them once the batch has committed: the files never describe rows a rollback took
+    back, and a batch of many calls of one session writes its files once."""
+    pending: dict[str, dict[str, Any]] = {}
 
     def stage(sp: Spool, item: Captured) -> None:
         try:
             summary = session_summary(sp, item)
             if summary is not None:
-                write_summary(home, summary)
+                pending.pop(summary["session_id"], None)
+                pending[summary["session_id"]] = summary
         except Exception:  # a status line is never worth a lost capture
-            log.warning("session summary for %s not written", item.exchange.session_id, exc_info=True)
+            log.warning("session summary for %s not worked out", item.exchange.session_id, exc_info=True)
 
-    return stage
+    def committed(ok: bool) -> None:
+        done = list(pending.values())
+        pending.clear()
+        for summary in done if ok else ():
+            try:
+                write_summary(home, summary)
+            except Exception:  # as above: never worth a lost capture
+                log.warning("session summary for %s not written", summary["session_id"], exc_info=True)
+
+    return stage, committed

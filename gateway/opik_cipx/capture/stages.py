@@ -8,7 +8,7 @@ assembled in one place, :mod:`opik_cipx.capture.pipeline`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from ..attribute.analysis import Captured, analyze
 from ..attribute.responses import CallMemory, calls_in_output, context_after, previous_response_id
@@ -64,6 +64,8 @@ def prepare(
 
 # Runs on the spool thread inside the batch's transaction (each in its own savepoint).
 StoreStage = Callable[[Spool, Captured], None]
+# Runs on the same thread once the batch's transaction has ended: True if it committed.
+Committed = Callable[[bool], None]
 
 
 def store_exchange(sp: Spool, item: Captured) -> None:
@@ -95,6 +97,7 @@ def store_batch(
     stages: list[StoreStage],
     failures: list[Failure],
     keep: Callable[[Captured], Captured] | None = None,
+    committed: Sequence[Committed] = (),
 ) -> list[Captured]:
     """Build, analyze and store a batch in one transaction; the calls stored, in order.
 
@@ -102,8 +105,29 @@ def store_batch(
     worker process. Each stage runs in its own savepoint, so a failing stage
     undoes only itself; if the first (the Exchange) fails nothing hangs off it. ``keep``: what
     to hold of each stored call until the batch is done (the worker keeps no bodies, so a batch
-    of 1 MB calls never has them all in memory at once).
+    of 1 MB calls never has them all in memory at once). ``committed``: told once the batch's
+    transaction has ended, and whether it committed.
     """
+    done: list[Captured] = []
+    try:
+        done = _store_all(sp, batch, build, stages, failures, keep)
+    except BaseException:
+        for end in committed:
+            end(False)
+        raise
+    for end in committed:
+        end(True)
+    return done
+
+
+def _store_all(
+    sp: Spool,
+    batch: Iterable[Recorder],
+    build: Callable[[Recorder], Captured],
+    stages: list[StoreStage],
+    failures: list[Failure],
+    keep: Callable[[Captured], Captured] | None,
+) -> list[Captured]:
     done: list[Captured] = []
     with transaction(sp.conn):
         for rec in batch:
@@ -132,12 +156,17 @@ def store_batch(
 StoreBatch = Callable[[list[Recorder]], Awaitable[tuple[list[Captured], list[Failure]]]]
 
 
-def in_thread(spool: AsyncSpool, build: Callable[[Recorder], Captured], stages: list[StoreStage]) -> StoreBatch:
+def in_thread(
+    spool: AsyncSpool,
+    build: Callable[[Recorder], Captured],
+    stages: list[StoreStage],
+    committed: Sequence[Committed] = (),
+) -> StoreBatch:
     """A StoreBatch on the spool's thread, in this process."""
 
     async def store(batch: list[Recorder]) -> tuple[list[Captured], list[Failure]]:
         failures: list[Failure] = []
-        done = await spool.run(lambda sp: store_batch(sp, batch, build, stages, failures))
+        done = await spool.run(lambda sp: store_batch(sp, batch, build, stages, failures, committed=committed))
         return done, failures
 
     return store

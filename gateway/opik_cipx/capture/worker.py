@@ -184,7 +184,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
             failures: list[Failure] = []
             try:
                 done = store_batch(spool, _consumed(batch), chain.build, chain.stages, failures,
-                                   keep=lambda item: Captured(without_bodies(item.exchange)))
+                                   keep=lambda item: Captured(without_bodies(item.exchange)), committed=chain.committed)
                 reply: dict[str, Any] = {
                     "stored": [item.exchange for item in done],
                     "failures": [(where, f"{type(exc).__name__}: {exc}") for where, exc in failures],
