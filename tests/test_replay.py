@@ -322,3 +322,24 @@ def test_the_command_draws_its_bar_on_a_terminal(
     out = capsys.readouterr()
     assert f"] {len(filled)}/{len(filled)}" in out.err and out.err.endswith("\n")
     assert out.out.startswith(f"replay: {len(filled)} of {len(filled)} calls replayed")
+
+
+@pytest.mark.parametrize("where", ["top level", "tool input"])
+def test_a_speed_setting_derives_again_as_capture_read_it(settings: Settings, spool: Spool, where: str) -> None:
+    # Capture takes a Messages call's speed from its walk (the top level only); replay must too.
+    import dataclasses
+
+    ex = session_calls("sonnet", T0)[0]
+    body = json.loads(ex.request_body)
+    if where == "top level":
+        body["speed"] = "fast"
+    else:
+        body["messages"].append({"role": "assistant", "content": [
+            {"type": "tool_use", "id": "toolu_s", "name": "Configure", "input": {"speed": "fast"}}]})
+    ex = dataclasses.replace(ex, request_body=json.dumps(body).encode())
+    capture(settings, spool, [ex])
+    stored = spool.get(ex.id)
+    assert stored is not None and stored.usage is not None
+    assert stored.usage.speed == ("fast" if where == "top level" else None)
+    item = replay.rederive(spool.conn, stored, PRICES)
+    assert item.exchange == stored and replay.differences(spool.conn, stored, item) == []

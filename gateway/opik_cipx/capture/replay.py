@@ -37,6 +37,7 @@ from ..store import attribution as attribution_store
 from ..store.migrations import transaction
 from ..store.spool import BodyPruned, Spool
 from .exchange import build_with_summary
+from .stages import analyze_messages
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -103,7 +104,8 @@ def recorder_from(ex: Exchange) -> Recorder:
 
 def rederive(conn: sqlite3.Connection, stored: Exchange, prices: PriceTable | None) -> Captured:
     """``stored`` derived again with today's builder, analysis and ``prices``."""
-    ex, summary = build_with_summary(recorder_from(stored), prices)
+    messages = stored.kind is CallKind.MESSAGES  # its speed from the walk, as capture takes it
+    ex, summary = build_with_summary(recorder_from(stored), prices, body_speed=not messages)
     # What the wire alone knew stays as captured.
     for name in ("request_headers", "response_headers", "response_body", "response_encoding", "streamed", "ttfb_ms",
                  "ttft_ms", "duration_ms", "session_id", "agent_id", "request_bytes", "response_bytes"):
@@ -119,7 +121,7 @@ def rederive(conn: sqlite3.Connection, stored: Exchange, prices: PriceTable | No
         # The chain this turn was analysed with (earlier turns' calls and context), as stored.
         calls, inherited = stored_chain(kept.get("cache_split") or {})
         return Captured(ex, analyze(ex, prices, content, calls=calls, inherited=inherited), content)
-    return Captured(ex, analyze(ex, prices, content, commands), content, commands)
+    return Captured(ex, analyze_messages(ex, prices, content, commands), content, commands)
 
 
 def _derived(ex: Exchange) -> dict[str, Any]:

@@ -9,11 +9,13 @@ assembled in one place, :mod:`opik_cipx.capture.pipeline`.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
 
+from ..attribute import Attribution
 from ..attribute.analysis import Captured, analyze
 from ..attribute.responses import CallMemory, calls_in_output, context_after, previous_response_id
 from ..attribute.resume import WalkCache
-from ..model import CallKind, classify
+from ..model import CallKind, Exchange, classify
 from ..pricing import PriceTable
 from ..proxy.recorder import Recorder
 from ..store import attribution as attribution_store
@@ -51,15 +53,26 @@ def prepare(
                            context_after(inherited, attr, content))
         return Captured(ex, attr, content)
     commands = commands_for(ex.session_id) if commands_for is not None else ()
+    return Captured(ex, analyze_messages(ex, prices, content, commands, walk_cache), content, commands)
+
+
+def analyze_messages(
+    ex: Exchange,
+    prices: PriceTable | None,
+    content: list[dict[str, Any]],
+    commands: tuple[str, ...],
+    walk_cache: WalkCache | None = None,
+) -> Attribution:
+    """:func:`analyze` for a Messages call built with ``body_speed=False``: a ``speed`` the
+    request's top level sets and the usage does not is taken from the walk, and the call is
+    priced and shared at that rate (the second walk goes on from the snapshot the first left)."""
     attr = analyze(ex, prices, content, commands, walk_cache=walk_cache)
     if ex.usage is not None and ex.usage.speed is None and attr.speed is not None:
-        # Fast mode asked for in the request only: price the call, and share it, at that rate
-        # (the second walk goes on from the snapshot the first one just left).
         ex.usage.speed = attr.speed
         if prices is not None:
             ex.cost = prices.price(ex.model, ex.usage, at=ex.started_at)
         attr = analyze(ex, prices, content, commands, walk_cache=walk_cache)
-    return Captured(ex, attr, content, commands)
+    return attr
 
 
 # Runs on the spool thread inside the batch's transaction (each in its own savepoint).
