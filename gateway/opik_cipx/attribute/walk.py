@@ -284,7 +284,10 @@ class _Walker(MessageWalk, SystemWalk):
         new: tuple[int, int] | None = None
         messages = self.spans.get("messages")
         if messages is not None and self.message_starts:
-            last = max((i for i, (_, assistant) in enumerate(self.message_starts) if assistant), default=-1)
+            starts = self.message_starts
+            last = len(starts) - 1  # the last assistant message, looked for from the end
+            while last >= 0 and not starts[last][1]:
+                last -= 1
             if last + 1 < len(self.message_starts):
                 end = messages[1] - 1  # the closing bracket
                 while self.b[end - 1 : end] in (b" ", b"\t", b"\n", b"\r"):
