@@ -158,6 +158,8 @@ class CaptureSink:
                     for _ in batch:
                         self._queue.task_done()
                 self._settle()
+                # Not held while waiting for the next call: when idle, that can be for hours.
+                del batch
 
     async def _next_batch(self) -> tuple[list[Recorder], bool]:
         """The next calls to store, and whether they came off the queue (else: held ones due for
