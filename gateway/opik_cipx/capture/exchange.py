@@ -30,7 +30,7 @@ def build_with_summary(rec: Recorder, prices: PriceTable | None) -> tuple[Exchan
     )
     encoding = response_headers.get("content-encoding")
     content_type = response_headers.get("content-type", "").strip().lower()
-    raw_size = sum(len(c) for c in rec.chunks)
+    raw_size = len(rec.response)
     decoded, decode_error = decode_content(encoding, rec.chunks)
 
     summary: ResponseSummary | None = None
