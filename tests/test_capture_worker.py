@@ -44,6 +44,30 @@ async def test_a_killed_worker_is_replaced_and_its_batch_retried(gateway: Gatewa
     assert gateway.capture is not None and gateway.capture.stats.errors == 0
 
 
+async def test_an_idle_worker_is_ended_and_the_next_batch_starts_a_fresh_one(
+    gateway: Gateway, upstream: FakeAnthropic
+) -> None:
+    worker = gateway._worker
+    assert worker is not None and worker._proc is not None
+    worker._retire_after = 0.2  # RETIRE_SECONDS, shortened
+    first = worker._proc
+    async with aiohttp.ClientSession() as s:
+        async with s.post(gateway.url + "/v1/messages", data=request_body(), headers={"x-api-key": API_KEY}) as r:
+            await r.read()
+        await captured(gateway)
+        for _ in range(100):
+            if worker.retired:
+                break
+            await asyncio.sleep(0.05)
+        assert worker.retired == 1 and worker.pid is None and first.returncode == 0  # ended cleanly
+        async with s.post(gateway.url + "/v1/messages", data=request_body(), headers={"x-api-key": API_KEY}) as r:
+            await r.read()
+    assert len(await captured(gateway, 2)) == 2
+    assert worker.pid is not None and worker.pid != first.pid
+    assert worker.restarts == 0  # an idle end is not a crash
+    assert gateway.capture is not None and gateway.capture.stats.errors == 0
+
+
 async def test_worker_stops_with_the_gateway(upstream: FakeAnthropic, make_settings: Any) -> None:
     async with Gateway(make_settings(upstream_url=upstream.url)) as gw:
         assert gw._worker is not None and gw._worker._proc is not None
