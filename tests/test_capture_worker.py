@@ -268,3 +268,17 @@ def test_the_worker_lets_go_of_each_call_s_bodies_once_it_is_stored(tmp_path: An
     assert held == [3, 2, 1, 0] and failures == []
     assert [item.exchange.id for item in done] == ids
     assert all(item.exchange.request_body == b"" and item.attribution is None for item in done)
+
+
+def test_the_worker_does_not_import_the_shipper_s_http_client() -> None:
+    # aiohttp is ~11 MiB of a process that never sends a request: the worker's imports stay clear of it.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, opik_cipx.cli, opik_cipx.capture.worker, opik_cipx.config, opik_cipx.pricing, "
+        "opik_cipx.store.sessions, opik_cipx.store.spool, opik_cipx.capture.pipeline; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('aiohttp', 'uvloop')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
