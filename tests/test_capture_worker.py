@@ -270,6 +270,21 @@ def test_the_worker_lets_go_of_each_call_s_bodies_once_it_is_stored(tmp_path: An
     assert all(item.exchange.request_body == b"" and item.attribution is None for item in done)
 
 
+def test_the_worker_drops_a_call_s_bytes_once_its_exchange_is_built() -> None:
+    from opik_cipx.attribute.analysis import Captured
+    from opik_cipx.capture import worker as worker_module
+    from opik_cipx.capture.exchange import build_exchange
+    from opik_cipx.proxy.recorder import HeaderList, Recorder
+
+    rec = Recorder("POST", "/v1/messages", HeaderList([]))
+    rec.body = b"{}"
+    rec.chunk(b"x" * 1000)
+    rec.finish()
+    item = worker_module._releasing(lambda r: Captured(build_exchange(r, None)))(rec)
+    assert rec.released and len(rec.response) == 0  # the Exchange holds what the stages store
+    assert item.exchange.response_body == b"x" * 1000 and item.exchange.request_body == b"{}"
+
+
 def test_the_worker_does_not_import_the_shipper_s_http_client() -> None:
     # aiohttp is ~11 MiB of a process that never sends a request: the worker's imports stay clear of it.
     import subprocess

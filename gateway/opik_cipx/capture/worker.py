@@ -33,7 +33,7 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -193,7 +193,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
                 continue
             failures: list[Failure] = []
             try:
-                done = store_batch(spool, _consumed(batch), chain.build, chain.stages, failures,
+                done = store_batch(spool, _consumed(batch), _releasing(chain.build), chain.stages, failures,
                                    keep=lambda item: Captured(without_bodies(item.exchange)))
                 reply: dict[str, Any] = {
                     "stored": [item.exchange for item in done],
@@ -210,6 +210,20 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
             flag.close()
         spool.close()
     return 0
+
+
+def _releasing(build: Callable[[Recorder], Captured]) -> Callable[[Recorder], Captured]:
+    """``build``, then drop the call's bytes: this process's copy, read from the journal (the
+    parent keeps its own for a retry). The Exchange holds what the stages store, so a large
+    response is not held twice while they run."""
+
+    def built(rec: Recorder) -> Captured:
+        try:
+            return build(rec)
+        finally:
+            rec.release()
+
+    return built
 
 
 def _consumed(batch: list[Recorder]) -> Iterator[Recorder]:
