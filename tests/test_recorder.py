@@ -53,3 +53,14 @@ def test_release_drops_the_bytes_and_their_bookkeeping() -> None:
     rec.release()
     assert rec.released and rec.size == 0 and rec.chunks == []
     assert len(rec.ends) == 0 and len(rec.times) == 0
+
+
+def test_pieces_are_made_one_at_a_time_and_the_buffer_is_free_again_after() -> None:
+    rec = _rec()
+    for piece in (b"a", b"bb", b"ccc"):
+        rec.chunk(piece)
+    it = rec.pieces()
+    assert next(it) == b"a"  # a generator: capture reads a long stream without a list of it
+    assert list(it) == [b"bb", b"ccc"]
+    rec.chunk(b"d")  # the view over the buffer ended with the iteration
+    assert rec.chunks == [b"a", b"bb", b"ccc", b"d"]

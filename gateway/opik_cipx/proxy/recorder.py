@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import time
 from array import array
+from collections.abc import Iterator
 from typing import Any
 
 from ..model import Outcome
@@ -122,16 +123,19 @@ class Recorder:
         self.ends.append(len(response))
         self.times.append(time.perf_counter())
 
+    def pieces(self) -> Iterator[bytes]:
+        """The response's pieces as they were read, one copy at a time: for capture, of a
+        finished call (until the iteration ends, the buffer cannot grow)."""
+        start = 0
+        with memoryview(self.response) as view:
+            for end in self.ends:
+                yield bytes(view[start:end])
+                start = end
+
     @property
     def chunks(self) -> list[bytes]:
         """The response's pieces as they were read (copies; for capture, off the hot path)."""
-        out: list[bytes] = []
-        start = 0
-        with memoryview(self.response) as view:  # released at once: the buffer may grow again
-            for end in self.ends:
-                out.append(bytes(view[start:end]))
-                start = end
-        return out
+        return list(self.pieces())
 
     @chunks.setter
     def chunks(self, parts: list[bytes]) -> None:
