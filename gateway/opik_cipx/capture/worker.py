@@ -42,7 +42,7 @@ from ..attribute.analysis import Captured
 from ..model import Exchange
 from ..proxy import journal
 from ..proxy.busy import BusyFlag
-from ..proxy.heap import IDLE_TRIM_SECONDS, give_back_freed_memory
+from ..proxy.heap import IDLE_TRIM_SECONDS, free_large_buffers_at_once, give_back_freed_memory
 from ..proxy.recorder import Recorder
 from .stages import Failure, PoisonBatch, store_batch
 
@@ -464,4 +464,5 @@ def background() -> None:
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s capture-worker: %(message)s")
     background()
+    free_large_buffers_at_once()
     return serve(sys.stdin.buffer, sys.stdout.buffer)
