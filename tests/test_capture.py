@@ -178,6 +178,23 @@ async def test_without_by_reference_journaled_calls_keep_their_bytes() -> None:
     assert not rec.released and rec.body == b"{}"
 
 
+async def test_large_calls_are_batched_by_bytes_as_well_as_by_count() -> None:
+    # The store holds a whole batch at once: sixteen large streams must not go as one.
+    store = Store()
+    sink = CaptureSink(store, [], max_batch=16, max_batch_bytes=1000, by_reference=True)
+    calls = [finished_call() for _ in range(5)]
+    for i, rec in enumerate(calls):
+        rec.frame = (i * 600, 600)  # journaled, so weighed by its frame once its bytes are dropped
+        sink.submit(rec)
+    small = [finished_call() for _ in range(3)]
+    for rec in small:
+        sink.submit(rec)
+    task = await run_sink(sink)
+    assert await sink.drain(2.0)
+    task.cancel()
+    assert [len(b) for b in store.batches] == [2, 2, 4]  # cut once past the bound; small calls ride along
+
+
 async def test_batches_wait_for_a_lull_in_forwarding_but_not_forever() -> None:
     import time
 

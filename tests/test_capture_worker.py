@@ -44,6 +44,30 @@ async def test_a_killed_worker_is_replaced_and_its_batch_retried(gateway: Gatewa
     assert gateway.capture is not None and gateway.capture.stats.errors == 0
 
 
+async def test_an_idle_worker_is_ended_and_the_next_batch_starts_a_fresh_one(
+    gateway: Gateway, upstream: FakeAnthropic
+) -> None:
+    worker = gateway._worker
+    assert worker is not None and worker._proc is not None
+    worker._retire_after = 0.2  # RETIRE_SECONDS, shortened
+    first = worker._proc
+    async with aiohttp.ClientSession() as s:
+        async with s.post(gateway.url + "/v1/messages", data=request_body(), headers={"x-api-key": API_KEY}) as r:
+            await r.read()
+        await captured(gateway)
+        for _ in range(100):
+            if worker.retired:
+                break
+            await asyncio.sleep(0.05)
+        assert worker.retired == 1 and worker.pid is None and first.returncode == 0  # ended cleanly
+        async with s.post(gateway.url + "/v1/messages", data=request_body(), headers={"x-api-key": API_KEY}) as r:
+            await r.read()
+    assert len(await captured(gateway, 2)) == 2
+    assert worker.pid is not None and worker.pid != first.pid
+    assert worker.restarts == 0  # an idle end is not a crash
+    assert gateway.capture is not None and gateway.capture.stats.errors == 0
+
+
 async def test_worker_stops_with_the_gateway(upstream: FakeAnthropic, make_settings: Any) -> None:
     async with Gateway(make_settings(upstream_url=upstream.url)) as gw:
         assert gw._worker is not None and gw._worker._proc is not None
@@ -244,3 +268,32 @@ def test_the_worker_lets_go_of_each_call_s_bodies_once_it_is_stored(tmp_path: An
     assert held == [3, 2, 1, 0] and failures == []
     assert [item.exchange.id for item in done] == ids
     assert all(item.exchange.request_body == b"" and item.attribution is None for item in done)
+
+
+def test_the_worker_drops_a_call_s_bytes_once_its_exchange_is_built() -> None:
+    from opik_cipx.attribute.analysis import Captured
+    from opik_cipx.capture import worker as worker_module
+    from opik_cipx.capture.exchange import build_exchange
+    from opik_cipx.proxy.recorder import HeaderList, Recorder
+
+    rec = Recorder("POST", "/v1/messages", HeaderList([]))
+    rec.body = b"{}"
+    rec.chunk(b"x" * 1000)
+    rec.finish()
+    item = worker_module._releasing(lambda r: Captured(build_exchange(r, None)))(rec)
+    assert rec.released and len(rec.response) == 0  # the Exchange holds what the stages store
+    assert item.exchange.response_body == b"x" * 1000 and item.exchange.request_body == b"{}"
+
+
+def test_the_worker_does_not_import_the_shipper_s_http_client() -> None:
+    # aiohttp is ~11 MiB of a process that never sends a request: the worker's imports stay clear of it.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, opik_cipx.cli, opik_cipx.capture.worker, opik_cipx.config, opik_cipx.pricing, "
+        "opik_cipx.store.sessions, opik_cipx.store.spool, opik_cipx.capture.pipeline; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('aiohttp', 'uvloop')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -47,13 +47,44 @@ def test_bytes_split_across_reads_come_back_whole(tmp_path: Path) -> None:
     assert again.body == body and again.chunks == rec.chunks and again.times == rec.times
 
 
+def test_a_frame_holds_the_response_whole_and_its_pieces_as_arrays(tmp_path: Path) -> None:
+    rec = recorder(1)
+    for i in range(500):
+        rec.chunk(b"data: %d\n\n" % i)
+    parts, size = journal.dump_parts(rec)
+    assert len(parts) == 4 and parts[-1] is rec.response  # head, fields, body, response: no copy
+    frame = journal.dump(rec)
+    assert size == len(frame)
+    again = journal.load(frame[4:])
+    assert again.chunks == rec.chunks and again.times == rec.times and again.response == rec.response
+
+
+def test_v3_frames_with_piece_sizes_still_replay() -> None:
+    # _V3 (before the response was one buffer): piece sizes and times as lists in the fields.
+    import pickle
+    import struct
+
+    rec = recorder(2)
+    rec.chunk(b"tail")
+    state: dict[str, Any] = {name: getattr(rec, name) for name in journal._FIELDS}
+    state.update(times=list(rec.times), request_headers=list(rec.request_headers.items()),
+                 body_sizes=[len(rec.body)], chunk_sizes=[len(c) for c in rec.chunks])
+    meta = pickle.dumps(state)
+    payload = b"\x03" + struct.pack(">Q", 7) + struct.pack(">I", len(meta)) + meta + rec.body + bytes(rec.response)
+    assert journal.generation_of(payload) == 7
+    again = journal.load(payload)
+    assert again.chunks == rec.chunks and list(again.times) == list(rec.times)
+    assert build_exchange(again, None).to_dict() == build_exchange(rec, None).to_dict()
+
+
 def test_frames_from_the_previous_layout_still_replay(tmp_path: Path) -> None:
     # Before raw-bytes frames, the whole recorder was one pickle; an upgrade must still replay those.
     import pickle
 
     rec = recorder(3)
     state = {name: getattr(rec, name) for name in journal._FIELDS}
-    state.update(body=rec.body, chunks=rec.chunks, request_headers=list(rec.request_headers.items()))
+    state.update(body=rec.body, chunks=rec.chunks, times=list(rec.times),
+                 request_headers=list(rec.request_headers.items()))
     again = journal.load(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
     assert build_exchange(again, None).to_dict() == build_exchange(rec, None).to_dict()
 

@@ -74,3 +74,29 @@ print(before - rss())
 def test_after_a_burst_freed_memory_goes_back_to_the_kernel() -> None:
     out = subprocess.run([sys.executable, "-c", _PEAK_THEN_IDLE], capture_output=True, text=True, check=True)
     assert int(out.stdout) > 30 * 1024**2  # most of the 56 MB the burst freed
+
+
+_WORKER_BURST = f"""
+import sys
+sys.path.insert(0, {str(GATEWAY_SRC)!r})
+from opik_cipx.proxy.heap import free_large_buffers_at_once
+assert free_large_buffers_at_once()
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+before = rss()
+pins = []
+for size in (6_000_000, 5_000_000, 4_000_000):  # the worker's calls, one after another
+    burst = [bytearray(size) for _ in range(4)]
+    for b in burst:
+        b[::4096] = b"x" * len(b[::4096])  # touched, as a body read into it is
+    pins.append(bytearray(100_000))  # something small that outlives the call (e.g. SQLite's)
+    del burst, b
+print(rss() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_the_worker_s_large_buffers_go_back_when_freed_without_a_trim() -> None:
+    out = subprocess.run([sys.executable, "-c", _WORKER_BURST], capture_output=True, text=True, check=True)
+    assert int(out.stdout) < 4 * 1024**2  # not the 16-20 MB each call held, pinned below a survivor

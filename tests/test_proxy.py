@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import json
 from typing import Any
@@ -45,6 +46,24 @@ async def test_sse_stream_bytes_pass_unchanged_both_ways(gateway: Gateway, upstr
     assert ex.ttfb_ms is not None and ex.ttft_ms is not None and ex.duration_ms is not None
     assert 0 <= ex.ttfb_ms <= ex.ttft_ms <= ex.duration_ms
     assert ex.cost is not None and ex.cost.total_usd is not None and ex.cost.total_usd > 0
+
+
+async def test_a_finished_call_needs_no_cyclic_gc_to_be_freed(gateway: Gateway, upstream: FakeAnthropic) -> None:
+    # A call and its response parser referred to each other: an idle gateway (which runs no GC)
+    # kept every finished call's Recorder, a long stream's worth each, until enough objects piled up.
+    upstream.script = [Turn(text="streamed answer")]
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        status, _, _ = await post_raw(gateway.url, request_body())
+        assert status == 200
+        await captured(gateway)
+        gc.collect()
+        left = [type(o).__name__ for o in gc.garbage if type(o).__name__ in ("Call", "Recorder", "HttpResponseParser")]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert left == []
 
 
 async def test_json_response_bytes_pass_unchanged(gateway: Gateway, upstream: FakeAnthropic) -> None:

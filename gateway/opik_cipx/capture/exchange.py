@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from ..model import CallKind, Exchange, Outcome, classify
 from ..pricing import PriceTable
 from ..proxy.recorder import Recorder
@@ -36,16 +38,26 @@ def build_with_summary(
     )
     encoding = response_headers.get("content-encoding")
     content_type = response_headers.get("content-type", "").strip().lower()
-    raw_size = sum(len(c) for c in rec.chunks)
-    decoded, decode_error = decode_content(encoding, rec.chunks)
+    raw_size = len(rec.response)
+    websocket = rec.method == "WEBSOCKET"  # one turn on a Responses WebSocket: chunks are messages
+    timed: Iterable[tuple[float, bytes]]
+    if encoding is None and not websocket:
+        # Not encoded: the body is the buffer as it passed, and its pieces are made one at a
+        # time as the parser reads them, not as a list (a long stream has tens of thousands).
+        response_body = bytes(rec.response)
+        timed, has_pieces, decode_error = zip(rec.times, rec.pieces()), len(rec.ends) > 0, None
+    else:
+        decoded, decode_error = decode_content(encoding, rec.chunks)
+        # A WebSocket turn's messages as JSON lines; an HTTP body as it was.
+        response_body = b"\n".join(decoded) if websocket else b"".join(decoded)
+        timed, has_pieces = zip(rec.times, decoded), bool(decoded)
 
     summary: ResponseSummary | None = None
     # Only /v1/messages bodies are messages; count_tokens answers {"input_tokens": N}.
-    websocket = rec.method == "WEBSOCKET"  # one turn on a Responses WebSocket: chunks are messages
-    if rec.status is not None and decoded and kind is CallKind.MESSAGES:
-        summary = read_response(rec.status, content_type, zip(rec.times, decoded))
-    elif rec.status is not None and kind is CallKind.RESPONSES and (decoded or websocket):
-        summary = read_responses(rec.status, content_type, zip(rec.times, decoded), websocket=websocket)
+    if rec.status is not None and has_pieces and kind is CallKind.MESSAGES:
+        summary = read_response(rec.status, content_type, timed)
+    elif rec.status is not None and kind is CallKind.RESPONSES and (has_pieces or websocket):
+        summary = read_responses(rec.status, content_type, timed, websocket=websocket)
 
     ex = Exchange(
         id=rec.id,
@@ -57,8 +69,7 @@ def build_with_summary(
         request_body=rec.body,
         status=rec.status,
         response_headers=response_headers,
-        # A WebSocket turn's messages as JSON lines; an HTTP body as it was.
-        response_body=b"\n".join(decoded) if websocket else b"".join(decoded),
+        response_body=response_body,
         response_encoding=encoding,
         streamed=websocket or content_type.startswith("text/event-stream"),
         ttfb_ms=_ms(rec.t_head, rec.t_start),

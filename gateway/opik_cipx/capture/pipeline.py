@@ -13,6 +13,7 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..attribute.analysis import Captured
 from ..attribute.responses import CallMemory
@@ -22,11 +23,13 @@ from ..model import Exchange
 from ..pricing import PriceTable
 from ..proxy.recorder import Recorder
 from ..ship.enablement import SessionLookup
-from ..ship.shipper import Shipper
 from ..ship.stage import SpanStage
 from .commands import CommandIndex
 from .session_summary import summary_stage
 from .stages import AfterStage, Committed, StoreStage, prepare, store_attribution, store_exchange
+
+if TYPE_CHECKING:
+    from ..ship.shipper import Shipper  # the gateway's sender: never imported into the worker
 
 
 @dataclass(slots=True)

@@ -37,7 +37,7 @@ def quarantined(rec: Recorder, error: str) -> Exchange:
 
     response_headers = redact_headers((k.decode("latin-1"), v.decode("latin-1")) for k, v in rec.response_headers)
     request_headers = redact_headers(rec.request_headers.items())
-    raw = b"".join(rec.chunks)
+    raw = bytes(rec.response)
     return Exchange(
         id=rec.id,
         started_at=rec.wall_start,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from array import array
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -94,7 +95,7 @@ def recorder_from(ex: Exchange) -> Recorder:
         if ex.response_body:
             parts = ex.response_body.split(b"\n") if ex.method == "WEBSOCKET" else [ex.response_body]
             rec.chunks = parts
-            rec.times = [rec.t_head] * len(parts)
+            rec.times = array("d", [rec.t_head] * len(parts))
     rec.t_end = None if ex.duration_ms is None else ex.duration_ms / 1000.0
     if ex.outcome in WIRE_VERDICTS:
         rec.forced_outcome = ex.outcome

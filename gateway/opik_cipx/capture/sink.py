@@ -64,6 +64,7 @@ class CaptureSink:
         max_pending: int = 10_000,
         max_pending_bytes: int = 128 * 1024**2,
         max_batch: int = 16,
+        max_batch_bytes: int = 8 * 1024**2,
         on_error: Callable[[str, BaseException], object] | None = None,
         journal: Any = None,
         by_reference: bool = False,
@@ -86,6 +87,9 @@ class CaptureSink:
         self._by_reference = by_reference
         self._after_stages = after_stages
         self._max_batch = max_batch
+        # A batch is also cut at this many bytes of calls (past its first call): the store holds a
+        # whole batch at once, and sixteen 6 MB streams would be a hundred MB in the worker.
+        self._max_batch_bytes = max_batch_bytes
         self._on_error = on_error
         self._queue: asyncio.Queue[Recorder] = asyncio.Queue(max_pending)
         # Bodies waiting in memory; past the bound new calls are only journaled (the next
@@ -158,6 +162,8 @@ class CaptureSink:
                     for _ in batch:
                         self._queue.task_done()
                 self._settle()
+                # Not held while waiting for the next call: when idle, that can be for hours.
+                del batch
 
     async def _next_batch(self) -> tuple[list[Recorder], bool]:
         """The next calls to store, and whether they came off the queue (else: held ones due for
@@ -180,8 +186,11 @@ class CaptureSink:
                 continue
             batch = [first]
             await self._lull(first)
-            while len(batch) < self._max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            weight = _weight(first)
+            while len(batch) < self._max_batch and weight < self._max_batch_bytes and not self._queue.empty():
+                rec = self._queue.get_nowait()
+                batch.append(rec)
+                weight += _weight(rec)
             for rec in batch:
                 self._pending_bytes -= rec.size
             self._note_room()
@@ -288,3 +297,8 @@ class CaptureSink:
     def pending(self) -> int:
         """Calls waiting to be stored: queued, and held for a retry."""
         return self._queue.qsize() + len(self._held)
+
+
+def _weight(rec: Recorder) -> int:
+    """The bytes the store will hold for a call: its journal frame when it reads it from there."""
+    return rec.frame[1] if rec.released and rec.frame is not None else rec.size

@@ -11,6 +11,11 @@ one transaction (the same chain, from :mod:`~opik_cipx.capture.pipeline`, that t
 in-process path uses) and answers on stdout with the stored Exchanges minus their bytes, which
 the parent's after-commit stages (metrics, shipper wake-up) read.
 
+Once no batch has come for ``RETIRE_SECONDS`` the child is ended, and the next batch
+starts a fresh one: an idle child is most of a second process's footprint (its imports,
+its caches and whatever the last burst left in its heap), and a fresh start costs about
+0.4 s of CPU at the lowest priority, off the proxy's path.
+
 If the child dies, the batch it held is retried once on a fresh child; if that
 dies too, :class:`WorkerDied` tells the sink to bisect the batch down to the one
 call to blame (see :mod:`~opik_cipx.capture.sink`). Calls are confirmed in the
@@ -28,7 +33,7 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -37,7 +42,7 @@ from ..attribute.analysis import Captured
 from ..model import Exchange
 from ..proxy import journal
 from ..proxy.busy import BusyFlag
-from ..proxy.heap import IDLE_TRIM_SECONDS, give_back_freed_memory
+from ..proxy.heap import IDLE_TRIM_SECONDS, free_large_buffers_at_once, give_back_freed_memory
 from ..proxy.recorder import Recorder
 from .stages import Failure, PoisonBatch, store_batch
 
@@ -51,6 +56,11 @@ _LEN = struct.Struct(">I")
 _KIND = struct.Struct(">B")
 _REF_AT = struct.Struct(">QI32s")
 _INLINE, _REF = 0, 1
+
+
+# A child that has had no batch this long is ended (see the module docstring). Claude Code
+# sends its calls seconds apart within a turn; a longer pause is the user reading or typing.
+RETIRE_SECONDS = 30.0
 
 
 class WorkerError(RuntimeError):
@@ -183,7 +193,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
                 continue
             failures: list[Failure] = []
             try:
-                done = store_batch(spool, _consumed(batch), chain.build, chain.stages, failures,
+                done = store_batch(spool, _consumed(batch), _releasing(chain.build), chain.stages, failures,
                                    keep=lambda item: Captured(without_bodies(item.exchange)), committed=chain.committed)
                 reply: dict[str, Any] = {
                     "stored": [item.exchange for item in done],
@@ -200,6 +210,20 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
             flag.close()
         spool.close()
     return 0
+
+
+def _releasing(build: Callable[[Recorder], Captured]) -> Callable[[Recorder], Captured]:
+    """``build``, then drop the call's bytes: this process's copy, read from the journal (the
+    parent keeps its own for a retry). The Exchange holds what the stages store, so a large
+    response is not held twice while they run."""
+
+    def built(rec: Recorder) -> Captured:
+        try:
+            return build(rec)
+        finally:
+            rec.release()
+
+    return built
 
 
 def _consumed(batch: list[Recorder]) -> Iterator[Recorder]:
@@ -248,7 +272,8 @@ class WorkerProcess:
     """
 
     def __init__(
-        self, settings: Settings, argv: list[str] | None = None, journal: journal.Journal | None = None
+        self, settings: Settings, argv: list[str] | None = None, journal: journal.Journal | None = None,
+        retire_after: float | None = RETIRE_SECONDS,
     ) -> None:
         self._argv = argv or worker_argv()
         self._settings = pickle.dumps(settings.model_dump(), protocol=pickle.HIGHEST_PROTOCOL)
@@ -257,7 +282,10 @@ class WorkerProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cipx-worker-io")
         self.restarts = 0
+        self.retired = 0  # children ended for being idle (not counted as restarts)
         self.busy = BusyFlag(settings.busy_flag_path, write=True)
+        self._retire_after = retire_after
+        self._retire: asyncio.TimerHandle | None = None
 
     @property
     def pid(self) -> int | None:
@@ -278,12 +306,34 @@ class WorkerProcess:
         await asyncio.get_running_loop().run_in_executor(self._io, self._start)
 
     async def store(self, batch: list[Recorder]) -> tuple[list[Captured], list[Failure]]:
-        reply = await asyncio.get_running_loop().run_in_executor(self._io, self._roundtrip, batch)
+        loop = asyncio.get_running_loop()
+        if self._retire is not None:
+            self._retire.cancel()
+            self._retire = None
+        try:
+            reply = await loop.run_in_executor(self._io, self._roundtrip, batch)
+        finally:
+            if self._retire_after is not None:
+                self._retire = loop.call_later(self._retire_after, self._retire_idle)
         if "error" in reply:
             raise WorkerError(reply["error"])
         done = [Captured(ex) for ex in reply["stored"]]
         failures: list[Failure] = [(where, RemoteFailure(msg)) for where, msg in reply["failures"]]
         return done, failures
+
+    def _retire_idle(self) -> None:
+        """No batch for a while: end the child. Through the I/O thread, so it never overlaps a
+        batch; one sent after it simply finds no child and starts one, as at the first call."""
+        self._retire = None
+        try:
+            self._io.submit(self._end_idle)
+        except RuntimeError:  # shut down: stop() ends the child
+            pass
+
+    def _end_idle(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._stop(timeout=10.0)
+            self.retired += 1
 
     def _roundtrip(self, batch: list[Recorder]) -> dict[str, Any]:
         if self._journal is not None and not all(rec.journaled for rec in batch):
@@ -364,6 +414,9 @@ class WorkerProcess:
         self._proc = None
 
     async def stop(self, timeout: float = 10.0) -> None:
+        if self._retire is not None:
+            self._retire.cancel()
+            self._retire = None
         self.busy.set(False)  # nothing is being forwarded any more: finish without waiting
         await asyncio.get_running_loop().run_in_executor(self._io, self._stop, timeout)
         self.busy.close()
@@ -411,4 +464,5 @@ def background() -> None:
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s capture-worker: %(message)s")
     background()
+    free_large_buffers_at_once()
     return serve(sys.stdin.buffer, sys.stdout.buffer)

@@ -225,7 +225,8 @@ class Call:
 
     def on_headers_complete(self) -> None:
         parser = self.parser
-        assert parser is not None
+        if parser is None:
+            return  # finished within this read: whatever the upstream sent after is not ours
         status = parser.get_status_code()
         if status < 200:
             # 1xx interim answers (we never send Expect upstream, but a server may still send 100).
@@ -384,6 +385,10 @@ class Call:
         if self.finished:
             return
         self.finished = True
+        # The parser holds this call (its callbacks are our bound methods): a cycle that only the
+        # cyclic GC frees, and an idle gateway runs none, so every finished call would keep its
+        # Recorder until enough new objects pile up. Dropped here, the call goes by refcount.
+        self.parser = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None

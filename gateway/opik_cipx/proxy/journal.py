@@ -27,14 +27,16 @@ import pickle
 import struct
 import threading
 import time
+from array import array
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..model import Outcome
 from ..wire.redact import CREDENTIAL_HEADER, credential_kind, is_secret_header
-from .recorder import HeaderList, Recorder
+from .recorder import ENDS_TYPE, HeaderList, Recorder
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +44,16 @@ _LEN = struct.Struct(">I")
 _GEN = struct.Struct(">Q")
 _END = _LEN.pack(0)  # written after every frame: where the journal ends until the next one
 # The recorder fields that make a call, besides the bytes; times are perf_counter values,
-# used only as differences.
+# used only as differences (an array of doubles since _V4, a list of floats before).
 _FIELDS = ("id", "wall_start", "t_start", "method", "path", "status", "response_headers",
            "t_head", "times", "t_end", "forced_outcome", "error", "gateway_status")
-# A frame is: total length, then _V3, the journal's generation, the length of the pickled
-# fields, the fields, then the request body and the response chunks as raw bytes. The bytes
-# are never copied into a pickle: they go to the file straight from the buffers the proxy
-# read them into. _V2 frames (no generation) and whole-pickle frames are older layouts.
+# A frame is: total length, then _V4, the journal's generation, the length of the pickled
+# fields, the fields, then the request body and the response as raw bytes. The bytes are
+# never copied into a pickle: they go to the file straight from the buffers the proxy read
+# them into. The fields give the response's piece boundaries as an array of end offsets
+# (``chunk_ends``). _V3 frames (a list of piece sizes, ``chunk_sizes``), _V2 frames (no
+# generation either) and whole-pickle frames are older layouts, still read.
+_V4 = b"\x04"
 _V3 = b"\x03"
 _V2 = b"\x02"
 _PICKLE = 0x80  # the first byte of a pickle: frames written before the raw-bytes layout
@@ -72,7 +77,7 @@ def _response_headers(headers: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[b
     return tuple((n, v) for n, v in headers if not is_secret_header(n))
 
 
-def dump_parts(rec: Recorder, generation: int = 0) -> tuple[list[bytes], int]:
+def dump_parts(rec: Recorder, generation: int = 0) -> tuple[list[bytes | bytearray], int]:
     """The frame for ``rec`` as buffers to write in order, and its total length."""
     state: dict[str, Any] = {name: getattr(rec, name) for name in _FIELDS}
     # Plain values only: a pickled enum names its module, and modules move between releases.
@@ -82,29 +87,35 @@ def dump_parts(rec: Recorder, generation: int = 0) -> tuple[list[bytes], int]:
     state["response_headers"] = _response_headers(rec.response_headers)
     body = rec.body_parts
     state["body_sizes"] = [len(part) for part in body]
-    state["chunk_sizes"] = [len(chunk) for chunk in rec.chunks]
+    state["chunk_ends"] = rec.ends
     meta = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
-    size = 1 + _GEN.size + _LEN.size + len(meta) + sum(state["body_sizes"]) + sum(state["chunk_sizes"])
-    head = _LEN.pack(size) + _V3 + _GEN.pack(generation) + _LEN.pack(len(meta))
-    return [head, meta, *body, *rec.chunks], _LEN.size + size
+    size = 1 + _GEN.size + _LEN.size + len(meta) + sum(state["body_sizes"]) + len(rec.response)
+    head = _LEN.pack(size) + _V4 + _GEN.pack(generation) + _LEN.pack(len(meta))
+    return [head, meta, *body, rec.response], _LEN.size + size
 
 
 def dump(rec: Recorder) -> bytes:
     return b"".join(dump_parts(rec)[0])
 
 
-def generation_of(payload: bytes) -> int | None:
+def generation_of(payload: bytes | memoryview) -> int | None:
     """A frame's journal generation; None for the older layouts, which had none."""
-    return _GEN.unpack_from(payload, 1)[0] if payload[:1] == _V3 and len(payload) >= 1 + _GEN.size else None
+    if bytes(payload[:1]) in (_V4, _V3) and len(payload) >= 1 + _GEN.size:
+        return int(_GEN.unpack_from(payload, 1)[0])
+    return None
 
 
-def load(payload: bytes) -> Recorder:
+def load(payload: bytes | memoryview) -> Recorder:
+    """The call in one frame's payload (a memoryview of a larger read is taken without a copy)."""
+    response = bytearray()
+    ends: array[int] | None = None
+    chunks: list[bytes] | None = None
     if payload[0] == _PICKLE:
         state = pickle.loads(payload)  # noqa: S301 - our own 0600 file, written by this module
         body, chunks = state["body"], state["chunks"]
     else:
-        version = payload[:1]
-        if version == _V3:
+        version = bytes(payload[:1])
+        if version in (_V4, _V3):
             start = 1 + _GEN.size
         elif version == _V2:
             start = 1
@@ -117,19 +128,27 @@ def load(payload: bytes) -> Recorder:
         body_len = sum(state["body_sizes"])
         body = bytes(view[pos : pos + body_len])
         pos += body_len
-        chunks = []
-        for n in state["chunk_sizes"]:
-            chunks.append(bytes(view[pos : pos + n]))
-            pos += n
-        if pos != len(payload):
-            raise ValueError(f"journal frame holds {len(payload)} bytes, its fields describe {pos}")
+        if version == _V4:
+            ends = state["chunk_ends"]
+        else:
+            ends = array(ENDS_TYPE, accumulate(state["chunk_sizes"]))
+        described = pos + (ends[-1] if ends else 0)
+        if described != len(payload):
+            raise ValueError(f"journal frame holds {len(payload)} bytes, its fields describe {described}")
+        response = bytearray(view[pos:])
     rec = Recorder.__new__(Recorder)
     for name in _FIELDS:
         setattr(rec, name, state[name])
     if isinstance(rec.forced_outcome, str):
         rec.forced_outcome = Outcome(rec.forced_outcome)
+    times = state["times"]
+    rec.times = times if isinstance(times, array) else array("d", times)
     rec.body = body
-    rec.chunks = chunks
+    if chunks is not None:
+        rec.chunks = chunks
+    else:
+        assert ends is not None
+        rec.response, rec.ends = response, ends
     rec.frame = None
     rec.journaled = False
     rec.released = False
@@ -145,7 +164,7 @@ def read_at(fd: int, offset: int, length: int, expect_id: str) -> Recorder:
     (size,) = _LEN.unpack_from(data)
     if size != length - _LEN.size:
         raise ValueError(f"journal frame at {offset} has length {size}, expected {length - _LEN.size}")
-    rec = load(data[_LEN.size :])
+    rec = load(memoryview(data)[_LEN.size :])
     if rec.id != expect_id:
         raise ValueError(f"journal frame at {offset} holds call {rec.id}, expected {expect_id}")
     return rec
@@ -322,9 +341,9 @@ class Journal:
         os.close(self._fd)
 
 
-def write_all(fd: int, parts: Sequence[bytes | memoryview], offset: int | None = None) -> None:
+def write_all(fd: int, parts: Sequence[bytes | bytearray | memoryview], offset: int | None = None) -> None:
     """Write every byte of ``parts`` in order: at ``offset``, else at the fd's position."""
-    pending: list[bytes | memoryview] = [p for p in parts if p]
+    pending: list[bytes | bytearray | memoryview] = [p for p in parts if p]
     while pending:
         batch = pending[:512]  # IOV_MAX is 1024 on Linux; stay well under it
         n = os.writev(fd, batch) if offset is None else os.pwritev(fd, batch, offset)

@@ -1,14 +1,23 @@
-"""What the hot path keeps of one call: references to its bytes and a few timestamps.
+"""What the hot path keeps of one call: its bytes and a few timestamps.
 
-The relay appends to a :class:`Recorder` as bytes pass; nothing here parses,
-copies or can raise. Capture turns a finished Recorder into an Exchange later,
-off the request's critical path (``opik_cipx.capture``).
+The relay appends to a :class:`Recorder` as bytes pass; nothing here parses or
+can raise. Capture turns a finished Recorder into an Exchange later, off the
+request's critical path (``opik_cipx.capture``).
+
+A response is kept as one growing buffer, with where each piece ended and when it
+came in two arrays of machine numbers, not as a list of ``bytes`` and ``float``
+objects: a long stream arrives in tens of thousands of small reads (one SSE event
+each), and as objects each piece cost about 100 bytes of headers beside its few
+dozen bytes of data, scattered over CPython's small-object arenas, which a
+process can rarely give back once they are fragmented.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from array import array
+from collections.abc import Iterator
 from typing import Any
 
 from ..model import Outcome
@@ -46,12 +55,16 @@ def _new_id() -> str:
     return raw.hex()
 
 
+# Offsets into one call's response: 64 bits, so that appending can never overflow.
+ENDS_TYPE = "Q"
+
+
 class Recorder:
     """Hot-path notes about one call. Methods are O(1) and cannot fail."""
 
     __slots__ = (
         "body_parts",
-        "chunks",
+        "ends",
         "error",
         "forced_outcome",
         "frame",
@@ -62,6 +75,7 @@ class Recorder:
         "path",
         "released",
         "request_headers",
+        "response",
         "response_headers",
         "status",
         "t_end",
@@ -83,8 +97,11 @@ class Recorder:
         self.status: int | None = None
         self.response_headers: tuple[tuple[bytes, bytes], ...] = ()
         self.t_head: float | None = None
-        self.chunks: list[bytes] = []
-        self.times: list[float] = []
+        # The response body as it passed, the offset in it where each piece read ended, and
+        # when each piece came (perf_counter): piece i is response[ends[i - 1]:ends[i]].
+        self.response = bytearray()
+        self.ends = array(ENDS_TYPE)
+        self.times = array("d")
         self.t_end: float | None = None
         self.forced_outcome: Outcome | None = None
         self.error: str | None = None
@@ -101,8 +118,33 @@ class Recorder:
         self.response_headers = raw_headers
 
     def chunk(self, data: bytes) -> None:
-        self.chunks.append(data)
+        response = self.response
+        response += data
+        self.ends.append(len(response))
         self.times.append(time.perf_counter())
+
+    def pieces(self) -> Iterator[bytes]:
+        """The response's pieces as they were read, one copy at a time: for capture, of a
+        finished call (until the iteration ends, the buffer cannot grow)."""
+        start = 0
+        with memoryview(self.response) as view:
+            for end in self.ends:
+                yield bytes(view[start:end])
+                start = end
+
+    @property
+    def chunks(self) -> list[bytes]:
+        """The response's pieces as they were read (copies; for capture, off the hot path)."""
+        return list(self.pieces())
+
+    @chunks.setter
+    def chunks(self, parts: list[bytes]) -> None:
+        """Replace the response with ``parts`` (replay and tests); ``times`` is the caller's to set."""
+        self.response = bytearray()
+        self.ends = array(ENDS_TYPE)
+        for part in parts:
+            self.response += part
+            self.ends.append(len(self.response))
 
     def unreachable(self, gateway_status: int, message: str) -> None:
         self.forced_outcome = Outcome.UNREACHABLE
@@ -125,7 +167,9 @@ class Recorder:
     def release(self) -> None:
         """Drop the bytes: the journal holds them (``frame``) and capture reads them from there."""
         self.body_parts = []
-        self.chunks = []
+        self.response = bytearray()
+        self.ends = array(ENDS_TYPE)
+        self.times = array("d")
         self.released = True
 
     @property
@@ -144,5 +188,5 @@ class Recorder:
     @property
     def size(self) -> int:
         """Bytes this recorder keeps alive: the request body and the response chunks."""
-        return sum(map(len, self.body_parts)) + sum(map(len, self.chunks))
+        return sum(map(len, self.body_parts)) + len(self.response)
 

@@ -14,6 +14,8 @@ from enum import StrEnum
 
 import aiohttp
 
+from .privacy import mask_key as mask_key  # it lived here before; ship.stage imports it from privacy
+
 BATCH_PATHS = {"trace": "/v1/private/traces/batch", "span": "/v1/private/spans/batch"}
 BATCH_KEYS = {"trace": b"traces", "span": b"spans"}
 
@@ -60,12 +62,6 @@ def retry_after(headers: Mapping[str, str], now: float | None = None) -> float |
             value -= now if now is not None else time.time()
         return max(0.0, value)
     return None
-
-
-def mask_key(key: str | None) -> str | None:
-    if not key:
-        return None
-    return f"{key[:2]}…{key[-4:]}" if len(key) > 12 else "****"
 
 
 class OpikClient:

@@ -157,3 +157,10 @@ class LiveOptions:
             self._settings.sample_rate if _ENV["sample_rate"] in self._env else validated.sample_rate,
         )
         return self._current
+
+
+def mask_key(key: str | None) -> str | None:
+    """An API key as status output may show it: enough to tell keys apart, not to use one."""
+    if not key:
+        return None
+    return f"{key[:2]}…{key[-4:]}" if len(key) > 12 else "****"

@@ -20,9 +20,8 @@ from ..config import Settings
 from ..store.spool import Spool
 from .enablement import Enablement, SessionInfoLike, SessionLookup
 from .identity import IdentitySource, claude_json_path, render_project
-from .opik_client import mask_key
 from .outbox import DISABLED, NO_DESTINATION, SAMPLED_OUT, Outbox
-from .privacy import LiveOptions, sampled
+from .privacy import LiveOptions, mask_key, sampled
 from .records import record_call
 from .span import CallFacts, SessionContext, call_facts
 

@@ -295,6 +295,13 @@ def read_response(
     A body with no (or an empty) Content-Type is sniffed: SSE framing wins over JSON.
     """
     media = _media_type(content_type)
+    if media == "text/event-stream" and status < 400:
+        # The common case, read as the pieces come: a long stream is tens of thousands of them,
+        # and nothing below needs them again.
+        reader = StreamReader()
+        for at, chunk in body_chunks:
+            reader.feed(chunk, at)
+        return reader.finish()
     chunks = list(body_chunks)
     if media != "text/event-stream":
         body = b"".join(chunk for _, chunk in chunks)
