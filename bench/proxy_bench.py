@@ -247,6 +247,14 @@ http {{
             time.sleep(0.05)
 
 
+def children_cpu(proc: psutil.Process) -> float:
+    """CPU seconds of the gateway's children: the live capture worker's, and those of workers
+    already ended for being idle (the kernel adds a reaped child's CPU to its parent's tally)."""
+    reaped = proc.cpu_times()
+    live = sum(sum(k.cpu_times()[:2]) for k in proc.children(recursive=True))
+    return live + reaped.children_user + reaped.children_system
+
+
 def rss_with_children(proc: psutil.Process) -> tuple[float, str]:
     """MiB resident in ``proc`` and its children (the capture worker), and each one's share."""
     total = proc.memory_info().rss
@@ -334,7 +342,7 @@ def main() -> None:
                 for proc in procs[1:]:
                     pin(proc.pid, far)
             rss_idle = gw_proc.memory_info().rss / 2**20
-            capture_cpu0 = sum(sum(k.cpu_times()[:2]) for k in gw_proc.children(recursive=True))
+            capture_cpu0 = children_cpu(gw_proc)
             rows = []
             for size in (int(k) * KB for k in args.sizes.split(",")):
                 for conc in (int(c) for c in args.conc.split(",")):
@@ -354,7 +362,7 @@ def main() -> None:
                     row.append(f"{percentile([s.ttfb for s in d], 50):.2f}")
                     rows.append(row)
             wait_for_capture(proxied)
-            capture_cpu = sum(sum(k.cpu_times()[:2]) for k in gw_proc.children(recursive=True)) - capture_cpu0
+            capture_cpu = children_cpu(gw_proc) - capture_cpu0
             captured = status(proxied)["capture"]["captured"]
             tp = None if args.no_throughput else asyncio.run(throughput(direct, proxied, 32, 3 if args.quick else 6))
             rss_after = gw_proc.memory_info().rss / 2**20
