@@ -487,10 +487,6 @@ _TOTALLED = "session_id, kind, cost_usd, usage, input_tokens, cache_creation_inp
 
 @migration
 def m010_session_totals(conn: sqlite3.Connection) -> None:
-    # Also: attribution_totals loses its index by key. Each call's ~30 keys landed on ~30 leaf
-    # pages of it, 60 % of the pages a stored call wrote; readers reach totals through their
-    # calls (a window of exchanges, then attribution_totals' primary key) anyway.
-    conn.execute("DROP INDEX IF EXISTS attribution_totals_key")
     conn.execute(
         "CREATE TABLE session_totals (session_id TEXT PRIMARY KEY, calls INTEGER NOT NULL,"
         " cost_usd REAL NOT NULL, unpriced INTEGER NOT NULL, cache_read INTEGER NOT NULL,"
