@@ -24,12 +24,16 @@ def walk(body: bytes, cache: WalkCache | None = None, key: Any = KEY, **kw: Any)
     return attribute_request(body, cache=cache, cache_key=key if cache is not None else None, **kw)
 
 
+def assert_fields_equal(resumed: Attribution, full: Attribution) -> None:
+    for name in Attribution.__slots__:  # type: ignore[attr-defined]
+        assert getattr(resumed, name) == getattr(full, name), name
+
+
 def same(cache: WalkCache, body: bytes, key: Any = KEY, **kw: Any) -> Attribution:
     """The resumed walk, checked field by field against the full one."""
     full = walk(body, **kw)
     resumed = walk(body, cache, key, **kw)
-    for name in Attribution.__slots__:  # type: ignore[attr-defined]
-        assert getattr(resumed, name) == getattr(full, name), name
+    assert_fields_equal(resumed, full)
     # And what allocate() makes of them: the bins it reads instead of the regions, then the shares
     # (billed as a cache hit up to the last call, so every boundary and tie rule is exercised).
     assert resumed.bins == full.bins
@@ -145,8 +149,7 @@ def test_unchanged_system_and_tools_after_the_messages_are_replayed_not_walked(
         assert cache.hits == hits + turn + 1 and counts == {"system": 0, "tools": 0}, turn
         full = walk(body)
         assert counts["system"] > 0 and counts["tools"] > 10
-        for name in Attribution.__slots__:  # type: ignore[attr-defined]
-            assert getattr(resumed, name) == getattr(full, name), name
+        assert_fields_equal(resumed, full)
 
 
 def test_a_changed_system_prompt_after_the_messages_is_walked_again_the_tools_replayed(
@@ -171,9 +174,7 @@ def test_a_changed_tool_definition_is_walked_again(monkeypatch: pytest.MonkeyPat
     hits = cache.hits
     resumed = walk(body, cache)
     assert cache.hits == hits + 1 and counts["tools"] == len(parsed["tools"])
-    full = walk(body)
-    for name in Attribution.__slots__:  # type: ignore[attr-defined]
-        assert getattr(resumed, name) == getattr(full, name), name
+    assert_fields_equal(resumed, walk(body))
     assert any(item.item == "NewBuiltin" for item in resumed.items)
     assert any(bp.ttl == "1h" for bp in resumed.breakpoints)
     same(cache, long_session.with_turn(body, 500))

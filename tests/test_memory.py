@@ -53,14 +53,18 @@ def test_freed_body_buffers_are_reused_instead_of_faulted_in_again() -> None:
     assert faults_per_burst("tuned") < 5
 
 
-_PEAK_THEN_IDLE = f"""
+# The start of each script below: the gateway's sources importable, and the process's RSS.
+_RSS_SCRIPT = f"""
 import sys
 sys.path.insert(0, {str(GATEWAY_SRC)!r})
-from opik_cipx.proxy.heap import give_back_freed_memory, keep_freed_memory
-assert keep_freed_memory()
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096
+"""
+
+_PEAK_THEN_IDLE = _RSS_SCRIPT + """
+from opik_cipx.proxy.heap import give_back_freed_memory, keep_freed_memory
+assert keep_freed_memory()
 burst = [b"x" * 1_000_000 for _ in range(64)]  # a burst of large calls
 keep = burst[::8]  # a few survive it, pinning the heap's top
 del burst
@@ -76,14 +80,9 @@ def test_after_a_burst_freed_memory_goes_back_to_the_kernel() -> None:
     assert int(out.stdout) > 30 * 1024**2  # most of the 56 MB the burst freed
 
 
-_WORKER_BURST = f"""
-import sys
-sys.path.insert(0, {str(GATEWAY_SRC)!r})
+_WORKER_BURST = _RSS_SCRIPT + """
 from opik_cipx.proxy.heap import free_large_buffers_at_once
 assert free_large_buffers_at_once()
-def rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
 before = rss()
 pins = []
 for size in (6_000_000, 5_000_000, 4_000_000):  # the worker's calls, one after another

@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from opik_cipx.capture import session_summary
-from opik_cipx.capture.pipeline import capture_chain
+from opik_cipx.capture.pipeline import Chain, capture_chain
 from opik_cipx.capture.stages import store_batch
 from opik_cipx.config import Settings, ensure_home
 from opik_cipx.pricing import PriceTable
@@ -19,40 +21,51 @@ from opik_cipx.store.spool import Spool, connect
 from tests.support.long_session import SESSION_ID, grow, recorded_call
 
 
-def test_the_summary_of_a_stored_session_matches_its_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@dataclass
+class Capture:
+    settings: Settings
+    spool: Spool
+    chain: Chain
+
+
+@pytest.fixture
+def capture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Capture]:
+    """A fresh spool and the capture chain as the worker builds it."""
     monkeypatch.setenv("HOME", str(tmp_path))
     settings = Settings(home=tmp_path / "cipx")
     ensure_home(settings)
     spool = Spool(connect(settings.spool_path))
     prices, sessions = PriceTable.builtin(), SessionTable(spool.conn)
-    chain = capture_chain(settings, lambda: prices, lambda: sessions, home=settings.home)
-    try:
-        stored = []
-        for n, body in enumerate(grow(6), start=1):
-            failures: list[object] = []
-            stored += store_batch(spool, [recorded_call(body, n)], chain.build, chain.stages, failures,  # type: ignore[arg-type]
-                                  committed=chain.committed)
-            assert not failures
-        last = stored[-1]
-        summary = session_summary.session_summary(spool, last)
-        assert summary is not None
-        # The totals (kept by triggers) and the last call's top categories (taken from the call in
-        # memory) are what summing and grouping the stored rows gives.
-        calls, cost = spool.conn.execute(
-            "SELECT count(*), total(cost_usd) FROM exchanges WHERE session_id = ?", (SESSION_ID,)).fetchone()
-        assert summary["calls"] == calls == 6 and summary["cost_usd"] == pytest.approx(cost)
-        from_rows = session_summary.session_summary(spool, dataclasses.replace(last, attribution=None))
-        assert from_rows is not None
-        assert summary["last_main"]["top_categories"] == from_rows["last_main"]["top_categories"]
-        assert len(summary["last_main"]["top_categories"]) == 2
-        # And what the stage wrote: both files, private, the line already rendered.
-        path = session_summary.summary_path(settings.home, SESSION_ID)
-        assert path is not None and json.loads(path.read_text())["calls"] == 6
-        line = path.with_suffix(".line")
-        assert line.read_text().startswith("◆ $") and os.stat(line).st_mode & 0o777 == 0o600
-        assert not list(path.parent.glob(".*.tmp"))
-    finally:
-        spool.close()
+    yield Capture(settings, spool, capture_chain(settings, lambda: prices, lambda: sessions, home=settings.home))
+    spool.close()
+
+
+def test_the_summary_of_a_stored_session_matches_its_rows(capture: Capture) -> None:
+    settings, spool, chain = capture.settings, capture.spool, capture.chain
+    stored = []
+    for n, body in enumerate(grow(6), start=1):
+        failures: list[object] = []
+        stored += store_batch(spool, [recorded_call(body, n)], chain.build, chain.stages, failures,  # type: ignore[arg-type]
+                              committed=chain.committed)
+        assert not failures
+    last = stored[-1]
+    summary = session_summary.session_summary(spool, last)
+    assert summary is not None
+    # The totals (kept by triggers) and the last call's top categories (taken from the call in
+    # memory) are what summing and grouping the stored rows gives.
+    calls, cost = spool.conn.execute(
+        "SELECT count(*), total(cost_usd) FROM exchanges WHERE session_id = ?", (SESSION_ID,)).fetchone()
+    assert summary["calls"] == calls == 6 and summary["cost_usd"] == pytest.approx(cost)
+    from_rows = session_summary.session_summary(spool, dataclasses.replace(last, attribution=None))
+    assert from_rows is not None
+    assert summary["last_main"]["top_categories"] == from_rows["last_main"]["top_categories"]
+    assert len(summary["last_main"]["top_categories"]) == 2
+    # And what the stage wrote: both files, private, the line already rendered.
+    path = session_summary.summary_path(settings.home, SESSION_ID)
+    assert path is not None and json.loads(path.read_text())["calls"] == 6
+    line = path.with_suffix(".line")
+    assert line.read_text().startswith("◆ $") and os.stat(line).st_mode & 0o777 == 0o600
+    assert not list(path.parent.glob(".*.tmp"))
 
 
 def test_the_files_are_written_even_when_the_sessions_directory_went_away(tmp_path: Path) -> None:
@@ -67,16 +80,11 @@ def test_the_files_are_written_even_when_the_sessions_directory_went_away(tmp_pa
 
 
 def test_a_batch_writes_each_session_s_files_once_after_it_commits_and_none_if_it_rolls_back(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    capture: Capture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from opik_cipx.capture.stages import Failure
 
-    monkeypatch.setenv("HOME", str(tmp_path))
-    settings = Settings(home=tmp_path / "cipx")
-    ensure_home(settings)
-    spool = Spool(connect(settings.spool_path))
-    prices, sessions = PriceTable.builtin(), SessionTable(spool.conn)
-    chain = capture_chain(settings, lambda: prices, lambda: sessions, home=settings.home)
+    settings, spool, chain = capture.settings, capture.spool, capture.chain
     written: list[tuple[str, int, bool]] = []
     real = session_summary.write_summary
 
@@ -91,21 +99,18 @@ def test_a_batch_writes_each_session_s_files_once_after_it_commits_and_none_if_i
         real(home, summary)
 
     monkeypatch.setattr(session_summary, "write_summary", write)
-    try:
-        bodies = list(grow(4))
-        failures: list[Failure] = []
-        store_batch(spool, [recorded_call(b, n) for n, b in enumerate(bodies[:3])], chain.build, chain.stages,
-                    failures, committed=chain.committed)
-        assert not failures and written == [(SESSION_ID, 3, True)]
+    bodies = list(grow(4))
+    failures: list[Failure] = []
+    store_batch(spool, [recorded_call(b, n) for n, b in enumerate(bodies[:3])], chain.build, chain.stages,
+                failures, committed=chain.committed)
+    assert not failures and written == [(SESSION_ID, 3, True)]
 
-        def boom(item: object) -> object:
-            raise OSError("disk full")  # after the stages ran, before the commit
+    def boom(item: object) -> object:
+        raise OSError("disk full")  # after the stages ran, before the commit
 
-        with pytest.raises(OSError):
-            store_batch(spool, [recorded_call(bodies[3], 3)], chain.build, chain.stages, failures, keep=boom,
-                        committed=chain.committed)
-        assert written == [(SESSION_ID, 3, True)]
-        path = session_summary.summary_path(settings.home, SESSION_ID)
-        assert path is not None and json.loads(path.read_text())["calls"] == 3
-    finally:
-        spool.close()
+    with pytest.raises(OSError):
+        store_batch(spool, [recorded_call(bodies[3], 3)], chain.build, chain.stages, failures, keep=boom,
+                    committed=chain.committed)
+    assert written == [(SESSION_ID, 3, True)]
+    path = session_summary.summary_path(settings.home, SESSION_ID)
+    assert path is not None and json.loads(path.read_text())["calls"] == 3
