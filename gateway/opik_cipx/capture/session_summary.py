@@ -155,8 +155,7 @@ def summary_stage(home: Path) -> tuple[StoreStage, Committed]:
         try:
             summary = session_summary(sp, item)
             if summary is not None:
-                pending.pop(summary["session_id"], None)
-                pending[summary["session_id"]] = summary
+                pending[summary["session_id"]] = summary  # the batch's last call of the session wins
         except Exception:  # a status line is never worth a lost capture
             log.warning("session summary for %s not worked out", item.exchange.session_id, exc_info=True)
 

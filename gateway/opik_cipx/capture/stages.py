@@ -121,7 +121,6 @@ def store_batch(
     of 1 MB calls never has them all in memory at once). ``committed``: told once the batch's
     transaction has ended, and whether it committed.
     """
-    done: list[Captured] = []
     try:
         done = _store_all(sp, batch, build, stages, failures, keep)
     except BaseException:
