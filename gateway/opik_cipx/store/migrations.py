@@ -460,33 +460,11 @@ def m009_chunk_lists(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE exchanges DROP COLUMN request_chunks")
 
 
-# What a session's Messages calls add up to, for the status line's summary. Kept by triggers so
-# every writer (capture, replay, re-capture, retention) keeps it exact without summing the
-# session's rows again on each call, which made a long session's summary cost grow with it.
-_SESSION_TOTALS_ROW = (
-    "1, coalesce({r}.cost_usd, 0), {r}.usage IS NOT NULL AND {r}.cost_usd IS NULL,"
-    " coalesce({r}.cache_read_input_tokens, 0), coalesce({r}.input_tokens, 0)"
-    " + coalesce({r}.cache_creation_input_tokens, 0) + coalesce({r}.cache_read_input_tokens, 0)"
-)
-_COUNTED = "{r}.session_id IS NOT NULL AND {r}.kind = 'messages'"
-_ADD = (
-    "INSERT INTO session_totals VALUES ({r}.session_id, " + _SESSION_TOTALS_ROW + ")"
-    " ON CONFLICT (session_id) DO UPDATE SET calls = calls + 1, cost_usd = cost_usd + excluded.cost_usd,"
-    " unpriced = unpriced + excluded.unpriced, cache_read = cache_read + excluded.cache_read,"
-    " prompt = prompt + excluded.prompt;"
-)
-_SUBTRACT = (
-    "UPDATE session_totals SET calls = calls - 1, cost_usd = cost_usd - coalesce({r}.cost_usd, 0),"
-    " unpriced = unpriced - ({r}.usage IS NOT NULL AND {r}.cost_usd IS NULL),"
-    " cache_read = cache_read - coalesce({r}.cache_read_input_tokens, 0),"
-    " prompt = prompt - (coalesce({r}.input_tokens, 0) + coalesce({r}.cache_creation_input_tokens, 0)"
-    " + coalesce({r}.cache_read_input_tokens, 0)) WHERE session_id = {r}.session_id;"
-)
-_TOTALLED = "session_id, kind, cost_usd, usage, input_tokens, cache_creation_input_tokens, cache_read_input_tokens"
-
-
 @migration
 def m010_session_totals(conn: sqlite3.Connection) -> None:
+    # What a session's Messages calls add up to, for the status line's summary. Kept by triggers
+    # so every writer (capture, replay, re-capture, retention) keeps it exact without summing the
+    # session's rows again on each call, which made a long session's summary cost grow with it.
     conn.execute(
         "CREATE TABLE session_totals (session_id TEXT PRIMARY KEY, calls INTEGER NOT NULL,"
         " cost_usd REAL NOT NULL, unpriced INTEGER NOT NULL, cache_read INTEGER NOT NULL,"
@@ -496,16 +474,34 @@ def m010_session_totals(conn: sqlite3.Connection) -> None:
         "INSERT INTO session_totals SELECT session_id, count(*), total(cost_usd),"
         " sum(usage IS NOT NULL AND cost_usd IS NULL), coalesce(sum(cache_read_input_tokens), 0),"
         " coalesce(sum(input_tokens + cache_creation_input_tokens + cache_read_input_tokens), 0)"
-        " FROM exchanges WHERE " + _COUNTED.format(r="exchanges") + " GROUP BY session_id"
+        " FROM exchanges WHERE session_id IS NOT NULL AND kind = 'messages' GROUP BY session_id"
     )
-    new, old = "NEW", "OLD"
-    for name, event, when, body in (
-        ("insert", "INSERT", _COUNTED.format(r=new), _ADD.format(r=new)),
-        ("delete", "DELETE", _COUNTED.format(r=old), _SUBTRACT.format(r=old)),
+
+    def add(row: str, sign: str) -> str:
+        """One row's share, added (sign "+") or taken back ("-")."""
+        share = (
+            "1", f"coalesce({row}.cost_usd, 0)", f"({row}.usage IS NOT NULL AND {row}.cost_usd IS NULL)",
+            f"coalesce({row}.cache_read_input_tokens, 0)",
+            f"(coalesce({row}.input_tokens, 0) + coalesce({row}.cache_creation_input_tokens, 0)"
+            f" + coalesce({row}.cache_read_input_tokens, 0))",
+        )
+        return (
+            f"INSERT INTO session_totals VALUES ({row}.session_id, {', '.join(sign + v for v in share)})"
+            " ON CONFLICT (session_id) DO UPDATE SET calls = calls + excluded.calls,"
+            " cost_usd = cost_usd + excluded.cost_usd, unpriced = unpriced + excluded.unpriced,"
+            " cache_read = cache_read + excluded.cache_read, prompt = prompt + excluded.prompt;"
+        )
+
+    totalled = "session_id, kind, cost_usd, usage, input_tokens, cache_creation_input_tokens, cache_read_input_tokens"
+    for name, event, row, sign in (
+        ("insert", "INSERT", "NEW", "+"),
+        ("delete", "DELETE", "OLD", "-"),
         # An update is the old row taken out and the new one put in (two triggers: either may not count).
-        ("update_old", f"UPDATE OF {_TOTALLED}", _COUNTED.format(r=old), _SUBTRACT.format(r=old)),
-        ("update_new", f"UPDATE OF {_TOTALLED}", _COUNTED.format(r=new), _ADD.format(r=new)),
+        ("update_old", f"UPDATE OF {totalled}", "OLD", "-"),
+        ("update_new", f"UPDATE OF {totalled}", "NEW", "+"),
     ):
+        counted = f"{row}.session_id IS NOT NULL AND {row}.kind = 'messages'"
         conn.execute(
-            f"CREATE TRIGGER session_totals_{name} AFTER {event} ON exchanges WHEN {when} BEGIN {body} END"
+            f"CREATE TRIGGER session_totals_{name} AFTER {event} ON exchanges WHEN {counted}"
+            f" BEGIN {add(row, sign)} END"
         )
