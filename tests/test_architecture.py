@@ -24,7 +24,9 @@ LONGEST = 520  # lines: "about 500", so a module fits in one reading; split by c
 ALLOWED: dict[str, set[str]] = {
     "(root)": set(),  # opik_cipx/__init__.py: the version
     "model": set(),
-    "config": set(),
+    # What the capture chain reads of Settings, pydantic-free (the capture worker never imports pydantic).
+    "settings_view": set(),
+    "config": {"settings_view"},
     "config_load": {"config"},  # Settings from what the user wrote, bad values set aside
     "price_list": set(),
     "segment": set(),  # the status-line segment from a session summary: pure, stdlib only  # the built-in price table, data only
@@ -33,8 +35,8 @@ ALLOWED: dict[str, set[str]] = {
     "proxy": {"model", "wire"},
     "attribute": {"model", "pricing", "wire"},
     "store": {"model", "pricing", "attribute"},
-    "ship": {"(root)", "model", "config", "pricing", "wire", "attribute", "store"},
-    "capture": {"model", "segment", "config", "pricing", "wire", "proxy", "attribute", "store", "ship"},
+    "ship": {"(root)", "model", "config", "settings_view", "pricing", "wire", "attribute", "store"},
+    "capture": {"model", "segment", "config", "settings_view", "pricing", "wire", "proxy", "attribute", "store", "ship"},
     "report": {"model", "segment", "pricing", "attribute", "store", "wire"},  # wire: the credential-kind header's name
     "ops": {"(root)", "model", "config", "pricing", "wire", "proxy", "capture", "store"},
     "viewer": {"pricing", "attribute", "store", "report", "ops"},

@@ -285,15 +285,17 @@ def test_the_worker_drops_a_call_s_bytes_once_its_exchange_is_built() -> None:
     assert item.exchange.response_body == b"x" * 1000 and item.exchange.request_body == b"{}"
 
 
-def test_the_worker_does_not_import_the_shipper_s_http_client() -> None:
-    # aiohttp is ~11 MiB of a process that never sends a request: the worker's imports stay clear of it.
+def test_the_worker_imports_neither_the_shipper_s_http_client_nor_pydantic() -> None:
+    # aiohttp (~11 MiB) and pydantic with pydantic-settings (~11 MiB) in a process that never
+    # sends a request and gets its settings validated from its parent (settings_view).
     import subprocess
     import sys
 
     code = (
-        "import sys, opik_cipx.cli, opik_cipx.capture.worker, opik_cipx.config, opik_cipx.pricing, "
+        "import sys, opik_cipx.cli, opik_cipx.capture.worker, opik_cipx.pricing, "
         "opik_cipx.store.sessions, opik_cipx.store.spool, opik_cipx.capture.pipeline; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('aiohttp', 'uvloop')))"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('aiohttp', 'uvloop', 'pydantic',"
+        " 'pydantic_settings', 'pydantic_core') or m == 'opik_cipx.config'))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import tomllib
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
@@ -22,6 +21,10 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from .settings_view import OPIK_CLOUD_URL as OPIK_CLOUD_URL  # re-exported: where readers of Settings look
+from .settings_view import CaptureSettings, toml_items
+from .settings_view import ConfigFileError as ConfigFileError
+
 if TYPE_CHECKING:
     from .config_load import ConfigProblem
 
@@ -30,7 +33,6 @@ DEFAULT_UPSTREAM = "https://api.anthropic.com"
 DEFAULT_OPENAI_UPSTREAM = "https://api.openai.com"  # Codex with an API key
 DEFAULT_CHATGPT_UPSTREAM = "https://chatgpt.com"  # Codex with a ChatGPT login (/backend-api/...)
 DEFAULT_OPIK_PROJECT = "claude-code"
-OPIK_CLOUD_URL = "https://www.comet.com/opik/api"
 
 
 def default_home() -> Path:
@@ -46,7 +48,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class Settings(BaseSettings):
+class Settings(BaseSettings, CaptureSettings):
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
     home: Path = Field(default_factory=default_home, validation_alias="CIPX_HOME")
@@ -143,17 +145,6 @@ class Settings(BaseSettings):
         return "off" if value.strip().lower() in ("off", "false", "0", "no", "disabled") else "on"
 
     @property
-    def config_file(self) -> Path:
-        return self.config_path or (self.home / "config.toml")
-
-    @property
-    def opik_url(self) -> str | None:
-        """Where spans go: the configured URL, Opik Cloud when only an API key is set, else None."""
-        if self.opik_base_url:
-            return self.opik_base_url
-        return OPIK_CLOUD_URL if self.opik_api_key else None
-
-    @property
     def telemetry_enabled(self) -> bool:
         return bool(self.sentry_dsn) and self.sentry != "off"
 
@@ -183,35 +174,6 @@ class Settings(BaseSettings):
             # HTTPS upstreams go through the proxy in a CONNECT tunnel; the proxy itself is plain HTTP.
             raise ValueError("must be an http:// proxy URL (HTTPS upstreams are tunnelled through it)")
         return value
-
-    # Paths inside the state dir, derived so CIPX_HOME moves all of them.
-    @property
-    def port_file(self) -> Path:
-        return self.home / "port"
-
-    @property
-    def spool_dir(self) -> Path:
-        return self.home / "spool"
-
-    @property
-    def journal_path(self) -> Path:
-        return self.spool_dir / "capture.journal"
-
-    @property
-    def busy_flag_path(self) -> Path:
-        return self.spool_dir / "proxy.busy"
-
-    @property
-    def spool_path(self) -> Path:
-        return self.spool_dir / "spool.sqlite3"
-
-    @property
-    def logs_dir(self) -> Path:
-        return self.home / "logs"
-
-    @property
-    def pricing_file(self) -> Path:
-        return self.pricing_path or (self.home / "pricing.toml")
 
 
 class _DictSource(PydanticBaseSettingsSource):
@@ -267,15 +229,6 @@ def _field_keys(settings_cls: type[BaseSettings]) -> dict[str, str]:
     return keys
 
 
-class ConfigFileError(ValueError):
-    """A config file that cannot be read as TOML; ``reason`` says why, without the path."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
-
-
 def read_config_toml(path: Path, settings_cls: type[BaseSettings] | None = None) -> dict[str, Any]:
     """``config.toml`` as field values. Keys are field names or env names, any case.
 
@@ -288,34 +241,7 @@ def read_config_toml(path: Path, settings_cls: type[BaseSettings] | None = None)
 
 def config_toml_items(path: Path, settings_cls: type[BaseSettings]) -> dict[str, tuple[str, Any]]:
     """Field name -> (the key as the user wrote it, e.g. ``[opik] base_url``, and its value)."""
-    try:
-        raw = path.read_bytes()
-    except (FileNotFoundError, NotADirectoryError):
-        return {}
-    except OSError as exc:
-        raise ConfigFileError(path, f"cannot be read ({exc.strerror or exc})") from None
-    try:
-        doc = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigFileError(path, f"is not valid TOML ({exc})") from None
-    keys = _field_keys(settings_cls)
-    out: dict[str, tuple[str, Any]] = {}
-
-    def put(key: str, written: str, value: Any) -> bool:
-        name = keys.get(key.lower())
-        if name is None:
-            return False
-        out[name] = (written, value)
-        return True
-
-    for key, value in doc.items():
-        if isinstance(value, dict):
-            for sub, subvalue in value.items():
-                written = f"[{key}] {sub}"
-                put(f"{key}_{sub}", written, subvalue) or put(sub, written, subvalue)
-        else:
-            put(key, key, value)
-    return out
+    return toml_items(path, _field_keys(settings_cls))
 
 
 class TomlConfigSource(_DictSource):

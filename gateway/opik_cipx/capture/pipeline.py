@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 from ..attribute.analysis import Captured
 from ..attribute.responses import CallMemory
 from ..attribute.resume import WalkCache
-from ..config import Settings
 from ..model import Exchange
 from ..pricing import PriceTable
 from ..proxy.recorder import Recorder
+from ..settings_view import CaptureSettings
 from ..ship.enablement import SessionLookup
 from ..ship.stage import SpanStage
 from .commands import CommandIndex
@@ -41,7 +41,7 @@ class Chain:
 
 
 def capture_chain(
-    settings: Settings,
+    settings: CaptureSettings,
     prices: Callable[[], PriceTable | None],
     sessions: Callable[[], SessionLookup | None],
     *,

@@ -36,7 +36,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 from ..attribute.analysis import Captured
 from ..model import Exchange
@@ -44,10 +44,8 @@ from ..proxy import journal
 from ..proxy.busy import BusyFlag
 from ..proxy.heap import IDLE_TRIM_SECONDS, free_large_buffers_at_once, give_back_freed_memory
 from ..proxy.recorder import Recorder
+from ..settings_view import CaptureSettings, SettingsView
 from .stages import Failure, PoisonBatch, store_batch
-
-if TYPE_CHECKING:
-    from ..config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +152,6 @@ def without_bodies(ex: Exchange) -> Exchange:
 
 def serve(inp: BinaryIO, out: BinaryIO) -> int:
     """The child's loop: batches in on ``inp``, stored calls out on ``out``, until EOF."""
-    from ..config import Settings
     from ..pricing import PriceTable, PricingFileError
     from ..store.sessions import SessionTable
     from ..store.spool import Spool, connect
@@ -163,8 +160,9 @@ def serve(inp: BinaryIO, out: BinaryIO) -> int:
     init = _read_frame(inp)
     if init is None:
         return 0
-    # The parent's own Settings, field by field: the child must see exactly what it sees.
-    settings = Settings(**pickle.loads(init))  # noqa: S301 - our parent's pipe
+    # The parent's own values (validated there), field by field: the child sees exactly what
+    # it sees, and never imports pydantic (see settings_view).
+    settings = SettingsView(**pickle.loads(init))  # noqa: S301 - our parent's pipe
     spool = Spool(connect(settings.spool_path))
     try:
         prices: PriceTable | None = PriceTable.load(settings.pricing_file)
@@ -272,11 +270,11 @@ class WorkerProcess:
     """
 
     def __init__(
-        self, settings: Settings, argv: list[str] | None = None, journal: journal.Journal | None = None,
+        self, settings: CaptureSettings, argv: list[str] | None = None, journal: journal.Journal | None = None,
         retire_after: float | None = RETIRE_SECONDS,
     ) -> None:
         self._argv = argv or worker_argv()
-        self._settings = pickle.dumps(settings.model_dump(), protocol=pickle.HIGHEST_PROTOCOL)
+        self._settings = pickle.dumps(dataclasses.asdict(SettingsView.of(settings)), protocol=pickle.HIGHEST_PROTOCOL)
         self._log_path = settings.logs_dir / "capture-worker.log"
         self._journal = journal
         self._proc: subprocess.Popen[bytes] | None = None

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..config import Settings, read_config_toml
+from ..settings_view import CaptureSettings, parse_flag, parse_rate, toml_items
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,8 @@ class Options:
 
 
 _ENV = {"capture_content": "CIPX_CAPTURE_CONTENT", "sample_rate": "CIPX_SAMPLE_RATE"}
+# config.toml keys for them: the field name or the env name, any case (as Settings reads them).
+_KEYS = {key.lower(): field for field, env in _ENV.items() for key in (field, env)}
 
 
 class LiveOptions:
@@ -114,7 +116,7 @@ class LiveOptions:
     fails to parse keeps the last good values (and says why in the log).
     """
 
-    def __init__(self, settings: Settings, *, env: Mapping[str, str] | None = None, ttl: float = 2.0) -> None:
+    def __init__(self, settings: CaptureSettings, *, env: Mapping[str, str] | None = None, ttl: float = 2.0) -> None:
         self._settings = settings
         self._env = env if env is not None else os.environ
         self._ttl = ttl
@@ -141,20 +143,19 @@ class LiveOptions:
             return self._current
         self._stamp = stamp
         try:
-            values = read_config_toml(self.path) if stamp is not None else {}
-            capture = values.get("capture_content", self._settings.capture_content)
-            rate = values.get("sample_rate", self._settings.sample_rate)
-            validated = Settings.model_validate(
-                {"capture_content": capture, "sample_rate": rate, "home": self._settings.home}
-            )
+            values = toml_items(self.path, _KEYS) if stamp is not None else {}
+            # Parsed as Settings parses them, without building one (no pydantic in the worker).
+            capture = parse_flag(values["capture_content"][1]) if "capture_content" in values \
+                else self._settings.capture_content
+            rate = parse_rate(values["sample_rate"][1]) if "sample_rate" in values else self._settings.sample_rate
         except Exception as exc:  # noqa: BLE001 - a bad edit must not stop shipping
             self.error = f"{self.path}: {exc}"
             log.warning("config reload failed, keeping previous options: %s", self.error)
             return self._current
         self.error = None
         self._current = Options(
-            self._settings.capture_content if _ENV["capture_content"] in self._env else validated.capture_content,
-            self._settings.sample_rate if _ENV["sample_rate"] in self._env else validated.sample_rate,
+            self._settings.capture_content if _ENV["capture_content"] in self._env else capture,
+            self._settings.sample_rate if _ENV["sample_rate"] in self._env else rate,
         )
         return self._current
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..attribute.analysis import Captured
-from ..config import Settings
+from ..settings_view import CaptureSettings
 from ..store.spool import Spool
 from .enablement import Enablement, SessionInfoLike, SessionLookup
 from .identity import IdentitySource, claude_json_path, render_project
@@ -42,7 +42,7 @@ class SpanStage:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: CaptureSettings,
         *,
         sessions: Callable[[], SessionLookup | None] = lambda: None,
         enablement: Enablement | None = None,
