@@ -16,6 +16,7 @@ from opik_cipx.capture.pipeline import Chain, capture_chain
 from opik_cipx.capture.stages import store_batch
 from opik_cipx.config import Settings, ensure_home
 from opik_cipx.pricing import PriceTable
+from opik_cipx.segment import render, summary_of
 from opik_cipx.store.sessions import SessionTable
 from opik_cipx.store.spool import Spool, connect
 from tests.support.long_session import SESSION_ID, grow, recorded_call
@@ -60,22 +61,24 @@ def test_the_summary_of_a_stored_session_matches_its_rows(capture: Capture) -> N
     assert from_rows is not None
     assert summary["last_main"]["top_categories"] == from_rows["last_main"]["top_categories"]
     assert len(summary["last_main"]["top_categories"]) == 2
-    # And what the stage wrote: both files, private, the line already rendered.
+    # And what the stage wrote: one private file, the line already rendered, then the summary.
     path = session_summary.summary_path(settings.home, SESSION_ID)
-    assert path is not None and json.loads(path.read_text())["calls"] == 6
-    line = path.with_suffix(".line")
-    assert line.read_text().startswith("◆ $") and os.stat(line).st_mode & 0o777 == 0o600
-    assert not list(path.parent.glob(".*.tmp"))
+    assert path is not None and os.stat(path).st_mode & 0o777 == 0o600
+    line, doc, end = path.read_text().split("\n")
+    assert line == render(summary, {}, alive=True) and line.startswith("◆ $") and end == ""
+    written = summary_of(path.read_text())
+    assert written is not None and written == json.loads(doc)
+    assert {**written, "updated_at": 0} == json.loads(json.dumps({**summary, "updated_at": 0}))
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
 
 
 def test_the_files_are_written_even_when_the_sessions_directory_went_away(tmp_path: Path) -> None:
     summary = {"session_id": "s-1", "calls": 1, "cost_usd": 0.5}
     session_summary.write_summary(tmp_path, summary)
-    for name in ("s-1.json", "s-1.line"):
-        (tmp_path / "sessions" / name).unlink()
+    (tmp_path / "sessions" / "s-1.status").unlink()
     (tmp_path / "sessions").rmdir()
     session_summary.write_summary(tmp_path, summary)
-    assert json.loads((tmp_path / "sessions" / "s-1.json").read_text())["calls"] == 1
+    assert summary_of((tmp_path / "sessions" / "s-1.status").read_text()) == summary
     assert (tmp_path / "sessions").stat().st_mode & 0o777 == 0o700
 
 
@@ -113,4 +116,4 @@ def test_a_batch_writes_each_session_s_files_once_after_it_commits_and_none_if_i
                     committed=chain.committed)
     assert written == [(SESSION_ID, 3, True)]
     path = session_summary.summary_path(settings.home, SESSION_ID)
-    assert path is not None and json.loads(path.read_text())["calls"] == 3
+    assert path is not None and (summary_of(path.read_text()) or {})["calls"] == 3

@@ -15,6 +15,7 @@ import pytest
 from opik_cipx.capture import session_summary
 from opik_cipx.report import statusline
 from opik_cipx.report.statusline import render
+from opik_cipx.segment import summary_of
 from opik_cipx.server import Gateway
 from opik_cipx.wire.ratelimit import is_limited, plan_windows
 from tests.support.claude_code import needs_claude_code
@@ -117,7 +118,8 @@ async def test_captured_calls_keep_the_session_summary_current(make_settings: An
                 "SELECT total(cost_usd) FROM exchanges WHERE session_id = 'sess-9'").fetchone()))[0]
     path = session_summary.summary_path(settings.home, "sess-9")
     assert path is not None and path.stat().st_mode & 0o777 == 0o600
-    doc = json.loads(path.read_text())
+    doc = summary_of(path.read_text())
+    assert doc is not None
     assert doc["calls"] == 2 and abs(doc["cost_usd"] - cost) < 1e-12 and cost > 0
     assert doc["plan"]["seven_day"]["utilization"] == 0.71
     assert doc["last_main"]["prompt_tokens"] > 0 and doc["last_main"]["top_categories"]

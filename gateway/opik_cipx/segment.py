@@ -1,11 +1,14 @@
 """The status-line segment, rendered from a session summary. Pure, standard library only.
 
-Two readers render it: the capture worker, which writes the finished line beside each session's
-summary so the status-line script only has to ``cat`` it, and ``opik-cipx statusline``, which
-renders with what Claude Code's status-line JSON adds (its own context-window size).
+Two readers render it: the capture worker, which writes the finished line into each session's
+status file so the status-line script only has to print it, and ``opik-cipx statusline``, which
+renders the summary in the same file with what Claude Code's status-line JSON adds (its own
+context-window size).
 """
 
 from __future__ import annotations
+
+import json
 
 TYPE_CHECKING = False  # typing costs the status line ~4 ms of its budget: not imported
 if TYPE_CHECKING:
@@ -17,6 +20,27 @@ LONG_CONTEXT_TOKENS = 200_000  # past this, long-context prices apply
 COMPACT_AT = 0.85
 LIMIT_AT = 0.90
 CATEGORY_LABELS = {"builtin_tools": "tools", "tool_io": "tool io", "messages": "chat", "assistant": "chat"}
+
+# Each session's status file: <CIPX_HOME>/sessions/<session id>.status. Its first line is the
+# segment already rendered (the sh script prints it with the `read` builtin: no process to
+# start), the second the summary as JSON. One file, because capture rewrites it after every call
+# and each file replaced costs about 0.1 ms of kernel time.
+SUMMARY_DIR = "sessions"
+STATUS_SUFFIX = ".status"
+
+
+def status_file_text(summary: dict[str, Any]) -> str:
+    line = render(summary, {}, alive=True).replace("\n", " ")
+    return f"{line}\n{json.dumps(summary, separators=(',', ':'))}\n"
+
+
+def summary_of(text: str) -> dict[str, Any] | None:
+    """The summary a status file holds; None for one that is not (a torn or foreign file)."""
+    try:
+        summary = json.loads(text.partition("\n")[2])
+    except ValueError:
+        return None
+    return summary if isinstance(summary, dict) else None
 
 
 def _window_of(claude: dict[str, Any], summary_model: str | None, summary_window: object = None) -> int:

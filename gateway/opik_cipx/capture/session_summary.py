@@ -6,7 +6,8 @@ the work once per call, inside the batch's transaction where the call's rows are
 visible: the session's cost so far (subagents and side calls included), its cache-hit rate,
 the last main call's prompt size, top categories and cache behaviour, the plan windows the
 answer announced, and whether the upstream answered. The result goes to
-``<CIPX_HOME>/sessions/<session id>.json``, written atomically, 0600.
+``<CIPX_HOME>/sessions/<session id>.status`` (the format is in :mod:`opik_cipx.segment`),
+replaced atomically, 0600.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 from ..attribute import ItemTotal
 from ..attribute.analysis import Captured
 from ..model import CallKind, Outcome
-from ..segment import render
+from ..segment import STATUS_SUFFIX, SUMMARY_DIR, status_file_text
 from ..store.spool import Spool
 from ..wire.ratelimit import plan_windows
 from ..wire.redact import CREDENTIAL_HEADER, OAUTH
@@ -30,14 +31,13 @@ from .stages import Committed, StoreStage
 
 log = logging.getLogger(__name__)
 
-SUMMARY_DIR = "sessions"
 _SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # A cache entry lives 5 minutes by default: a main call after a longer gap re-writes its prefix.
 CACHE_TTL_SECONDS = 300.0
 
 
 def summary_path(home: Path, session_id: str) -> Path | None:
-    return home / SUMMARY_DIR / f"{session_id}.json" if _SAFE_ID.fullmatch(session_id) else None
+    return home / SUMMARY_DIR / (session_id + STATUS_SUFFIX) if _SAFE_ID.fullmatch(session_id) else None
 
 
 def session_summary(sp: Spool, item: Captured) -> dict[str, Any] | None:
@@ -118,13 +118,11 @@ def _context_window(request_headers: str | None) -> int | None:
 
 
 def write_summary(home: Path, summary: dict[str, Any]) -> None:
-    """``<id>.json`` for ``opik-cipx statusline``, and ``<id>.line``, the segment already
-    rendered, for the status-line script that only has to print it."""
+    """The session's status file: the rendered segment for the status-line script, and the
+    summary for ``opik-cipx statusline``."""
     path = summary_path(home, summary["session_id"])
-    if path is None:
-        return
-    _write_atomic(path, json.dumps(summary, separators=(",", ":")))
-    _write_atomic(path.with_suffix(".line"), render(summary, {}, alive=True) + "\n")
+    if path is not None:
+        _write_atomic(path, status_file_text(summary))
 
 
 def _write_atomic(path: Path, text: str) -> None:

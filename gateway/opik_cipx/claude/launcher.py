@@ -153,9 +153,9 @@ def render_hook_script(spec: HookSpec, binary: Path | None) -> str:
 
 STATUSLINE_SCRIPT = "opik-cipx-statusline.sh"
 
-# POSIX sh, builtins only but for the `cat` of one file: Claude Code runs the status line after
-# every assistant message, and a Python start-up alone costs ~20 ms. The capture worker keeps the
-# finished segment in sessions/<id>.line (capture/session_summary.py); the user's own status line,
+# POSIX sh and builtins only: Claude Code runs the status line after every assistant message,
+# and a Python start-up alone costs ~20 ms. The capture worker keeps the finished segment as the
+# first line of sessions/<id>.status (capture/session_summary.py); the user's own status line,
 # saved by setup, runs first. The session id is cut out of Claude Code's JSON with parameter
 # expansion and must look like an id before it names a file.
 STATUSLINE_BODY = (r"""cipx_home="${CIPX_HOME:-$HOME/.opik-cipx}"
@@ -178,8 +178,9 @@ cipx_sid=${cipx_sid%%'"'*}
 case "$cipx_sid" in
   ''|.*|*[!A-Za-z0-9._-]*) echo "◆ no calls captured yet"; exit 0 ;;
 esac
-if [ -r "$cipx_home/sessions/$cipx_sid.line" ]; then
-  cat "$cipx_home/sessions/$cipx_sid.line"
+if [ -r "$cipx_home/sessions/$cipx_sid.status" ] && IFS= read -r cipx_line < "$cipx_home/sessions/$cipx_sid.status"
+then
+  printf '%s\n' "$cipx_line"
 else
   echo "◆ no calls captured yet"
 fi

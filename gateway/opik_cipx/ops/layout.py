@@ -20,7 +20,8 @@ from ..config import Settings
 TOP_FILES = ("port", "gateway.lock", "gateway.pid", "start.lock", "viewer-token", "provision.json",
              "statusline-wrapped.json", "statusline-wrapped.sh", "*.tmp")
 # The status line's per-session summaries (capture/session_summary.py).
-SESSION_FILES = ("*.json", "*.line", ".*.tmp")
+# (*.json and *.line: the two files each session had before one .status file replaced them.)
+SESSION_FILES = ("*.status", "*.json", "*.line", ".*.tmp")
 # The captured calls: SQLite and its side files, the capture journal, the busy flag.
 SPOOL_FILES = ("spool.sqlite3", "spool.sqlite3-*", "capture.journal*", "proxy.busy", "*.tmp")
 LOG_FILES = ("cipx.log*", "capture-worker.log*", "spawn.log*")

@@ -19,11 +19,10 @@ import os
 import sys
 import time
 
-from ..segment import render
+from ..segment import STATUS_SUFFIX, SUMMARY_DIR, render, summary_of
 
 # typing and pathlib cost this command ~6 ms of its budget: neither is imported.
 
-SUMMARY_DIR = "sessions"  # as capture/session_summary.py writes it
 WRAPPED_FILE = "statusline-wrapped.json"  # the user's own statusLine, saved by setup/sync
 USER_COMMAND_TIMEOUT = 2.0
 
@@ -97,8 +96,8 @@ def main(stdin: bytes | None = None) -> int:
         summary = None
         if isinstance(sid, str) and sid and "/" not in sid and not sid.startswith("."):
             try:
-                summary = json.loads(_read(os.path.join(state, SUMMARY_DIR, f"{sid}.json")))
-            except (OSError, ValueError):
+                summary = summary_of(_read(os.path.join(state, SUMMARY_DIR, sid + STATUS_SUFFIX)))
+            except OSError:
                 summary = None
         lines.append(render(summary, claude, alive=gateway_alive(state), now=time.time()))
     if lines:
