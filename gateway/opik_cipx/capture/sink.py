@@ -64,7 +64,7 @@ class CaptureSink:
         max_pending: int = 10_000,
         max_pending_bytes: int = 128 * 1024**2,
         max_batch: int = 16,
-        max_batch_bytes: int = 8 * 1024**2,
+        max_batch_bytes: int = 4 * 1024**2,
         on_error: Callable[[str, BaseException], object] | None = None,
         journal: Any = None,
         by_reference: bool = False,
@@ -88,7 +88,9 @@ class CaptureSink:
         self._after_stages = after_stages
         self._max_batch = max_batch
         # A batch is also cut at this many bytes of calls (past its first call): the store holds a
-        # whole batch at once, and sixteen 6 MB streams would be a hundred MB in the worker.
+        # whole batch at once, and sixteen 6 MB streams would be a hundred MB in the worker. At 4 MiB
+        # a long stream is a batch of its own (the worker 48 MiB mid-batch, 55 at 8 MiB); calls of
+        # a few hundred KB still go sixteen to a transaction.
         self._max_batch_bytes = max_batch_bytes
         self._on_error = on_error
         self._queue: asyncio.Queue[Recorder] = asyncio.Queue(max_pending)

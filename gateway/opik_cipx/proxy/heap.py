@@ -13,6 +13,7 @@ from typing import Any
 # mallopt parameters (glibc's malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 
 # After a burst, how long the proxy must stay idle before freed memory goes back to the kernel.
 IDLE_TRIM_SECONDS = 30.0
@@ -29,7 +30,7 @@ def _libc() -> Any:
     return libc
 
 
-def keep_freed_memory(trim: int = 16 * 1024**2, mmap_at: int = 8 * 1024**2) -> bool:
+def keep_freed_memory(trim: int = 16 * 1024**2, mmap_at: int = 2 * 1024**2) -> bool:
     """Keep freed heap memory for the next call instead of returning it to the kernel at once.
 
     Every call allocates and frees its body's buffers (hundreds of KB). With glibc's
@@ -38,12 +39,21 @@ def keep_freed_memory(trim: int = 16 * 1024**2, mmap_at: int = 8 * 1024**2) -> b
     proxy's CPU. Here buffers below ``mmap_at`` come from the heap and up to ``trim``
     bytes of free heap stay mapped. Idle RSS is unchanged. 16 MiB holds what eight 1 MB
     calls in flight need; 64 MiB (until issue 18) left the gateway 20 MiB larger after a
-    burst, with no latency difference measured in the same benchmark rounds.
+    burst, with no latency difference measured in the same benchmark rounds. A response
+    that grows past ``mmap_at`` (a long stream: megabytes) gets a mapping of its own, handed
+    back the moment the call is done rather than left as a hole in the heap.
+
+    One malloc arena for every thread: the journal, spool and worker-I/O threads otherwise
+    each get an arena whose free memory stays mapped beside the main one's (the gateway was
+    77-79 MiB right after ``bench/proxy_bench.py``'s full run with them, 69 with one; the
+    threads allocate little, so they hardly ever wait on each other for it). Called before
+    any thread starts.
     """
     libc = _libc()
     if libc is None:
         return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_at)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, trim))
+    return (bool(libc.mallopt(_M_ARENA_MAX, 1)) and bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_at))
+            and bool(libc.mallopt(_M_TRIM_THRESHOLD, trim)))
 
 
 def free_large_buffers_at_once(mmap_at: int = 256 * 1024, trim: int = 1024**2) -> bool:
